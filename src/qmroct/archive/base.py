@@ -1,0 +1,158 @@
+"""The archive interface: what the workflow needs from wherever sessions live.
+
+Two backends implement it: ``directory`` (the embedded default, a folder laid
+out like XNAT's hierarchy) and ``xnat`` (a real XNAT through its REST API).
+The workflow only ever talks to this interface, so a backend knows nothing of
+algorithms and the workflow knows nothing of HTTP or folders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ArchiveError(RuntimeError):
+    """A problem with the archive itself (unreachable, bad credentials, bad layout)."""
+
+
+class SessionUnavailable(ArchiveError):
+    """A session that was discovered can no longer be fetched (deleted, moved, corrupt)."""
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of a scan as the archive lists it."""
+
+    name: str
+    size: int
+    checksum: str = ""  # "sha256:<hex>" or "md5:<hex>"; empty when the archive gives none
+    uri: str = ""  # backend-specific locator (relative path, REST URI)
+
+
+@dataclass(frozen=True)
+class Scan:
+    id: str
+    type: str = ""
+    series_description: str = ""
+    quality: str = ""
+    files: tuple[FileEntry, ...] = ()
+
+
+@dataclass(frozen=True)
+class Session:
+    """One imaging session (XNAT: an experiment) with its scans and files."""
+
+    project: str
+    subject: str
+    label: str
+    id: str = ""  # archive accession ID (XNAT: XNAT_E00001); label when the backend has none
+    session_type: str = "xnat:optSessionData"
+    scans: tuple[Scan, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def key(self) -> str:
+        return f"{self.project}/{self.label}"
+
+    @property
+    def fingerprint(self) -> str:
+        """Digest of everything that should trigger recomputation when it changes.
+
+        Scan IDs, types and file names, sizes and checksums. Not the quality
+        field: a person (or qmroct) marking a scan usable must not recompute it.
+        """
+        content = [
+            [s.id, s.type, [[f.name, f.size, f.checksum] for f in sorted(s.files, key=lambda f: f.name)]]
+            for s in sorted(self.scans, key=lambda s: s.id)
+        ]
+        digest = hashlib.sha256(json.dumps(content, separators=(",", ":")).encode())
+        return "sha256:" + digest.hexdigest()[:32]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["fingerprint"] = self.fingerprint
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Session":
+        scans = tuple(
+            Scan(
+                id=s["id"],
+                type=s.get("type", ""),
+                series_description=s.get("series_description", ""),
+                quality=s.get("quality", ""),
+                files=tuple(FileEntry(**f) for f in s.get("files", ())),
+            )
+            for s in data.get("scans", ())
+        )
+        return cls(
+            project=data["project"],
+            subject=data["subject"],
+            label=data["label"],
+            id=data.get("id", ""),
+            session_type=data.get("session_type", "xnat:optSessionData"),
+            scans=scans,
+            extra=dict(data.get("extra", {})),
+        )
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    """What a write-back did: 'created', 'updated' or 'unchanged'."""
+
+    label: str
+    action: str
+    detail: str = ""
+
+
+class Archive(ABC):
+    """One archive backend. Instances are cheap to create and connect lazily."""
+
+    backend: str = "abstract"
+
+    @abstractmethod
+    def check(self) -> None:
+        """Fail fast with a clear ArchiveError if the archive cannot be used (bad path, bad login)."""
+
+    @abstractmethod
+    def state_token(self, projects: list[str]) -> str:
+        """A cheap token that changes whenever a session of ``projects`` may have changed.
+
+        The workflow reruns discovery only when this token changes, so it must be
+        much cheaper than discovery itself (a listing, not a checksum of every file).
+        """
+
+    @abstractmethod
+    def discover(self, projects: list[str]) -> list[Session]:
+        """Every session of the given projects, with scans, files and checksums."""
+
+    @abstractmethod
+    def fetch(self, session: Session, dest: Path) -> dict[str, list[Path]]:
+        """Copy or download the session's scan files into ``dest``.
+
+        Returns {scan_id: [local paths]}. Files are verified against the size
+        and checksum from discovery; a session that vanished raises
+        SessionUnavailable naming the session.
+        """
+
+    @abstractmethod
+    def write_assessment(self, session: Session, assessment: "Assessment") -> WriteOutcome:  # noqa: F821
+        """Store one assessment (one algorithm's KQIs for the session) idempotently.
+
+        Same label: replace in place, never duplicate. Same content digest as
+        what is stored: do nothing and return action 'unchanged'.
+        """
+
+    def close(self) -> None:
+        """Release connections; the default has nothing to release."""
+
+    def __enter__(self) -> "Archive":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,138 @@
+"""One algorithm's KQIs for one session, as an archive stores them.
+
+The same document goes into the directory archive (as a file) and into XNAT
+(as an ``xnat:qcAssessmentData`` assessor), so both backends store exactly
+what a researcher later reads. The digest covers the content only (no dates,
+no host), so a rerun that produced the same KQIs is recognised as unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+XNAT_NS = "http://nrg.wustl.edu/xnat"
+XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
+PROV_NS = "http://www.nbirn.net/prov"
+ASSESSMENT_TYPE = "xnat:qcAssessmentData"
+
+ET.register_namespace("xnat", XNAT_NS)
+ET.register_namespace("xsi", XSI_NS)
+ET.register_namespace("prov", PROV_NS)
+
+
+def assessment_label(session_label: str, algorithm: str) -> str:
+    """The stable label that makes a rerun replace, never duplicate."""
+    return f"{session_label}_qmroct_{algorithm}"
+
+
+@dataclass
+class Assessment:
+    project: str
+    subject: str
+    session_label: str
+    session_id: str
+    algorithm: str
+    version: str
+    code_checksum: str
+    status: str  # "ok", "partial" or "failed"
+    scans: list[dict[str, Any]]  # [{"scan": id, "status": ..., "error": ..., "kqis": {name: {"value", "unit"}}}]
+    provenance: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)  # resource file name -> local path
+    date: str = ""  # ISO date of the computation (provenance, not content)
+
+    @property
+    def label(self) -> str:
+        return assessment_label(self.session_label, self.algorithm)
+
+    @classmethod
+    def from_result(cls, result: dict[str, Any], files: dict[str, Path] | None = None) -> "Assessment":
+        """Build from a KQI result document (see qmroct.results)."""
+        session = result["session"]
+        algorithm = result["algorithm"]
+        provenance = result.get("provenance", {})
+        return cls(
+            project=session["project"],
+            subject=session["subject"],
+            session_label=session["label"],
+            session_id=session.get("id") or session["label"],
+            algorithm=algorithm["name"],
+            version=algorithm["version"],
+            code_checksum=algorithm.get("code_checksum", ""),
+            status=result["status"],
+            scans=[
+                {
+                    "scan": s["scan"],
+                    "status": s["status"],
+                    "error": s.get("error"),
+                    "kqis": {k: {"value": v.get("value"), "unit": v.get("unit", "")} for k, v in s.get("kqis", {}).items()},
+                }
+                for s in result.get("scans", [])
+            ],
+            provenance=provenance,
+            files=dict(files or {}),
+            date=str(provenance.get("end_time", ""))[:10],
+        )
+
+    def content(self) -> dict[str, Any]:
+        """What the digest covers: KQIs, status and the algorithm identity."""
+        return {
+            "label": self.label,
+            "algorithm": self.algorithm,
+            "version": self.version,
+            "code_checksum": self.code_checksum,
+            "status": self.status,
+            "scans": self.scans,
+            "files": {name: _file_digest(path) for name, path in sorted(self.files.items())},
+        }
+
+    @property
+    def digest(self) -> str:
+        blob = json.dumps(self.content(), sort_keys=True, separators=(",", ":"), default=str)
+        return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
+
+    def to_xml(self) -> bytes:
+        """The ``xnat:QCAssessment`` document (element order follows xnat.xsd)."""
+        x = lambda tag: f"{{{XNAT_NS}}}{tag}"  # noqa: E731
+        root = ET.Element(
+            x("QCAssessment"),
+            {"project": self.project, "label": self.label, "type": "qmroct", "version": self.version},
+        )
+        if self.date:
+            ET.SubElement(root, x("date")).text = self.date
+        ET.SubElement(root, x("note")).text = f"qmroct {self.algorithm} {self.version}: {self.status}"
+        fields = ET.SubElement(root, x("fields"))
+        for name, value in (
+            ("qmroct_algorithm", self.algorithm),
+            ("qmroct_version", self.version),
+            ("qmroct_code_checksum", self.code_checksum),
+            ("qmroct_status", self.status),
+            ("qmroct_digest", self.digest),
+        ):
+            ET.SubElement(fields, x("field"), {"name": name}).text = value
+        ET.SubElement(root, x("imageSession_ID")).text = self.session_id
+        scans = ET.SubElement(root, x("scans"))
+        for scan in self.scans:
+            scan_el = ET.SubElement(scans, x("scan"), {"id": str(scan["scan"])})
+            stats = ET.SubElement(scan_el, x("scanStatistics"), {f"{{{XSI_NS}}}type": "xnat:statisticsData"})
+            for name, kqi in sorted(scan["kqis"].items()):
+                value = kqi.get("value")
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                    ET.SubElement(stats, x("additionalStatistics"), {"name": name}).text = repr(float(value))
+            ET.SubElement(stats, x("addField"), {"name": "status"}).text = scan["status"]
+            if scan.get("error"):
+                ET.SubElement(stats, x("addField"), {"name": "error"}).text = str(scan["error"])
+        return ET.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
