@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,9 @@ ASSESSMENT_TYPE = "xnat:qcAssessmentData"
 ET.register_namespace("xnat", XNAT_NS)
 ET.register_namespace("xsi", XSI_NS)
 ET.register_namespace("prov", PROV_NS)
+
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})?$")
 
 
 def assessment_label(session_label: str, algorithm: str) -> str:
@@ -99,11 +103,14 @@ class Assessment:
     def to_xml(self) -> bytes:
         """The ``xnat:QCAssessment`` document (element order follows xnat.xsd)."""
         x = lambda tag: f"{{{XNAT_NS}}}{tag}"  # noqa: E731
+        # ID is required by xnat.xsd; empty lets the archive assign (or keep) it.
+        # The algorithm version goes in the fields and the provenance: the
+        # experiment's own @version attribute is an xs:integer.
         root = ET.Element(
             x("QCAssessment"),
-            {"project": self.project, "label": self.label, "type": "qmroct", "version": self.version},
+            {"ID": "", "project": self.project, "label": self.label, "type": "qmroct"},
         )
-        if self.date:
+        if _DATE.match(self.date or ""):
             ET.SubElement(root, x("date")).text = self.date
         ET.SubElement(root, x("note")).text = f"qmroct {self.algorithm} {self.version}: {self.status}"
         fields = ET.SubElement(root, x("fields"))
@@ -115,6 +122,7 @@ class Assessment:
             ("qmroct_digest", self.digest),
         ):
             ET.SubElement(fields, x("field"), {"name": name}).text = value
+        self._provenance_xml(root)
         ET.SubElement(root, x("imageSession_ID")).text = self.session_id
         scans = ET.SubElement(root, x("scans"))
         for scan in self.scans:
@@ -128,6 +136,33 @@ class Assessment:
             if scan.get("error"):
                 ET.SubElement(stats, x("addField"), {"name": "error"}).text = str(scan["error"])
         return ET.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+    def _provenance_xml(self, root: ET.Element) -> None:
+        """XNAT's provenance fields (derivedData/provenance, prov:processStep).
+
+        One step: the algorithm (name, version, code checksum as arguments),
+        when it ran, who ran it, on which host and platform, and qmroct's own
+        version as a library. Required sub-elements get a placeholder when the
+        result document does not say, so the document stays schema-valid.
+        """
+        p = lambda tag: f"{{{PROV_NS}}}{tag}"  # noqa: E731
+        prov = self.provenance or {}
+        timestamp = str(prov.get("end_time") or prov.get("start_time") or "")
+        if not _DATETIME.match(timestamp):
+            return
+        process = ET.SubElement(root, f"{{{XNAT_NS}}}provenance")
+        step = ET.SubElement(process, p("processStep"))
+        ET.SubElement(
+            step,
+            p("program"),
+            {"version": self.version, "arguments": f"code_checksum={self.code_checksum}"},
+        ).text = f"qmroct:{self.algorithm}"
+        ET.SubElement(step, p("timestamp")).text = timestamp
+        ET.SubElement(step, p("user")).text = str(prov.get("user") or "qmroct")
+        ET.SubElement(step, p("machine")).text = str(prov.get("host") or prov.get("machine") or "unknown")
+        platform = str(prov.get("platform") or "unknown")
+        ET.SubElement(step, p("platform"), {"version": str(prov.get("python") or "")}).text = platform
+        ET.SubElement(step, p("library"), {"version": str(prov.get("qmroct_version") or "")}).text = "qmroct"
 
 
 def _file_digest(path: Path) -> str:
