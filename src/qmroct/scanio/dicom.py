@@ -1,0 +1,155 @@
+"""DICOM Ophthalmic Tomography (OPT) images: write synthetic ones, read any.
+
+Only what a quality workflow needs is written: patient/study/series identity,
+the multi-frame pixel data (16-bit, MONOCHROME2), and the functional groups
+that carry the geometry (pixel spacing, B-scan spacing, per-frame position).
+``oct-converter``'s DICOM reader needs a Manufacturer attribute, so we always
+write one.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from qmroct.scanio.volume import ScanError, Volume
+
+OPT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.5.4"  # Ophthalmic Tomography Image Storage
+UID_ROOT = "1.2.826.0.1.3680043.10.1431."  # deterministic UIDs for deterministic archives
+
+
+def write_opt_dicom(
+    path: Path,
+    data: np.ndarray,
+    *,
+    spacing_mm: dict[str, float],
+    patient_id: str,
+    study_id: str,
+    series_number: int,
+    description: str = "OCT Macular Cube",
+    laterality: str = "OD",
+    manufacturer: str = "qmroct synthetic",
+    model: str = "Synthetic SD-OCT",
+    acquired: _dt.datetime | None = None,
+) -> None:
+    """Write ``data`` (bscan, depth, ascan), values in 0..65535, as a multi-frame OPT."""
+    if data.ndim != 3:
+        raise ValueError(f"expected (bscan, depth, ascan), got shape {data.shape}")
+    pixels = np.clip(np.round(data), 0, 65535).astype(np.uint16)
+    acquired = acquired or _dt.datetime(2026, 1, 1, 9, 0, 0)
+    seed = f"{patient_id}/{study_id}/{series_number}"
+    study_uid = generate_uid(UID_ROOT, entropy_srcs=[patient_id, study_id])
+    series_uid = generate_uid(UID_ROOT, entropy_srcs=[seed, "series"])
+    sop_uid = generate_uid(UID_ROOT, entropy_srcs=[seed, "sop"])
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = OPT_SOP_CLASS
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = OPT_SOP_CLASS
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.FrameOfReferenceUID = generate_uid(UID_ROOT, entropy_srcs=[seed, "for"])
+    ds.Modality = "OPT"
+    ds.Manufacturer = manufacturer
+    ds.ManufacturerModelName = model
+    ds.PatientID = patient_id
+    ds.PatientName = patient_id
+    ds.StudyID = study_id[:16]
+    ds.StudyDescription = "Retinal OCT"
+    ds.SeriesDescription = description
+    ds.SeriesNumber = series_number
+    ds.InstanceNumber = 1
+    ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = acquired.strftime("%Y%m%d")
+    ds.StudyTime = ds.SeriesTime = acquired.strftime("%H%M%S")
+    ds.ImageLaterality = "R" if laterality.upper() in ("OD", "R") else "L"
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.ContentDate = ds.StudyDate
+    ds.ContentTime = ds.StudyTime
+
+    n_frames, rows, cols = pixels.shape
+    ds.NumberOfFrames = n_frames
+    ds.Rows, ds.Columns = rows, cols
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+
+    measures = Dataset()
+    measures.PixelSpacing = [f"{spacing_mm['depth']:.6g}", f"{spacing_mm['ascan']:.6g}"]
+    measures.SliceThickness = f"{spacing_mm['bscan']:.6g}"
+    shared = Dataset()
+    shared.PixelMeasuresSequence = Sequence([measures])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    per_frame = []
+    for i in range(n_frames):
+        position = Dataset()
+        position.ImagePositionPatient = [0, f"{i * spacing_mm['bscan']:.6g}", 0]
+        content = Dataset()
+        content.StackID = "1"
+        content.InStackPositionNumber = i + 1
+        frame = Dataset()
+        frame.PlanePositionSequence = Sequence([position])
+        frame.FrameContentSequence = Sequence([content])
+        per_frame.append(frame)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    ds.PixelData = pixels.tobytes()
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def read_opt_dicom(path: Path) -> Volume:
+    """Read a DICOM file that holds an OCT volume, or raise ScanError saying why not."""
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as exc:  # pydicom raises many types for damaged files
+        raise ScanError(path, f"corrupt DICOM ({type(exc).__name__}: {exc})") from exc
+    modality = str(getattr(ds, "Modality", ""))
+    sop_class = str(getattr(ds, "SOPClassUID", ""))
+    if sop_class != OPT_SOP_CLASS and modality != "OPT":
+        raise ScanError(path, f"not an OCT scan (Modality {modality or 'missing'}, SOP class {sop_class or 'missing'})")
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:
+        raise ScanError(path, f"corrupt or truncated pixel data ({type(exc).__name__}: {exc})") from exc
+    if pixels.ndim == 2:
+        pixels = pixels[None]
+    data = pixels.astype(np.float32)
+    slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+    intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
+    if slope != 1 or intercept != 0:
+        data = data * slope + intercept
+    return Volume(
+        data=data,
+        spacing_mm=_spacing(ds),
+        device=" ".join(str(getattr(ds, a, "")) for a in ("Manufacturer", "ManufacturerModelName")).strip(),
+        laterality={"R": "OD", "L": "OS"}.get(str(getattr(ds, "ImageLaterality", "")), ""),
+        intensity="linear" if int(getattr(ds, "BitsStored", 16)) > 8 else "log8",
+        source=str(path),
+        extra={"series_description": str(getattr(ds, "SeriesDescription", ""))},
+    )
+
+
+def _spacing(ds: Dataset) -> dict[str, float]:
+    """Spacing from the shared functional groups, falling back to top-level attributes."""
+    measures = None
+    try:
+        measures = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    except (AttributeError, IndexError, KeyError):
+        measures = ds
+    pixel_spacing = getattr(measures, "PixelSpacing", None) or [0, 0]
+    thickness = getattr(measures, "SliceThickness", None) or getattr(ds, "SpacingBetweenSlices", 0) or 0
+    return {"bscan": float(thickness), "depth": float(pixel_spacing[0]), "ascan": float(pixel_spacing[1])}
