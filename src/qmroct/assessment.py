@@ -92,7 +92,13 @@ class Assessment:
             "code_checksum": self.code_checksum,
             "status": self.status,
             "scans": self.scans,
-            "files": {name: _file_digest(path) for name, path in sorted(self.files.items())},
+            # The KQI JSON itself carries run times and host; its scientific content is
+            # ``scans`` above, so it is left out and a rerun with equal KQIs stays unchanged.
+            "files": {
+                name: _file_digest(path)
+                for name, path in sorted(self.files.items())
+                if name != f"{self.algorithm}.json"
+            },
         }
 
     @property
