@@ -1,0 +1,64 @@
+# Aggregate: the tidy KQI table, per-study tables and the report.
+# Named targets for partial reprocessing: kqi_by_algorithm, kqi_by_project.
+
+
+rule aggregate:
+    input:
+        results=all_results,
+    output:
+        tsv="results/tables/kqi.tsv",
+        parquet="results/tables/kqi.parquet",
+        studies=directory("results/tables/studies"),
+    localrule: True
+    log:
+        "logs/aggregate.log",
+    script:
+        "../scripts/aggregate.py"
+
+
+rule report:
+    input:
+        parquet="results/tables/kqi.parquet",
+        studies="results/tables/studies",
+        summaries=summaries,
+    output:
+        html="results/report/index.html",
+    params:
+        worst_scans=config["report"]["worst_scans"],
+    localrule: True
+    log:
+        "logs/report.log",
+    script:
+        "../scripts/report.py"
+
+
+rule kqi_by_algorithm:
+    """All sessions for one algorithm: results/by_algorithm/<algorithm>.tsv"""
+    input:
+        results=lambda wildcards: [
+            f"results/kqi/{p}/{s}/{wildcards.algorithm}.json" for p, s in sessions()
+        ],
+    output:
+        tsv="results/by_algorithm/{algorithm}.tsv",
+    localrule: True
+    log:
+        "logs/by_algorithm/{algorithm}.log",
+    script:
+        "../scripts/aggregate.py"
+
+
+rule kqi_by_project:
+    """All algorithms for one project: results/by_project/<project>.tsv"""
+    input:
+        results=lambda wildcards: [
+            f"results/kqi/{p}/{s}/{a}.json"
+            for p, s in sessions(wildcards.project)
+            for a in ALGORITHMS
+        ],
+    output:
+        tsv="results/by_project/{project}.tsv",
+    localrule: True
+    log:
+        "logs/by_project/{project}.log",
+    script:
+        "../scripts/aggregate.py"

@@ -1,0 +1,16 @@
+# Write-back: one assessment per session and algorithm into the archive.
+# Runs on the head node (it holds the archive credentials), idempotently.
+
+
+rule writeback:
+    input:
+        session=session_manifest,
+        summary="results/sessions/{project}/{session}.json",
+        results=session_results,
+    output:
+        receipt="results/writeback/{project}/{session}.json",
+    localrule: True
+    log:
+        "logs/writeback/{project}/{session}.log",
+    script:
+        "../scripts/writeback.py"

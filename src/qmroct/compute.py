@@ -1,0 +1,158 @@
+"""One job: one algorithm over every scan of one session.
+
+The result document records the KQIs per scan, or per scan why there are
+none, plus provenance: which code ran (name, version, checksum), on which
+inputs (file checksums), where and when. A scan that cannot be read and an
+algorithm that crashes are recorded with their reason and the job succeeds,
+so one bad scan never hides the others and the tables show every failure as
+a row. Archive errors (unreachable, session gone mid-run) fail the job
+instead: they are not facts about the scan, and the next run retries them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import qmroct
+from qmroct.archive.base import Archive, Session
+from qmroct.staging import stage_session
+
+RESULT_SCHEMA = "qmroct.kqi/1"
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _snakemake_version() -> str:
+    try:
+        import snakemake
+
+        return snakemake.__version__
+    except Exception:  # provenance must never break a computation
+        return "unknown"
+
+
+def algorithm_identity(algo, params: dict[str, Any]) -> dict[str, Any]:
+    """What makes a result what it is: used as Snakemake params, so a change reruns."""
+    return {
+        "name": algo.name,
+        "version": str(algo.version),
+        "runtime": algo.runtime,
+        "code_checksum": algo.code_checksum,
+        "params": params,
+    }
+
+
+def compute_session(
+    session: Session,
+    algo,
+    params: dict[str, Any],
+    archive: Archive,
+    scratch_root: Path,
+    extras_dir: Path,
+    timeout: float | None = None,
+) -> dict[str, Any]:
+    """Run ``algo`` on every scan of ``session``; return the result document."""
+    from qmroct.algorithms import AlgorithmFailure
+
+    start = _now()
+    t0 = time.monotonic()
+    staged = stage_session(scratch_root, session, archive)
+    extras_dir.mkdir(parents=True, exist_ok=True)
+    files_by_scan = {s.id: [{"name": f.name, "size": f.size, "checksum": f.checksum} for f in s.files] for s in session.scans}
+    scans = []
+    for scan in session.scans:
+        entry: dict[str, Any] = {"scan": scan.id, "type": scan.type, "files": files_by_scan[scan.id], "kqis": {}, "error": None}
+        item = staged.get(scan.id)
+        if item is None or item.error:
+            entry.update(status="failed", error=f"scan not readable: {item.error if item else 'not staged'}")
+            scans.append(entry)
+            continue
+        workdir = Path(tempfile.mkdtemp(prefix=f"{algo.name}-{scan.id}-", dir=scratch_root))
+        try:
+            output = algo.run(item.volume_path, item.meta, params, workdir, timeout=timeout)
+            entry["kqis"] = output["kqis"]
+            entry["extra_files"] = _keep_extras(output.get("files", []), workdir, extras_dir / scan.id)
+            entry["status"] = "ok"
+        except AlgorithmFailure as exc:
+            entry.update(status="failed", error=f"algorithm failure: {exc}")
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        scans.append(entry)
+
+    n_ok = sum(s["status"] == "ok" for s in scans)
+    if not scans:
+        status, error = "failed", "session has no scans"
+    else:
+        status = "ok" if n_ok == len(scans) else ("partial" if n_ok else "failed")
+        error = None if n_ok == len(scans) else f"{len(scans) - n_ok} of {len(scans)} scans failed"
+    return {
+        "schema": RESULT_SCHEMA,
+        "session": {
+            "project": session.project,
+            "subject": session.subject,
+            "label": session.label,
+            "id": session.id,
+            "fingerprint": session.fingerprint,
+        },
+        "algorithm": algorithm_identity(algo, params),
+        "status": status,
+        "error": error,
+        "scans": scans,
+        "provenance": {
+            "host": socket.gethostname(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "qmroct_version": qmroct.__version__,
+            "snakemake_version": _snakemake_version(),
+            "start_time": start,
+            "end_time": _now(),
+            "elapsed_s": round(time.monotonic() - t0, 3),
+            "pid": os.getpid(),
+        },
+    }
+
+
+def _keep_extras(files: list[Path], workdir: Path, target: Path) -> list[str]:
+    """Move an algorithm's extra outputs (segmentation lines, ...) next to the result."""
+    kept = []
+    for path in files:
+        path = Path(path)
+        rel = path.relative_to(workdir) if path.is_relative_to(workdir) else Path(path.name)
+        destination = target / rel
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(path), destination)
+        kept.append(str(Path(target.name) / rel))
+    return kept
+
+
+def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(document, indent=1, sort_keys=False, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(value: Any) -> Any:
+    try:
+        import numpy as np
+
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+    except ImportError:
+        pass
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

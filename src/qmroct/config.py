@@ -1,0 +1,110 @@
+"""Loading and checking config.yaml.
+
+Two layers: the JSON schema (structure, unknown keys, types; applied with
+``snakemake.utils.validate`` so defaults are filled in), then the checks a
+schema cannot express (algorithms exist, version pins match, study criteria
+name real KQIs). Both run before any job, and every message names the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qmroct.studies import Criterion, CriterionError, parse_criterion
+
+SCHEMA_PATH = Path(str(resources.files("qmroct") / "schemas" / "config.schema.yaml"))
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class Study:
+    name: str
+    criteria: list[Criterion]
+    projects: list[str]
+    description: str = ""
+    set_scan_quality: bool = False
+
+
+@dataclass
+class Settings:
+    """The checked configuration, with algorithms loaded."""
+
+    raw: dict[str, Any]
+    algorithms: dict[str, Any]  # name -> qmroct.algorithms.Algorithm
+    studies: dict[str, Study] = field(default_factory=dict)
+
+    def algorithm_params(self, name: str) -> dict[str, Any]:
+        return dict((self.raw["algorithms"].get(name) or {}).get("params", {}))
+
+    def algorithm_timeout(self, name: str) -> float | None:
+        return (self.raw["algorithms"].get(name) or {}).get("timeout_s")
+
+
+def validate_schema(config: dict[str, Any]) -> None:
+    """Structure check with defaults filled in; raises ConfigError naming the key."""
+    import jsonschema
+
+    from snakemake.utils import validate
+
+    try:
+        validate(config, str(SCHEMA_PATH), set_default=True)
+    except Exception as exc:  # snakemake wraps jsonschema errors in WorkflowError
+        cause = exc.__cause__ or exc.__context__ or exc
+        if isinstance(cause, jsonschema.ValidationError):
+            where = "/".join(str(p) for p in cause.absolute_path) or "(top level)"
+            raise ConfigError(f"config.yaml: {where}: {cause.message}") from None
+        raise ConfigError(f"config.yaml: {exc}") from None
+
+
+def check_config(config: dict[str, Any], workflow_dir: Path | str = ".") -> Settings:
+    """Semantic checks after the schema; returns Settings with algorithms loaded."""
+    from qmroct.algorithms import available_algorithms, load_algorithm
+
+    search_paths = [Path(workflow_dir) / p for p in config.get("algorithm_paths", ["algorithms"])]
+    available = available_algorithms(search_paths)
+    algorithms = {}
+    for name, entry in config["algorithms"].items():
+        if name not in available:
+            raise ConfigError(
+                f"config.yaml: algorithms/{name}: unknown algorithm {name!r}; available: {', '.join(sorted(available)) or 'none'}"
+            )
+        algo = load_algorithm(name, search_paths=search_paths)
+        pin = (entry or {}).get("version")
+        if pin is not None and str(pin) != str(algo.version):
+            raise ConfigError(
+                f"config.yaml: algorithms/{name}/version: pinned {pin!r} but {name}'s manifest says {algo.version!r}"
+            )
+        algorithms[name] = algo
+
+    kqis = {name: {k.name for k in algo.kqis} for name, algo in algorithms.items()}
+    studies = {}
+    for name, study in (config.get("studies") or {}).items():
+        try:
+            criteria = [parse_criterion(text, kqis) for text in study["criteria"]]
+        except CriterionError as exc:
+            raise ConfigError(f"config.yaml: studies/{name}/criteria: {exc}") from None
+        projects = study.get("projects") or list(config["projects"])
+        unknown = sorted(set(projects) - set(config["projects"]))
+        if unknown:
+            raise ConfigError(f"config.yaml: studies/{name}/projects: {', '.join(unknown)} not in the configured projects")
+        studies[name] = Study(name, criteria, projects, study.get("description", ""), bool(study.get("set_scan_quality")))
+    return Settings(raw=config, algorithms=algorithms, studies=studies)
+
+
+def load_settings(path: Path | str, workflow_dir: Path | str | None = None) -> Settings:
+    """Read, schema-check and semantically check a config file (for the CLI and tests)."""
+    path = Path(path)
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    validate_schema(config)
+    return check_config(config, workflow_dir or path.parent)

@@ -1,0 +1,126 @@
+"""Staging a session's scans once, for all the algorithms that need them.
+
+Every algorithm job of a session needs the same normalised volumes. Reading
+and decoding them per algorithm would multiply archive traffic; making them a
+Snakemake ``temp()`` output would make one algorithm's version bump recompute
+every algorithm (the temp file has to be rebuilt, and everything downstream of
+a rebuilt file reruns). So staging is a cache outside Snakemake's view:
+
+* the first algorithm job of a session fetches the files from the archive,
+  decodes each scan into ``volume.npy`` + ``meta.json`` and records per-scan
+  failures; the others wait on a lock and reuse it;
+* the session's summary job (the last job of the session's group) releases
+  it, and the workflow's onsuccess/onerror handlers wipe whatever is left.
+
+The cache is keyed by the session's fingerprint, so a changed session is
+never served stale volumes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from qmroct.archive.base import Archive, Session
+from qmroct.scanio import ScanError, Volume, read_scan
+
+
+@dataclass(frozen=True)
+class StagedScan:
+    scan_id: str
+    volume_path: Path | None
+    meta: dict
+    error: str | None = None  # why the scan could not be read (then volume_path is None)
+
+
+def stage_dir(scratch_root: Path, session: Session) -> Path:
+    return Path(scratch_root) / session.project / session.label / session.fingerprint.split(":")[-1][:16]
+
+
+@contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def stage_session(scratch_root: Path, session: Session, archive: Archive) -> dict[str, StagedScan]:
+    """Fetch and decode the session's scans unless already staged; return them per scan."""
+    directory = stage_dir(scratch_root, session)
+    index_path = directory / "staged.json"
+    with _locked(directory.parent / f".{directory.name}.lock"):
+        if not index_path.is_file():
+            _stage(directory, session, archive)
+        index = json.loads(index_path.read_text())
+    return {
+        scan_id: StagedScan(
+            scan_id=scan_id,
+            volume_path=directory / entry["volume"] if entry.get("volume") else None,
+            meta=entry.get("meta", {}),
+            error=entry.get("error"),
+        )
+        for scan_id, entry in index.items()
+    }
+
+
+def _stage(directory: Path, session: Session, archive: Archive) -> None:
+    shutil.rmtree(directory, ignore_errors=True)
+    raw = directory / "raw"
+    raw.mkdir(parents=True)
+    fetched = archive.fetch(session, raw)  # archive errors propagate: the job fails, naming the session
+    index: dict[str, dict] = {}
+    for scan in session.scans:
+        paths = fetched.get(scan.id, [])
+        try:
+            volume = _read_scan_files(scan.id, paths)
+        except ScanError as exc:
+            index[scan.id] = {"error": exc.reason if not paths else str(exc).replace(str(raw) + "/", "")}
+            continue
+        volume.save(directory / scan.id, scan.id)
+        index[scan.id] = {"volume": f"{scan.id}/volume.npy", "meta": volume.meta(scan.id)}
+    shutil.rmtree(raw)  # the raw files are not needed once decoded
+    (directory / "staged.json").write_text(json.dumps(index, indent=1))
+
+
+def _read_scan_files(scan_id: str, paths: list[Path]) -> Volume:
+    if not paths:
+        raise ScanError(f"scan {scan_id}", "scan has no files")
+    if len(paths) == 1:
+        return read_scan(paths[0])
+    volumes, errors = [], []
+    for path in paths:
+        try:
+            volumes.append(read_scan(path))
+        except ScanError as exc:
+            errors.append(exc)
+    if len(volumes) == 1:
+        return volumes[0]
+    if not volumes:
+        raise errors[0]
+    raise ScanError(f"scan {scan_id}", f"scan holds {len(volumes)} volumes; expected one")
+
+
+def release_session(scratch_root: Path, session: Session) -> None:
+    """Delete the session's staged volumes (all fingerprints) and its locks."""
+    base = Path(scratch_root) / session.project / session.label
+    shutil.rmtree(base, ignore_errors=True)
+    _prune_empty(base.parent, stop=Path(scratch_root))
+
+
+def wipe_scratch(scratch_root: Path) -> None:
+    """End of run: nothing staged survives the workflow."""
+    shutil.rmtree(scratch_root, ignore_errors=True)
+
+
+def _prune_empty(path: Path, stop: Path) -> None:
+    while path != stop and path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+        path = path.parent

@@ -1,0 +1,139 @@
+"""What each workflow step does, given Snakemake's ``snakemake`` object.
+
+The scripts in ``scripts/`` are one line each and call these functions, so
+the steps can be read, tested and reused without Snakemake.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from qmroct.config import check_config
+
+
+def _logger(snakemake: Any, name: str) -> logging.Logger:
+    logger = logging.getLogger(f"qmroct.{name}")
+    logger.setLevel(logging.INFO)
+    logger.handlers.clear()
+    if snakemake.log:
+        Path(snakemake.log[0]).parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(snakemake.log[0], mode="w")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+    logger.addHandler(logging.StreamHandler())
+    return logger
+
+
+def _settings(snakemake: Any):
+    return check_config(snakemake.config, Path(snakemake.scriptdir).parent)
+
+
+def discover_step(snakemake: Any) -> None:
+    from qmroct.discovery import discover
+
+    log = _logger(snakemake, "discover")
+    sessions = discover(snakemake.config, Path(snakemake.output.directory), Path(snakemake.output.index))
+    log.info("discovered %d sessions in %s", len(sessions), ", ".join(snakemake.config["projects"]))
+
+
+def compute_step(snakemake: Any) -> None:
+    from qmroct.compute import compute_session, write_json_atomic
+    from qmroct.discovery import archive_for, load_manifest
+
+    log = _logger(snakemake, "compute")
+    settings = _settings(snakemake)
+    name = snakemake.wildcards.algorithm
+    session = load_manifest(snakemake.input.session)
+    algo = settings.algorithms[name]
+    with archive_for(snakemake.config) as archive:
+        result = compute_session(
+            session,
+            algo,
+            settings.algorithm_params(name),
+            archive,
+            Path(snakemake.config["scratch_dir"]),
+            Path(snakemake.output.extras),
+            timeout=settings.algorithm_timeout(name),
+        )
+    write_json_atomic(Path(snakemake.output.kqi), result)
+    for scan in result["scans"]:
+        if scan["status"] != "ok":
+            log.warning("session %s scan %s: %s", session.key, scan["scan"], scan["error"])
+    log.info("%s %s on %s: %s (%d scans)", name, algo.version, session.key, result["status"], len(result["scans"]))
+
+
+def summary_step(snakemake: Any) -> None:
+    from qmroct.compute import write_json_atomic
+    from qmroct.discovery import archive_for, load_manifest
+    from qmroct.summary import make_thumbnails, summarise_session
+
+    log = _logger(snakemake, "summary")
+    session = load_manifest(snakemake.input.session)
+    results = [Path(p) for p in snakemake.input.results]
+    with archive_for(snakemake.config) as archive:
+        thumbs = make_thumbnails(session, archive, Path(snakemake.config["scratch_dir"]), Path(snakemake.output.thumbnails), results)
+    summary = summarise_session(session, results)
+    summary["thumbnails"] = thumbs
+    write_json_atomic(Path(snakemake.output.summary), summary)
+    log.info("summary of %s: %d algorithms, %d thumbnails", session.key, len(results), len(thumbs))
+
+
+def writeback_step(snakemake: Any) -> None:
+    from qmroct.compute import write_json_atomic
+    from qmroct.discovery import archive_for, load_manifest
+    from qmroct.writeback import write_back
+
+    log = _logger(snakemake, "writeback")
+    session = load_manifest(snakemake.input.session)
+    with archive_for(snakemake.config) as archive:
+        receipt = write_back(session, archive, [Path(p) for p in snakemake.input.results])
+    write_json_atomic(Path(snakemake.output.receipt), receipt)
+    for item in receipt["assessments"]:
+        log.info("%s: %s", item["label"], item["action"])
+
+
+def aggregate_step(snakemake: Any) -> None:
+    from qmroct.aggregate import study_table, tidy_table, write_tables
+
+    log = _logger(snakemake, "aggregate")
+    settings = _settings(snakemake)
+    declared = {name: {k.name: k.unit for k in algo.kqis} for name, algo in settings.algorithms.items()}
+    tidy = tidy_table([Path(p) for p in snakemake.input.results], declared)
+    if "parquet" in snakemake.output.keys():
+        write_tables(tidy, Path(snakemake.output.tsv), Path(snakemake.output.parquet))
+        studies_dir = Path(snakemake.output.studies)
+        studies_dir.mkdir(parents=True, exist_ok=True)
+        for name, study in settings.studies.items():
+            table = study_table(tidy, study)
+            table.to_csv(studies_dir / f"{name}.tsv", sep="\t", index=False, na_rep="NA")
+            log.info("study %s: %d of %d scans usable", name, (table["overall"] == "pass").sum(), len(table))
+    else:
+        Path(snakemake.output.tsv).parent.mkdir(parents=True, exist_ok=True)
+        tidy.to_csv(snakemake.output.tsv, sep="\t", index=False, na_rep="NA")
+    log.info("%d KQI rows from %d results, %d failed", len(tidy), len(snakemake.input.results), (tidy["status"] == "failed").sum())
+
+
+def report_step(snakemake: Any) -> None:
+    import pandas as pd
+
+    from qmroct.report import render_report
+
+    settings = _settings(snakemake)
+    tidy = pd.read_parquet(snakemake.input.parquet)
+    studies_dir = Path(snakemake.input.studies)
+    studies = {}
+    for name in settings.studies:
+        path = studies_dir / f"{name}.tsv"
+        studies[name] = pd.read_csv(path, sep="\t", dtype={"scan": str}, keep_default_na=True)
+    criteria = {name: [(c.column, c.text, c.threshold) for c in s.criteria] for name, s in settings.studies.items()}
+    html = render_report(tidy, studies, criteria, Path("results/thumbnails"), snakemake.params.worst_scans)
+    Path(snakemake.output.html).parent.mkdir(parents=True, exist_ok=True)
+    Path(snakemake.output.html).write_text(html)
+    _logger(snakemake, "report").info("report written to %s", snakemake.output.html)
+
+
+def dump(obj: Any) -> str:
+    return json.dumps(obj, indent=1, default=str)
