@@ -1,0 +1,43 @@
+# Two commands on a fresh machine:
+#   make demo   set up .venv, build the demo archive, run the workflow locally
+#   make test   set up .venv (+ test extras, Octave, OpenSSH, the Nova test cloud) and run the tests
+#
+# Python 3.11 is expected as `python3` (override with PYTHON=...).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CORES ?= 2
+DEMO_SESSIONS ?= 6
+
+.PHONY: demo test setup setup-test system-packages clean-demo lint
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Snakemake finds executor plugins only in non-editable or compat-editable installs.
+setup: $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]' --config-settings editable_mode=compat
+
+demo: setup
+	@test -d demo/archive || $(BIN)/qmroct demo-archive --out demo --sessions $(DEMO_SESSIONS) --seed 0
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores $(CORES) --keep-going
+	@echo "Report: results/report/index.html   Tables: results/tables/"
+
+system-packages:
+	@if ! command -v octave-cli >/dev/null || ! test -x /usr/sbin/sshd; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    octave openssh-server openssh-client >/dev/null; fi
+
+setup-test: setup system-packages
+
+test: setup-test
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile rules/
+
+clean-demo:
+	rm -rf demo results logs scratch .qmroct .snakemake
