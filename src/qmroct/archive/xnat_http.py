@@ -1,0 +1,151 @@
+"""HTTP calls to XNAT through pyxnat's session, with retries and clear errors.
+
+pyxnat's ``Interface`` owns the ``requests`` session (basic auth on every
+request, its cookies, TLS verification); this module adds what a workflow
+needs on top: timeouts, retries with exponential backoff on 5xx, timeouts and
+dropped connections, and error messages that name the XNAT URL and what went
+wrong, never the credentials.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import requests
+
+from .base import ArchiveError
+
+log = logging.getLogger("qmroct.archive.xnat")
+
+RETRY_STATUS = frozenset({500, 502, 503, 504})
+TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+
+
+class XnatNotFound(ArchiveError):
+    """XNAT answered 404 for this URI."""
+
+
+class XnatAuthError(ArchiveError):
+    """XNAT answered 401: bad credentials, or an expired/invalidated alias token."""
+
+
+def error_text(response: requests.Response) -> str:
+    """The message of an XNAT error page (``<h3>...</h3>``) or the start of the body."""
+    text = response.text or ""
+    match = re.search(r"<h3>(.*?)</h3>", text, re.S)
+    if match:
+        return match.group(1).strip()
+    text = re.sub(r"<[^>]+>", " ", text)
+    return " ".join(text.split())[:300]
+
+
+def looks_like_error_page(body: bytes | str) -> bool:
+    """Both clients treat an HTML page as an error, whatever the status."""
+    prefix = body[:20] if isinstance(body, (bytes, str)) else b""
+    if isinstance(prefix, str):
+        prefix = prefix.encode(errors="replace")
+    return prefix.lstrip().startswith((b"<!DOCTYPE", b"<html>"))
+
+
+class XnatHttp:
+    """Authenticated, retrying HTTP on top of a pyxnat ``Interface``."""
+
+    def __init__(self, interface: Any, server: str, user: str, timeout: float = 60.0,
+                 connect_timeout: float = 10.0, retries: int = 4, backoff: float = 0.5,
+                 max_backoff: float = 20.0):
+        self.intf = interface
+        self.server = server.rstrip("/")
+        self.user = user
+        self.timeout = (connect_timeout, timeout)
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.is_token = bool(re.fullmatch(r"[0-9A-Fa-f]{8}(-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}", user or ""))
+
+    def sleep_before(self, attempt: int) -> None:
+        delay = min(self.max_backoff, self.backoff * (2 ** attempt))
+        time.sleep(delay * (1 + random.random() * 0.25))
+
+    def request(self, method: str, path: str, *, params: dict[str, Any] | None = None, data: Any = None,
+                headers: dict[str, str] | None = None, stream: bool = False, ok: Iterable[int] = (200, 201),
+                retries: int | None = None, what: str = "") -> requests.Response:
+        """One call, retried on transient failures. ``data`` may be a callable
+        returning a fresh body (for file uploads that must restart)."""
+        retries = self.retries if retries is None else retries
+        ok = tuple(ok)
+        what = what or f"{method} {path}"
+        last: str = ""
+        for attempt in range(retries + 1):
+            if attempt:
+                self.sleep_before(attempt - 1)
+            body = data() if callable(data) else data
+            try:
+                call = getattr(self.intf, method.lower())
+                response = call(path, params=params, data=body, headers=headers or {}, stream=stream,
+                                timeout=self.timeout)
+            except TRANSIENT as err:
+                last = f"{type(err).__name__}: {_short(err)}"
+                log.warning("XNAT %s: %s (attempt %d of %d)", what, last, attempt + 1, retries + 1)
+                continue
+            finally:
+                if hasattr(body, "close"):
+                    body.close()
+            status = response.status_code
+            if status in RETRY_STATUS:
+                last = f"HTTP {status} {error_text(response)}"
+                response.close()
+                log.warning("XNAT %s: %s (attempt %d of %d)", what, last, attempt + 1, retries + 1)
+                continue
+            if status == 401:
+                response.close()
+                if self.is_token:
+                    raise XnatAuthError(
+                        f"XNAT at {self.server} refused the alias token {self.user[:8]}... (401): it expired "
+                        "or was invalidated; the head process renews tokens, rerun the workflow if it stopped"
+                    )
+                raise XnatAuthError(
+                    f"XNAT at {self.server} refused the login of user '{self.user}' (401): wrong user name or "
+                    "password (check ~/.netrc or XNAT_USER/XNAT_PASS)"
+                )
+            if status == 404:
+                message = error_text(response)
+                response.close()
+                raise XnatNotFound(f"XNAT {what}: not found (404 {message})")
+            if status not in ok:
+                message = error_text(response)
+                response.close()
+                raise ArchiveError(f"XNAT {what} failed: HTTP {status} {message}")
+            if not stream and looks_like_error_page(response.content):
+                raise ArchiveError(f"XNAT {what} answered an error page: {error_text(response)}")
+            return response
+        raise ArchiveError(f"XNAT {what} failed after {retries + 1} attempts at {self.server}: {last}")
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("GET", path, **kwargs)
+
+    def put(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("PUT", path, **kwargs)
+
+    def listing(self, path: str, columns: str = "", what: str = "", **params: Any) -> list[dict[str, str]]:
+        """A listing as pyxnat reads it: ``format=csv`` parsed into dicts."""
+        from pyxnat.core.jsonutil import csv_to_json
+
+        query = {"format": "csv", **params}
+        if columns:
+            query["columns"] = columns
+        response = self.get(path, params=query, what=what or f"listing {path}")
+        text = response.content.decode("utf-8")
+        if not text.strip():
+            return []
+        return csv_to_json(text)
+
+
+def _short(err: BaseException) -> str:
+    text = str(err)
+    # requests' messages repeat the URL and pool details; keep them short
+    return text if len(text) < 200 else text[:200] + "..."
