@@ -12,6 +12,8 @@ rule aggregate:
     localrule: True
     log:
         "logs/aggregate.log",
+    conda:
+        "../envs/qmroct.yaml"
     script:
         "../scripts/aggregate.py"
 
@@ -28,6 +30,8 @@ rule report:
     localrule: True
     log:
         "logs/report.log",
+    conda:
+        "../envs/qmroct.yaml"
     script:
         "../scripts/report.py"
 
@@ -43,6 +47,8 @@ rule kqi_by_algorithm:
     localrule: True
     log:
         "logs/by_algorithm/{algorithm}.log",
+    conda:
+        "../envs/qmroct.yaml"
     script:
         "../scripts/aggregate.py"
 
@@ -60,5 +66,7 @@ rule kqi_by_project:
     localrule: True
     log:
         "logs/by_project/{project}.log",
+    conda:
+        "../envs/qmroct.yaml"
     script:
         "../scripts/aggregate.py"

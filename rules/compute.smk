@@ -22,6 +22,8 @@ rule compute:
         "session"
     log:
         "logs/compute/{project}/{session}/{algorithm}.log",
+    conda:
+        "../envs/qmroct.yaml"
     script:
         "../scripts/compute.py"
 
@@ -38,5 +40,7 @@ rule session_summary:
     priority: 10
     log:
         "logs/summary/{project}/{session}.log",
+    conda:
+        "../envs/qmroct.yaml"
     script:
         "../scripts/session_summary.py"

@@ -16,6 +16,8 @@ checkpoint discover:
     log:
         "logs/discover.log",
     localrule: True
+    conda:
+        "../envs/qmroct.yaml"
     script:
         "../scripts/discover.py"
 

@@ -12,5 +12,7 @@ rule writeback:
     localrule: True
     log:
         "logs/writeback/{project}/{session}.log",
+    conda:
+        "../envs/qmroct.yaml"
     script:
         "../scripts/writeback.py"
