@@ -1,0 +1,266 @@
+"""The Snakemake executor: maps Snakemake jobs onto the VM pool."""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import re
+import threading
+import time
+from typing import AsyncGenerator, List
+
+from snakemake_interface_common.exceptions import WorkflowError
+from snakemake_interface_executor_plugins.executors.base import SubmittedJobInfo
+from snakemake_interface_executor_plugins.executors.real import RealExecutor
+from snakemake_interface_executor_plugins.executors.remote import RemoteExecutor
+from snakemake_interface_executor_plugins.jobs import JobExecutorInterface
+
+from . import cloud as cl
+from .pool import JobState, Pool, PoolConfig, PoolJob
+from .ssh import JobIO, tar_paths
+
+MAX_SOURCE_BYTES = 10 * 1024 * 1024
+
+
+def _split(v):
+    return [x.strip() for x in (v or "").split(",") if x.strip()]
+
+
+class Executor(RemoteExecutor):
+    def __post_init__(self):
+        s = self.workflow.executor_settings
+        missing = [n for n in ("image", "flavor", "keypair", "private_key") if not getattr(s, n)]
+        if missing:
+            raise WorkflowError(
+                "openstack executor: missing settings: "
+                + ", ".join("--openstack-" + m.replace("_", "-") for m in missing)
+            )
+        self._shutdown_done = False
+        self._lock = threading.Lock()
+        self._counter = itertools.count(1)
+        conn = cl.connect(s.cloud)
+        adapter = cl.CloudAdapter(conn, s.network)
+        flavors = [adapter.find_flavor(f) for f in _split(s.flavor)]
+        pubkey = None
+        try:
+            import asyncssh
+
+            pubkey = asyncssh.read_private_key(os.path.expanduser(s.private_key)).export_public_key().decode()
+        except Exception as e:
+            raise WorkflowError(f"openstack executor: cannot read private key {s.private_key}: {e}")
+        adapter.ensure_keypair(s.keypair, pubkey)
+        user_data = None
+        if s.user_data:
+            with open(s.user_data) as f:
+                user_data = f.read()
+        self.cfg = PoolConfig(
+            image_id=adapter.find_image_id(s.image),
+            flavors=flavors,
+            keypair=s.keypair,
+            private_key=os.path.expanduser(s.private_key),
+            ssh_user=s.ssh_user,
+            ssh_port=s.ssh_port,
+            host_key_check=s.host_key_check,
+            jump_host=s.jump_host,
+            security_groups=_split(s.security_groups) or None,
+            user_data=user_data,
+            max_servers=s.max_servers,
+            max_cores=s.max_cores,
+            max_ram_mb=s.max_ram_mb,
+            keep_warm=s.keep_warm,
+            idle_timeout=s.idle_timeout,
+            max_jobs_per_server=s.max_jobs_per_server,
+            quota_cache_seconds=s.quota_cache_seconds,
+            launch_timeout=s.launch_timeout,
+            boot_timeout=s.boot_timeout,
+            launch_retries=max(1, s.launch_retries),
+            delete_timeout=s.delete_timeout,
+            quota_wait_timeout=s.quota_wait_timeout,
+            expected_boot_seconds=s.expected_boot_seconds,
+            vm_failure_retries=s.vm_failure_retries,
+            ssh_connect_timeout=s.ssh_connect_timeout,
+            ssh_keepalive=s.ssh_keepalive,
+            status_log_interval=s.status_log_interval,
+            name_prefix=s.name_prefix,
+            lease_minutes=s.lease_minutes,
+            remote_scratch=s.remote_scratch,
+            remote_path_prefix=s.remote_path_prefix,
+            keep_servers=s.keep_servers,
+        )
+        self.max_vcpus = max(f.vcpus for f in flavors)
+        self.max_ram = max(f.ram for f in flavors)
+        self.default_job_seconds = s.default_job_seconds
+        self.env_names = _split(s.envvars_from_head)
+        self.pool = Pool(self.cfg, adapter, self._log, backlog=self._backlog)
+        self.run_dir = os.path.join(".snakemake", "openstack", self.pool.run_id)
+        os.makedirs(self.run_dir, exist_ok=True)
+        self._backlog_work = 0.0
+        self._backlog_at = 0.0
+        self._submitted_members = {}
+        self._sources_ready = False
+        self.next_seconds_between_status_checks = s.status_interval
+        self.pool.start()
+        atexit.register(self._atexit)
+        self.logger.info(
+            f"openstack executor: run {self.pool.run_id}, flavors "
+            + ", ".join(f"{f.name}({f.vcpus} vCPU, {f.ram} MB)" for f in flavors)
+            + f", max {s.max_servers} server(s)"
+        )
+
+    # ------------------------------------------------------------------
+    def _log(self, level: str, msg: str) -> None:
+        getattr(self.logger, level if level in ("info", "warning", "error", "debug") else "info")(msg)
+
+    def _demand(self, job: JobExecutorInterface) -> tuple[int, int]:
+        res = job.resources
+        cores = int(res.get("_cores", getattr(job, "threads", 1)) or 1)
+        mem = int(res.get("mem_mb", 0) or 0)
+        return max(1, min(cores, self.max_vcpus)), max(0, min(mem, self.max_ram))
+
+    def get_job_args(self, job: JobExecutorInterface, **kwargs):
+        # the job gets exactly the cores its slot reserves on the VM (not 'all')
+        cores, _ = self._demand(job)
+        return RealExecutor.get_job_args(self, job, cores=cores)
+
+    def _kind(self, job) -> str:
+        return ",".join(sorted(set(job.rules)))
+
+    def _estimate(self, job) -> float:
+        rt = job.resources.get("runtime", 0)
+        try:
+            rt = float(rt or 0)
+        except (TypeError, ValueError):
+            rt = 0
+        if rt > 0:
+            return rt * 60.0
+        n = len(list(job.jobs)) if job.is_group() else 1
+        cores, _ = self._demand(job)
+        default = self.default_job_seconds * max(1.0, n / cores)
+        return self.pool.runtime_estimate(self._kind(job), default)
+
+    def _update_backlog(self):
+        """Slot-seconds of work the DAG still holds beyond what was submitted (planner input)."""
+        now = time.monotonic()
+        if now - self._backlog_at < 5.0:
+            return
+        self._backlog_at = now
+        try:
+            remaining = sum(1 for _ in self.workflow.dag.needrun_jobs())
+        except Exception:
+            return
+        in_flight = sum(
+            n for key, n in self._submitted_members.items()
+            if not self.pool.jobs.get(key) or not self.pool.jobs[key].finished
+        )
+        est = self.pool.runtime_estimate("*", self.default_job_seconds)
+        self._backlog_work = max(0, remaining - in_flight) * est
+
+    def _backlog(self) -> float:
+        return self._backlog_work
+
+    def _prepare_sources(self):
+        files = []
+        for f in sorted(self.workflow.dag.get_sources()):
+            if f.startswith("..") or os.path.isabs(f) or not os.path.isfile(f):
+                continue
+            if os.path.getsize(f) > MAX_SOURCE_BYTES:
+                self.logger.warning(f"openstack executor: source {f} larger than 10 MB, not staged")
+                continue
+            files.append(f)
+        data = tar_paths(files)
+        self.pool.set_sources(data)
+        self.logger.info(f"openstack executor: {len(files)} source files ({len(data) // 1024} KiB) staged per server")
+        self._sources_ready = True
+
+    def _secret_env(self) -> dict:
+        env = {}
+        for name in self.env_names:
+            if name in os.environ:
+                env[name] = os.environ[name]
+        env.update(self.envvars() or {})
+        return env
+
+    # ------------------------------------------------------------------
+    def run_job(self, job: JobExecutorInterface):
+        with self._lock:
+            if not self._sources_ready:
+                self._prepare_sources()
+        cores, mem = self._demand(job)
+        key = str(next(self._counter))
+        members = list(job.jobs) if job.is_group() else [job]
+        benchmarks = [str(j.benchmark) for j in members if getattr(j, "benchmark", None)]
+        # every member output (a group's internal non-temp outputs are checked locally too;
+        # temp files removed on the worker are skipped when fetching)
+        outputs = [str(f) for j in members for f in j.output] + benchmarks
+        logs = [str(f) for f in job.log]
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", job.name)[:60]
+        io_ = JobIO(
+            job_key=key,
+            command=self.format_job_exec(job),
+            env=self._secret_env(),
+            inputs=[str(f) for f in job.input],
+            outputs=outputs,
+            logs=logs,
+            local_log=os.path.join(self.run_dir, f"{safe}-{key}.log"),
+            path_prefix=self.cfg.remote_path_prefix,
+        )
+        pj = PoolJob(key=key, name=job.name if not job.is_group() else f"group {job.name}",
+                     kind=self._kind(job), cores=cores, mem_mb=mem,
+                     est_seconds=self._estimate(job), io=io_)
+        self._submitted_members[key] = len(members)
+        self._update_backlog()
+        self.pool.submit(pj)
+        self.report_job_submission(SubmittedJobInfo(job, external_jobid=key, aux={"pj": pj}))
+
+    async def check_active_jobs(
+        self, active_jobs: List[SubmittedJobInfo]
+    ) -> AsyncGenerator[SubmittedJobInfo, None]:
+        for j in active_jobs:
+            pj: PoolJob = j.aux["pj"]
+            if pj.state == JobState.DONE:
+                self.report_job_success(j)
+            elif pj.state in (JobState.FAILED, JobState.CANCELLED):
+                tail = ""
+                try:
+                    with open(pj.io.local_log, "rb") as f:
+                        f.seek(max(0, os.path.getsize(pj.io.local_log) - 3000))
+                        tail = f.read().decode(errors="replace")
+                except OSError:
+                    pass
+                self.report_job_error(
+                    j,
+                    msg=f"openstack: {pj.error}\n--- last lines of {pj.io.local_log} ---\n{tail}\n",
+                    aux_logs=[pj.io.local_log],
+                )
+            else:
+                yield j
+
+    def cancel_jobs(self, active_jobs: List[SubmittedJobInfo]):
+        try:
+            self.pool.cancel_all(timeout=60)
+        except Exception as e:
+            self.logger.error(f"openstack executor: cancelling remote jobs failed: {e}")
+
+    def shutdown(self):
+        super().shutdown()
+        self._shutdown_pool()
+
+    def _shutdown_pool(self):
+        with self._lock:
+            if self._shutdown_done:
+                return
+            self._shutdown_done = True
+        try:
+            self.pool.shutdown(timeout=self.cfg.delete_timeout * 3 + 120)
+        finally:
+            try:
+                self.pool.stats.write_json(os.path.join(self.run_dir, "summary.json"), self.pool.servers)
+            except OSError:
+                pass
+
+    def _atexit(self):
+        try:
+            self._shutdown_pool()
+        except Exception:
+            pass
