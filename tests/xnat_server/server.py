@@ -153,7 +153,8 @@ class XnatTestServer:
         return f"http://{host}:{port}"
 
     def start(self) -> "XnatTestServer":
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="xnat-test-server", daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                       name="xnat-test-server", daemon=True)
         self.thread.start()
         return self
 
@@ -236,6 +237,7 @@ class XnatHandler(BaseHTTPRequestHandler):
     def handle_any(self, method: str) -> None:
         self.method = method
         self.truncate_next = False
+        self.logged = False
         self.jsession = None
         self.user: str | None = None
         self.status_sent = 0
@@ -260,10 +262,18 @@ class XnatHandler(BaseHTTPRequestHandler):
         except Exception as err:  # a bug in the server: answer like XNAT would
             self.send_error_page(500, f"{type(err).__name__}: {err}")
         finally:
-            self.app.record({
-                "time": now_iso().replace(" ", "T"), "user": self.user or "-", "method": method,
-                "target": target, "status": self.status_sent,
-            })
+            self.log_request_once()
+
+    def log_request_once(self) -> None:
+        """Record the request (before its response goes out, so a client that
+        has its answer always finds the request in the log)."""
+        if self.logged:
+            return
+        self.logged = True
+        self.app.record({
+            "time": now_iso().replace(" ", "T"), "user": self.user or "-", "method": self.method,
+            "target": self.path, "status": self.status_sent,
+        })
 
     def apply_fault(self, fault: Fault) -> bool:
         if fault.action == "status":
@@ -331,6 +341,7 @@ class XnatHandler(BaseHTTPRequestHandler):
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self._headers_buffer.append(b"\r\n")
+        self.log_request_once()
         if self.method != "HEAD":
             self._headers_buffer.append(payload)
         self.flush_headers()
@@ -1025,7 +1036,7 @@ class XnatHandler(BaseHTTPRequestHandler):
             root = ET.fromstring(xml_doc)
             if root.get("label") and root.get("label") != fields["label"]:
                 raise HttpError(400, "Label must be modified through separate URI.")
-            if ET.QName(root).localname not in ROOT_TYPES and xsi_type == xml_type:
+            if localname(root) not in ROOT_TYPES and xsi_type == xml_type:
                 raise HttpError(422, "Only assessor documents can be PUT to an assessor URI.")
         elif t.experiment is None:
             # query-string creation: a minimal document
@@ -1068,14 +1079,14 @@ class XnatHandler(BaseHTTPRequestHandler):
             root = ET.fromstring(text)
         except ET.ParseError as err:
             raise HttpError(400, f"Unable to parse the XML document: {err}")
-        name = ET.QName(root).localname
+        name = localname(root)
         xsi_type = ROOT_TYPES.get(name) or f"xnat:{name[0].lower()}{name[1:]}Data"
         fields = {}
         for attr in ("label", "project"):
             if root.get(attr):
                 fields[attr] = root.get(attr)
         for child in root:
-            local = ET.QName(child).localname
+            local = localname(child)
             if local in ("date", "subject_ID") and child.text:
                 fields[local] = child.text.strip()
         return text, xsi_type, fields
@@ -1205,6 +1216,7 @@ class XnatHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Disposition", f'inline; filename="{row["path"].rsplit("/", 1)[-1]}"')
         for cookie in self.new_cookies:
             self.send_header("Set-Cookie", cookie)
+        self.log_request_once()
         self.end_headers()
         if self.method == "HEAD":
             return
@@ -1279,6 +1291,10 @@ class XnatHandler(BaseHTTPRequestHandler):
 
 
 # ====================================================================== helpers
+def localname(el: ET.Element) -> str:
+    return el.tag.rsplit("}", 1)[-1]
+
+
 def workflow_row(row) -> dict[str, Any]:
     return {
         "wrk_workflowData_id": str(row["id"]), "ID": row["data_id"], "id": row["data_id"],
@@ -1357,7 +1373,7 @@ def merge_assessor_xml(old: str | None, new: str, allow_deletion: bool) -> str:
 def element_item(el: ET.Element, xsi_type: str | None = None) -> dict[str, Any]:
     """XNAT's JSON for an item: flat data_fields ('a/b' for single nested
     elements), children for repeated elements and typed sub-items."""
-    local = ET.QName(el).localname
+    local = localname(el)
     meta = {"xsi:type": xsi_type or el.get(f"{{{XSI_NS}}}type") or f"xnat:{local}", "isHistory": False}
     data: dict[str, Any] = {}
     children: dict[str, list] = {}
@@ -1368,7 +1384,7 @@ def element_item(el: ET.Element, xsi_type: str | None = None) -> dict[str, Any]:
                 continue
             data[f"{prefix}{k}"] = v
         for child in node:
-            name = ET.QName(child).localname
+            name = localname(child)
             path = f"{prefix}{name}"
             if name in REPEATED:
                 sub = element_item(child, f"{meta['xsi:type']}_{name}")

@@ -9,6 +9,7 @@ wrong, never the credentials.
 
 from __future__ import annotations
 
+import html
 import logging
 import random
 import re
@@ -39,7 +40,7 @@ def error_text(response: requests.Response) -> str:
     text = response.text or ""
     match = re.search(r"<h3>(.*?)</h3>", text, re.S)
     if match:
-        return match.group(1).strip()
+        return html.unescape(match.group(1).strip())
     text = re.sub(r"<[^>]+>", " ", text)
     return " ".join(text.split())[:300]
 
