@@ -132,7 +132,7 @@ def test_xnatpy_reads_kqis_back(seeded, xnat_server, password, tmp_path):
         kqis2 = {i["data_fields"]["name"]: float(i["data_fields"]["additionalStatistics"])
                  for c in stats2["children"] if c["field"] == "additionalStatistics" for i in c["items"]}
         assert kqis2 == {"cnr": 3.5, "snr_db": 18.5}
-        assert sorted(qc.resources["QMROCT"].files) == ["layers_scan1.txt", "noise.json"]
+        assert sorted(qc.resources["QMROCT"].files.keys()) == ["layers_scan1.txt", "noise.json"]
 
 
 @needs_schemas
