@@ -1,0 +1,245 @@
+"""Shared building blocks of the built-in algorithms: input hygiene and ILM/BM segmentation.
+
+Declared in a manifest as ``shared: [octseg.py]``: its bytes then count in that
+algorithm's code checksum, so editing this file recomputes every algorithm
+that uses it (and only those).
+
+Segmentation follows the idea of Chiu et al. 2010 (Opt Express 18:19413):
+boundaries are minimum-cost paths across the B-scan through a cost made from
+vertical intensity gradients (dark-to-bright for the ILM, bright-to-dark for
+Bruch's membrane below the RPE). Instead of Dijkstra on a pixel graph we solve
+the same left-to-right path problem by dynamic programming (Viterbi) with a
+bounded, penalised jump between neighbouring A-scans, vectorised over all
+B-scans of the volume. To stay fast on full volumes the search runs in two
+passes: a coarse pass on a laterally block-averaged volume finds the retina,
+then the fine pass searches narrow bands around the coarse lines at full
+resolution and refines each boundary to sub-pixel precision.
+
+Axes: (bscan, depth, ascan). Boundary positions are continuous row
+coordinates: pixel row r covers [r, r+1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.ndimage import gaussian_filter1d, median_filter
+
+INTENSITY_KINDS = ("linear", "log8", "rescaled100")
+
+
+class InputError(ValueError):
+    """An input the algorithm cannot give a defined result for."""
+
+
+def prepare(volume: np.ndarray, meta: dict | None = None) -> tuple[np.ndarray, list[str]]:
+    """float32 (bscan, depth, ascan) with non-finite voxels replaced; notes on what was done.
+
+    Raises InputError for volumes with no usable voxel.
+    """
+    notes: list[str] = []
+    vol = np.asarray(volume)
+    if vol.ndim == 2:
+        vol = vol[None]
+    if vol.ndim != 3:
+        raise InputError(f"expected a 3-D volume (bscan, depth, ascan), got shape {vol.shape}")
+    if min(vol.shape) < 1:
+        raise InputError(f"empty volume, shape {vol.shape}")
+    vol = vol.astype(np.float32, copy=False)
+    finite = np.isfinite(vol)
+    n_bad = int(vol.size - np.count_nonzero(finite))
+    if n_bad:
+        if n_bad == vol.size:
+            raise InputError("no finite voxel in the volume (all NaN/inf)")
+        fill = float(np.min(vol[finite]))
+        vol = np.where(finite, vol, np.float32(fill))
+        notes.append(f"{n_bad} non-finite voxel(s) ({n_bad / vol.size:.2%}) replaced by the volume minimum {fill:g}")
+    kind = (meta or {}).get("intensity", "linear") or "linear"
+    if kind not in INTENSITY_KINDS:
+        notes.append(f"unknown intensity kind {kind!r}; treated as linear")
+    return vol, notes
+
+
+def intensity_kind(meta: dict | None) -> str:
+    kind = (meta or {}).get("intensity", "linear") or "linear"
+    return kind if kind in INTENSITY_KINDS else "linear"
+
+
+def to_log(x: np.ndarray, kind: str) -> np.ndarray:
+    """A log-intensity image: speckle becomes additive and edges scale-free."""
+    if kind == "log8":
+        return x.astype(np.float32, copy=False)  # already logarithmic
+    floor = np.float32(max(float(np.max(x)) * 1e-4, 1e-6))
+    return np.log(np.maximum(x, floor)).astype(np.float32)
+
+
+def depth_spacing_um(meta: dict | None, default: float = 3.9) -> float:
+    sp = ((meta or {}).get("spacing_mm") or {}).get("depth") or 0
+    return float(sp) * 1000 if sp and sp > 0 else default
+
+
+def dp_band(cost: np.ndarray, ref: np.ndarray, max_jump: int, penalty: float) -> np.ndarray:
+    """Minimum-cost left-to-right path through a band, for every B-scan at once.
+
+    cost: (nb, B, nx), cost[b, o, x] is the cost of the boundary at row ref[b, x] + o.
+    ref: (nb, nx) int, the band's top row per A-scan.
+    Between neighbouring A-scans the row may change by at most ``max_jump``
+    at ``penalty`` per pixel. Returns the chosen offsets o, (nb, nx) int.
+    """
+    nb, B, nx = cost.shape
+    ref = np.asarray(ref, dtype=np.int64)
+    jumps = np.arange(-max_jump, max_jump + 1)
+    jump_cost = (penalty * np.abs(jumps)).astype(np.float32)[None, :, None]
+    dref = np.diff(ref, axis=1)  # (nb, nx-1)
+    pad = max_jump + (int(np.max(np.abs(dref))) if nx > 1 else 0)
+    big = np.float32(1e9)
+    cost_t = np.ascontiguousarray(np.moveaxis(cost, 2, 0), dtype=np.float32)  # (nx, nb, B)
+    acc = np.full((nb, B + 2 * pad), big, dtype=np.float32)
+    acc[:, pad : pad + B] = cost_t[0]
+    windows = np.lib.stride_tricks.sliding_window_view(acc, B, axis=1)  # (nb, 2*pad+1, B), a view on acc
+    choice = np.zeros((nx, nb, B), dtype=np.int8)
+    bi = np.arange(nb)
+    # previous offset o' = o + dref - jump (row_cur - row_prev = jump): window start pad + dref - jump
+    starts = pad + dref[:, :, None] - jumps[None, None, :]  # (nb, nx-1, J)
+    for x in range(1, nx):
+        cand = windows[bi[:, None], starts[:, x - 1]] + jump_cost  # (nb, J, B) copy
+        k = np.argmin(cand, axis=1)
+        choice[x] = k
+        acc[:, pad : pad + B] = cand.min(axis=1) + cost_t[x]
+    path = np.empty((nb, nx), dtype=np.int64)
+    path[:, -1] = np.argmin(acc[:, pad : pad + B], axis=1)
+    for x in range(nx - 1, 0, -1):
+        k = choice[x, bi, path[:, x]]
+        path[:, x - 1] = path[:, x] + dref[:, x - 1] - jumps[k]
+    return np.clip(path, 0, B - 1)
+
+
+def _gather(vol: np.ndarray, ref: np.ndarray, B: int) -> np.ndarray:
+    nz = vol.shape[1]
+    idx = np.clip(ref[:, None, :] + np.arange(B)[None, :, None], 0, nz - 1)
+    return np.take_along_axis(vol, idx, axis=1)
+
+
+def _subpixel(g: np.ndarray, o: np.ndarray) -> np.ndarray:
+    """Parabolic vertex offset (-0.5..0.5) of g (nb, B, nx) around the chosen offsets o (nb, nx)."""
+    B = g.shape[1]
+    om = np.clip(o - 1, 0, B - 1)
+    op = np.clip(o + 1, 0, B - 1)
+    g0 = np.take_along_axis(g, o[:, None, :], 1)[:, 0]
+    gm = np.take_along_axis(g, om[:, None, :], 1)[:, 0]
+    gp = np.take_along_axis(g, op[:, None, :], 1)[:, 0]
+    den = gm - 2 * g0 + gp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = np.where(den < 0, 0.5 * (gm - gp) / den, 0.0)
+    return np.clip(np.nan_to_num(d), -0.5, 0.5)
+
+
+@dataclass
+class Segmentation:
+    ilm: np.ndarray  # (nb, nx) float rows
+    bm: np.ndarray  # (nb, nx) float rows
+    ilm_strength: np.ndarray  # (nb, nx) edge strength (log-intensity step) at the ILM
+    bm_strength: np.ndarray  # (nb, nx) at BM
+    confident: np.ndarray  # (nb, nx) bool
+    ilm_jumps: np.ndarray  # (nb, nx-1) |delta| between neighbouring A-scans
+    bm_jumps: np.ndarray
+
+
+def _coarse_factor(nx: int) -> int:
+    return max(1, nx // 128)
+
+
+def segment(vol: np.ndarray, meta: dict | None = None, params: dict | None = None) -> Segmentation:
+    """ILM and BM per A-scan. ``vol`` as returned by :func:`prepare`."""
+    p = {
+        "max_retina_um": 800.0,
+        "min_retina_um": 60.0,
+        "jump_px": 5,
+        "jump_penalty": 0.5,
+        "confidence_ratio": 0.3,
+        "lateral_sigma_px": 4.0,
+        **(params or {}),
+    }
+    kind = intensity_kind(meta)
+    nb, nz, nx = vol.shape
+    dz_um = depth_spacing_um(meta)
+    max_ret = int(round(p["max_retina_um"] / dz_um))
+    min_ret = max(4, int(round(p["min_retina_um"] / dz_um)))
+
+    # ---- coarse pass: lateral block average, log, smooth
+    f = _coarse_factor(nx)
+    nxc = nx // f
+    coarse = vol[:, :, : nxc * f].reshape(nb, nz, nxc, f).mean(axis=3)
+    lc = to_log(coarse, kind)
+    lc = gaussian_filter1d(lc, 2.0, axis=1)
+    if nxc > 3:
+        lc = gaussian_filter1d(lc, 1.0, axis=2)
+    lo = np.percentile(lc, 20, axis=(1, 2))[:, None, None]
+    hi = np.percentile(lc, 99.5, axis=(1, 2))[:, None, None]
+    above = lc > lo + 0.35 * (hi - lo)
+    has = above.any(axis=1)
+    ilm_c = np.where(has, np.argmax(above, axis=1), nz // 3).astype(np.int64)  # (nb, nxc)
+    if nxc >= 5:
+        ilm_c = median_filter(ilm_c, size=(1, 5), mode="nearest")
+    # RPE = brightest path below the ILM: DP through the smoothed log intensity
+    top_rpe = np.clip(ilm_c + min_ret // 2, 0, nz - 1)
+    B_rpe = max(4, min(max_ret, nz))
+    band = _gather(lc, top_rpe, B_rpe)
+    valid = (top_rpe[:, None, :] + np.arange(B_rpe)[None, :, None]) < nz
+    scale = np.maximum(hi - lo, 1e-6)
+    cost = np.where(valid, (hi - band) / scale, 10.0).astype(np.float32)
+    o = dp_band(cost, top_rpe, max_jump=3, penalty=0.05)
+    rpe_c = top_rpe + o
+
+    # ---- fine pass: bands at full lateral resolution around the coarse lines
+    xs = (np.arange(nx) + 0.5) / f - 0.5
+    xc = np.arange(nxc)
+
+    def upsample(line: np.ndarray) -> np.ndarray:
+        if nxc == 1:
+            return np.repeat(line, nx, axis=1).astype(float)
+        return np.stack([np.interp(xs, xc, row) for row in line])
+
+    def smooth_ref(line: np.ndarray) -> np.ndarray:
+        return np.rint(gaussian_filter1d(upsample(line.astype(float)), 4.0, axis=1, mode="nearest")).astype(np.int64)
+
+    def fine(ref: np.ndarray, B: int, sign: float) -> tuple[np.ndarray, np.ndarray]:
+        band = gaussian_filter1d(to_log(_gather(vol, ref, B), kind), 1.0, axis=1)
+        inside = ref[:, None, :] + np.arange(B)[None, :, None]
+        edge_ok = (inside >= 1) & (inside < nz - 1)
+
+        def grad(img):
+            g = np.zeros_like(img)
+            g[:, 1:-1] = sign * (img[:, 2:] - img[:, :-2]) * 0.5
+            return np.where(edge_ok, g, 0.0).astype(np.float32)
+
+        # the path follows a laterally well-smoothed gradient; the edge strength used for
+        # confidence comes from a lightly smoothed one, so that narrow shadows are not bridged
+        g = grad(gaussian_filter1d(band, float(p["lateral_sigma_px"]), axis=2) if nx > 3 else band)
+        g_local = grad(gaussian_filter1d(band, 1.5, axis=2) if nx > 3 else band)
+        gref = np.maximum(np.percentile(np.max(g, axis=1), 90, axis=1), 1e-6)[:, None, None]
+        cost = (1.0 - np.clip(g / gref, -1.0, 1.0)).astype(np.float32)
+        o = dp_band(cost, ref, max_jump=int(p["jump_px"]), penalty=float(p["jump_penalty"]))
+        pos = ref + o + 0.5 + _subpixel(g, o)
+        # strongest local edge within +-1 px of the path (step across 2 px)
+        near = np.stack([np.take_along_axis(g_local, np.clip(o + d, 0, B - 1)[:, None, :], 1)[:, 0] for d in (-1, 0, 1)])
+        strength = near.max(axis=0) * 2.0
+        return pos, strength
+
+    B_ilm = 28
+    ilm_ref = smooth_ref(ilm_c) - B_ilm // 2
+    ilm, ilm_s = fine(ilm_ref, B_ilm, +1.0)
+    B_bm = 26
+    bm_ref = smooth_ref(rpe_c) - 6
+    # BM is never above the ILM: keep the band below it
+    bm_ref = np.maximum(bm_ref, np.floor(ilm).astype(np.int64) + 2)
+    bm, bm_s = fine(bm_ref, B_bm, -1.0)
+
+    typical_ilm = np.median(ilm_s)
+    typical_bm = np.median(bm_s)
+    r = float(p["confidence_ratio"])
+    confident = (ilm_s > r * max(typical_ilm, 1e-6)) & (bm_s > r * max(typical_bm, 1e-6)) & (bm - ilm >= min_ret / 2)
+    ilm_j = np.abs(np.diff(ilm, axis=1))
+    bm_j = np.abs(np.diff(bm, axis=1))
+    return Segmentation(ilm=ilm, bm=bm, ilm_strength=ilm_s, bm_strength=bm_s, confident=confident, ilm_jumps=ilm_j, bm_jumps=bm_j)
