@@ -101,7 +101,7 @@ class Fault:
     """One injected fault. ``count`` requests matching ``method`` and ``path``
     (a regular expression searched in path?query) get ``action``."""
 
-    action: str  # status | delay | drop | truncate | expire_tokens | delete_experiment
+    action: str  # status | delay | drop | drop_after | truncate | expire_tokens | delete_experiment
     path: str = ".*"
     method: str = "*"
     count: int = 1
@@ -237,6 +237,7 @@ class XnatHandler(BaseHTTPRequestHandler):
     def handle_any(self, method: str) -> None:
         self.method = method
         self.truncate_next = False
+        self.drop_response = False
         self.logged = False
         self.jsession = None
         self.user: str | None = None
@@ -291,6 +292,9 @@ class XnatHandler(BaseHTTPRequestHandler):
                 pass
             self.status_sent = -1
             return True
+        if fault.action == "drop_after":
+            self.drop_response = True  # do the work, then lose the answer
+            return False
         if fault.action == "truncate":
             self.truncate_next = True
             return False
@@ -332,6 +336,12 @@ class XnatHandler(BaseHTTPRequestHandler):
     def send_bytes(self, status: int, payload: bytes, content_type: str = "text/plain;charset=UTF-8",
                    headers: dict[str, str] | None = None) -> None:
         self.drain()
+        if self.drop_response:
+            self.status_sent = -status
+            self.log_request_once()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
         self.send_response(status)
         self.status_sent = status
         self.send_header("Content-Type", content_type)

@@ -44,22 +44,24 @@ QUALITY_VALUES = ("usable", "questionable", "unusable")
 QUALITY_FIELD = "qmroct_quality_scan_"  # + scan ID: what qmroct set, recorded in the assessor
 
 
-def resolve_credentials(server: str | None, netrc_file: str | None = None) -> tuple[str, str, str]:
+def resolve_credentials(server: str | None, netrc_file: str | None = None,
+                        environ: Any = None) -> tuple[str, str, str]:
     """(server, user, password) from the environment or ~/.netrc, never config.
 
     ``XNAT_HOST`` gives the server when config does not; ``XNAT_USER`` and
     ``XNAT_PASS`` win over ``~/.netrc`` (jobs get an alias token that way).
     """
-    server = (server or os.environ.get("XNAT_HOST") or "").rstrip("/")
+    environ = os.environ if environ is None else environ
+    server = (server or environ.get("XNAT_HOST") or "").rstrip("/")
     if not server:
         raise ArchiveError("XNAT archive: no server URL (set archive.server in config or XNAT_HOST)")
-    user, password = os.environ.get("XNAT_USER"), os.environ.get("XNAT_PASS")
+    user, password = environ.get("XNAT_USER"), environ.get("XNAT_PASS")
     if user and password:
         return server, user, password
     host = urlsplit(server).hostname or ""
     netloc = urlsplit(server).netloc
     try:
-        rc = netrc.netrc(netrc_file or os.environ.get("NETRC") or None)
+        rc = netrc.netrc(netrc_file or environ.get("NETRC") or None)
         auth = rc.authenticators(netloc) or rc.authenticators(host)
     except FileNotFoundError:
         auth = None
@@ -92,6 +94,7 @@ class XnatArchive(Archive):
         pipeline_prefix: str = "qmroct",
         chunk_size: int = 1 << 20,
         netrc_file: str | None = None,
+        tokens: bool = True,
         **unknown: Any,
     ):
         if unknown:
@@ -110,6 +113,7 @@ class XnatArchive(Archive):
         self.pipeline_prefix = pipeline_prefix
         self.chunk_size = int(chunk_size)
         self.netrc_file = netrc_file
+        self.tokens = tokens  # used by xnat_tokens.start_archive_tokens (head process)
         self._http: XnatHttp | None = None
         self._intf: Any = None
 

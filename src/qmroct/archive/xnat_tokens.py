@@ -1,0 +1,185 @@
+"""Alias tokens: the head process's password never reaches a job.
+
+At the start of a run the head process exchanges the user's credentials
+(``~/.netrc`` or ``XNAT_USER``/``XNAT_PASS``) for an XNAT alias token
+(``GET /data/services/tokens/issue``) and puts only the token in the
+environment jobs inherit, the way XNAT's Container Service does::
+
+    XNAT_HOST=<server>  XNAT_USER=<alias>  XNAT_PASS=<secret>
+
+The password stays in the keeper's memory, used to renew the token before it
+expires (a fresh token for jobs started later; jobs already running keep
+theirs until its own expiry) and to invalidate every token it issued at the end
+of the run (``/data/services/tokens/invalidate/<alias>``).
+
+In the Snakefile::
+
+    onstart:
+        start_archive_tokens(config["archive"])
+    onsuccess:
+        stop_archive_tokens()
+    onerror:
+        stop_archive_tokens()
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from .base import ArchiveError
+from .xnat import resolve_credentials
+from .xnat_http import XnatHttp
+
+log = logging.getLogger("qmroct.archive.xnat")
+ENV_KEYS = ("XNAT_HOST", "XNAT_USER", "XNAT_PASS")
+
+
+@dataclass(frozen=True)
+class AliasToken:
+    alias: str
+    secret: str
+    expires: float  # epoch seconds (XNAT's estimatedExpirationTime / 1000)
+    issued: float
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"AliasToken(alias={self.alias!r}, expires={self.expires:.0f})"
+
+    def environment(self, server: str) -> dict[str, str]:
+        return {"XNAT_HOST": server, "XNAT_USER": self.alias, "XNAT_PASS": self.secret}
+
+
+def _http(server: str, user: str, password: str, verify: bool | str, timeout: float) -> XnatHttp:
+    import pyxnat
+
+    intf = pyxnat.Interface(server=server, user=user, password=password, verify=verify)
+    return XnatHttp(intf, server, user, timeout=timeout, retries=3, backoff=0.5)
+
+
+def issue_token(server: str, user: str, password: str, verify: bool | str = True,
+                timeout: float = 30.0) -> AliasToken:
+    http = _http(server, user, password, verify, timeout)
+    try:
+        data = http.get("/data/services/tokens/issue", params={"format": "json"}, what="alias token").json()
+    finally:
+        http.intf._http.close()
+    try:
+        expires = float(data.get("estimatedExpirationTime") or 0) / 1000.0
+        return AliasToken(alias=data["alias"], secret=data["secret"], expires=expires or time.time() + 48 * 3600,
+                          issued=time.time())
+    except (KeyError, TypeError, ValueError):
+        raise ArchiveError(f"XNAT at {server} answered an alias token without alias/secret") from None
+
+
+def invalidate_token(server: str, user: str, password: str, alias: str, verify: bool | str = True,
+                     timeout: float = 30.0) -> None:
+    http = _http(server, user, password, verify, timeout)
+    try:
+        http.get(f"/data/services/tokens/invalidate/{alias}", params={"format": "json"},
+                 what=f"invalidate token {alias[:8]}")
+    finally:
+        http.intf._http.close()
+
+
+class TokenKeeper:
+    """Issues, hands down (environment), renews and invalidates alias tokens."""
+
+    def __init__(self, server: str | None = None, verify: bool | str = True, renew_fraction: float = 0.8,
+                 min_renew_interval: float = 1.0, netrc_file: str | None = None,
+                 environ: MutableMapping[str, str] | None = None, timeout: float = 30.0):
+        self.environ = os.environ if environ is None else environ
+        self.server, self._user, self._password = resolve_credentials(server, netrc_file, self.environ)
+        self.verify = verify
+        self.renew_fraction = renew_fraction
+        self.min_renew_interval = min_renew_interval
+        self.timeout = timeout
+        self.tokens: list[AliasToken] = []
+        self.current: AliasToken | None = None
+        self._saved = {k: self.environ.get(k) for k in ENV_KEYS}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> AliasToken:
+        token = self.renew()
+        self._thread = threading.Thread(target=self._run, name="xnat-token-renewal", daemon=True)
+        self._thread.start()
+        return token
+
+    def renew(self) -> AliasToken:
+        token = issue_token(self.server, self._user, self._password, self.verify, self.timeout)
+        with self._lock:
+            self.tokens.append(token)
+            self.current = token
+            self.environ.update(token.environment(self.server))
+        log.info("XNAT alias token %s... issued, valid until %s", token.alias[:8],
+                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(token.expires)))
+        return token
+
+    def _due(self) -> float:
+        token = self.current
+        assert token is not None
+        lifetime = max(0.0, token.expires - token.issued)
+        return max(self.min_renew_interval, token.issued + lifetime * self.renew_fraction - time.time())
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._due()):
+            try:
+                self.renew()
+            except ArchiveError as err:  # keep the old token; try again soon
+                log.warning("XNAT alias token renewal failed: %s", err)
+                self._stop.wait(self.min_renew_interval)
+
+    def stop(self) -> None:
+        """Stop renewing, invalidate every token issued, restore the environment."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        for token in self.tokens:
+            try:
+                invalidate_token(self.server, self._user, self._password, token.alias, self.verify, self.timeout)
+            except ArchiveError as err:
+                log.warning("XNAT alias token %s... could not be invalidated: %s", token.alias[:8], err)
+        with self._lock:
+            for key, value in self._saved.items():
+                if value is None:
+                    self.environ.pop(key, None)
+                else:
+                    self.environ[key] = value
+        self.tokens = []
+        self.current = None
+
+    def __enter__(self) -> "TokenKeeper":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+_KEEPER: TokenKeeper | None = None
+
+
+def start_archive_tokens(archive_config: dict[str, Any]) -> TokenKeeper | None:
+    """Snakefile onstart: for an XNAT archive, hand jobs an alias token only."""
+    global _KEEPER
+    if archive_config.get("backend") != "xnat" or not archive_config.get("tokens", True):
+        return None
+    if _KEEPER is None:
+        _KEEPER = TokenKeeper(server=archive_config.get("server"), verify=archive_config.get("verify", True),
+                              netrc_file=archive_config.get("netrc_file"))
+        _KEEPER.start()
+    return _KEEPER
+
+
+def stop_archive_tokens() -> None:
+    """Snakefile onsuccess/onerror: invalidate the run's tokens."""
+    global _KEEPER
+    if _KEEPER is not None:
+        keeper, _KEEPER = _KEEPER, None
+        keeper.stop()
