@@ -24,9 +24,19 @@ rule all:
     default_target: True
 
 
+from qmroct.archive.xnat_tokens import start_archive_tokens, stop_archive_tokens
+
+
+onstart:
+    # XNAT: jobs get an alias token in XNAT_USER/XNAT_PASS, never the password
+    start_archive_tokens(config["archive"])
+
+
 onsuccess:
+    stop_archive_tokens()
     wipe_scratch(SCRATCH)
 
 
 onerror:
+    stop_archive_tokens()
     wipe_scratch(SCRATCH)
