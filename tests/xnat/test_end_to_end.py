@@ -1,0 +1,214 @@
+"""The real workflow (snakemake) against the XNAT test server.
+
+A small synthetic archive is uploaded into the server through pyxnat; snakemake
+runs with ``archive: {backend: xnat}``; assessors appear; a second run does
+nothing; a new session computes only that session; a new algorithm adds its
+assessors. The user's password is handed to snakemake the way a user would
+(XNAT_USER/XNAT_PASS); a probe algorithm records each job's environment, and
+the test checks that no job, log or file saw the password.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.xnat.helpers import USER
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+SHAPE = (5, 128, 64)
+UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+PROBE_MANIFEST = """\
+name: envprobe
+version: "1.0.0"
+runtime: python
+entry: envprobe.py
+function: compute
+description: Test-only probe that records the job's environment.
+params: {}
+kqis:
+  - name: mean_intensity
+    unit: intensity
+    higher_is_better: null
+    valid_range: null
+    description: Mean of the volume.
+resources: {threads: 1, mem_mb: 200, runtime_s: 0.5}
+"""
+
+PROBE_CODE = """\
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def compute(volume, meta, params, workdir):
+    dump = Path(os.environ["QMROCT_TEST_ENV_DUMP"])
+    dump.mkdir(parents=True, exist_ok=True)
+    (dump / f"{os.getpid()}.json").write_text(json.dumps(dict(os.environ)))
+    return {"kqis": {"mean_intensity": {"value": float(np.mean(volume)), "unit": "intensity"}}}
+"""
+
+
+def upload_archive(intf, archive: Path, only: set[str] | None = None) -> list[str]:
+    """Put a directory archive (qmroct demo-archive layout) into XNAT via pyxnat."""
+    labels = []
+    for session_dir in sorted(archive.glob("*/subjects/*/experiments/*")):
+        info = json.loads((session_dir / "session.json").read_text())
+        if only is not None and info["label"] not in only:
+            continue
+        exp = intf.select(f"/project/{info['project']}/subject/{info['subject']}/experiment/{info['label']}")
+        exp.create(experiments=info.get("xsiType", "xnat:optSessionData"))
+        for scan_dir in sorted((session_dir / "scans").iterdir()):
+            scan = json.loads((scan_dir / "scan.json").read_text())
+            stype = scan.get("xsiType", "xnat:optScanData")
+            exp.scan(scan["ID"]).create(scans=stype, **{f"{stype}/type": scan.get("type", ""),
+                                                         f"{stype}/series_description": scan.get("series_description", "")})
+            for f in sorted(scan_dir.glob("resources/*/files/*")):
+                res = f.parent.parent.name
+                exp.scan(scan["ID"]).resource(res).file(f.name).put(str(f), format="DICOM", content="RAW")
+        labels.append(info["label"])
+    return labels
+
+
+class XnatWorkflow:
+    def __init__(self, root: Path, env: dict[str, str]):
+        self.root = root
+        self.env = env
+        self.outputs: list[str] = []
+
+    def write_config(self, config: dict) -> None:
+        (self.root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def run(self, *args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--nocolor", *args]
+        proc = subprocess.run(cmd, cwd=self.root, capture_output=True, text=True, timeout=600, env=self.env)
+        self.outputs.append(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        return proc
+
+    def planned(self) -> dict[str, int]:
+        text = self.run("-n").stdout + self.outputs[-1]
+        counts: dict[str, int] = {}
+        if "Job stats:" not in text:
+            return counts
+        for line in text.split("Job stats:", 1)[1].splitlines()[3:]:
+            match = re.match(r"^(\w+)\s+(\d+)\s*$", line.strip())
+            if not match:
+                break
+            if match.group(1) != "total":
+                counts[match.group(1)] = int(match.group(2))
+        return counts
+
+
+def assessor_labels(intf, session_id: str) -> list[str]:
+    return sorted(r["label"] for r in intf._get_json(f"/data/experiments/{session_id}/assessors?columns=ID,label"))
+
+
+def writes(server) -> list[dict]:
+    return [r for r in server.requests if r["method"] in ("PUT", "POST", "DELETE")
+            and "/JSESSION" not in r["target"]]
+
+
+def test_workflow_against_xnat(xnat_server, password, pyxnat_interface, tmp_path):
+    from qmroct.synth.demo import build_demo_archive
+
+    xnat_server.store.put_project("DEMO", {})
+    demo = tmp_path / "demo"
+    build_demo_archive(demo, sessions=3, seed=11, shape=SHAPE)
+    first_two = upload_archive(pyxnat_interface, demo / "archive", only={"SUBJ001_V1", "SUBJ001_V2"})
+    assert first_two == ["SUBJ001_V1", "SUBJ001_V2"]
+
+    root = tmp_path / "wf"
+    root.mkdir()
+    for part in ("Snakefile", "rules", "scripts", "algorithms", "envs", "config.yaml"):
+        src = REPO / part
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / part)
+    probe = root / "algorithms" / "envprobe"
+    probe.mkdir()
+    (probe / "algorithm.yaml").write_text(PROBE_MANIFEST)
+    (probe / "envprobe.py").write_text(PROBE_CODE)
+    config = yaml.safe_load((root / "config.yaml").read_text())
+    config["archive"] = {"backend": "xnat", "server": xnat_server.url, "backoff": 0.1}
+    config["projects"] = ["DEMO"]
+    config["algorithms"] = {"noise": {}, "envprobe": {}}
+    config["studies"] = {}
+    dumps = tmp_path / "envdumps"
+    env = dict(os.environ, XNAT_USER=USER, XNAT_PASS=password, QMROCT_TEST_ENV_DUMP=str(dumps),
+               PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    env.pop("XNAT_HOST", None)
+    env.pop("NETRC", None)
+    wf = XnatWorkflow(root, env)
+    wf.write_config(config)
+
+    # 1. first run: every session x algorithm computed and written back
+    wf.run()
+    sessions = {r["label"]: r["ID"] for r in pyxnat_interface._get_json("/data/projects/DEMO/experiments")}
+    for label in first_two:
+        assert assessor_labels(pyxnat_interface, sessions[label]) == [f"{label}_qmroct_envprobe",
+                                                                      f"{label}_qmroct_noise"]
+        history = pyxnat_interface._exec(f"/data/workflows?format=json&wrk:workflowData/id={sessions[label]}")
+        items = json.loads(history)["items"]
+        assert sorted((i["data_fields"]["pipeline_name"], i["data_fields"]["status"]) for i in items) == [
+            ("qmroct envprobe", "Complete"), ("qmroct noise", "Complete")]
+    kqi = json.loads(next(root.glob("results/kqi/DEMO/SUBJ001_V1/noise.json")).read_text())
+    assert kqi["status"] in ("ok", "partial")
+
+    # jobs saw an alias token, never the password; tokens are invalidated at the end
+    envs = [json.loads(p.read_text()) for p in dumps.glob("*.json")]
+    assert envs, "the probe algorithm did not run"
+    for job_env in envs:
+        assert password not in json.dumps(job_env)
+        assert UUID.match(job_env["XNAT_USER"]) and job_env["XNAT_HOST"] == xnat_server.url
+    assert xnat_server.store.q("SELECT * FROM tokens WHERE enabled=1") == []
+    assert len(xnat_server.store.q("SELECT * FROM tokens")) == 1
+
+    # 2. second run: nothing to do, nothing written to XNAT
+    before = len(writes(xnat_server))
+    assert wf.planned() == {}
+    wf.run()
+    assert writes(xnat_server)[before:] == []
+
+    # 3. a new session in XNAT: only that session is computed
+    results = {p: p.stat().st_mtime_ns for p in root.glob("results/kqi/DEMO/*/*.json")}
+    assert upload_archive(pyxnat_interface, demo / "archive", only={"SUBJ002_V1"}) == ["SUBJ002_V1"]
+    assert "discover" in wf.planned()  # the archive's state token changed: rediscover
+    wf.run()
+    assert all(p.stat().st_mtime_ns == t for p, t in results.items())  # old sessions untouched
+    new_results = sorted(p.relative_to(root).as_posix() for p in root.glob("results/kqi/DEMO/*/*.json")
+                         if p not in results)
+    assert new_results == ["results/kqi/DEMO/SUBJ002_V1/envprobe.json", "results/kqi/DEMO/SUBJ002_V1/noise.json"]
+    new_id = {r["label"]: r["ID"] for r in pyxnat_interface._get_json("/data/projects/DEMO/experiments")}["SUBJ002_V1"]
+    assert assessor_labels(pyxnat_interface, new_id) == ["SUBJ002_V1_qmroct_envprobe", "SUBJ002_V1_qmroct_noise"]
+
+    # 4. a new algorithm: computed for all sessions, its assessors added, nothing else rerun
+    config["algorithms"]["signal"] = {}
+    wf.write_config(config)
+    results = {p: p.stat().st_mtime_ns for p in root.glob("results/kqi/DEMO/*/*.json")}
+    wf.run()
+    assert all(p.stat().st_mtime_ns == t for p, t in results.items())
+    all_ids = {r["label"]: r["ID"] for r in pyxnat_interface._get_json("/data/projects/DEMO/experiments")}
+    for label, eid in all_ids.items():
+        labels = assessor_labels(pyxnat_interface, eid)
+        assert labels == sorted(f"{label}_qmroct_{a}" for a in ("envprobe", "noise", "signal")), labels
+
+    # no password in any log, output, metadata or result file, nor in any URL the server saw
+    for text in wf.outputs:
+        assert password not in text
+    for path in root.rglob("*"):
+        if path.is_file():
+            assert password.encode() not in path.read_bytes(), path
+    assert password not in (xnat_server.store.data_dir / "access.log").read_text()
