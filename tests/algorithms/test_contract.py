@@ -20,7 +20,7 @@ from qmroct.algorithms import (
 )
 
 ALGORITHMS = Path(__file__).resolve().parents[2] / "algorithms"
-BUILTIN = ["layers", "noise"]
+BUILTIN = ["centering", "layers", "motion", "mtci", "noise", "signal"]
 
 
 def make_algo(root: Path, name: str, body: str, kqis: str | None = None, extra: str = "") -> Path:
@@ -48,7 +48,7 @@ def small_scan(tmp_path, stage):
 
 def test_builtin_algorithms_listed():
     names = available_algorithms([ALGORITHMS])
-    for name in ("noise", "layers"):
+    for name in BUILTIN:
         assert name in names
     assert not any(n.startswith("_") for n in names)
 
@@ -202,3 +202,32 @@ def test_every_builtin_runs_through_the_contract(tmp_path, synth, stage, name):
     assert set(out["kqis"]) == {k.name for k in algo.kqis}
     for kqi, res in out["kqis"].items():
         assert res["value"] is not None, (name, kqi)
+
+
+BAD_VOLUMES = {
+    "all_zero": lambda: np.zeros((3, 96, 64), np.float32),
+    "constant": lambda: np.full((3, 96, 64), 7.0, np.float32),
+    "all_nan": lambda: np.full((2, 96, 64), np.nan, np.float32),
+    "pure_noise": lambda: np.random.default_rng(1).normal(1000, 80, (3, 96, 64)).astype(np.float32),
+    "inf_and_nan": lambda: np.where(np.random.default_rng(2).random((3, 96, 64)) < 0.01, np.inf,
+                                    np.random.default_rng(3).normal(1000, 80, (3, 96, 64))).astype(np.float32),
+    "one_bscan_tiny": lambda: np.random.default_rng(4).normal(1000, 80, (1, 8, 8)).astype(np.float32),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_VOLUMES))
+@pytest.mark.parametrize("name", BUILTIN)
+def test_bad_volumes_give_defined_result_or_clear_failure(tmp_path, stage, name, case):
+    """Never a crash: either schema-valid KQIs (possibly null, with notes) or an AlgorithmFailure with a reason."""
+    algo = load_algorithm(name, [ALGORITHMS])
+    path, meta = stage(tmp_path, BAD_VOLUMES[case](), {"bscan": 0.1, "depth": 0.0039, "ascan": 0.0117})
+    try:
+        out = algo.run(path, meta, {}, tmp_path / "w")
+    except AlgorithmFailure as exc:
+        assert case == "all_nan", f"{name} failed on {case}: {exc}"
+        assert "no finite voxel" in str(exc)
+        return
+    assert case != "all_nan", f"{name} returned a result for an all-NaN volume"
+    assert set(out["kqis"]) == {k.name for k in algo.kqis}
+    if case in ("all_zero", "constant"):
+        assert out["notes"], f"{name}: a blank volume should come with a note"
