@@ -1,6 +1,5 @@
 # Configuration, algorithms and the session list shared by all rules.
 
-from pathlib import Path
 
 from qmroct.config import check_config, validate_schema
 from qmroct.compute import algorithm_identity
@@ -18,20 +17,6 @@ DISCOVERY = "results/discovery"
 wildcard_constraints:
     project=r"[A-Za-z0-9_-]+",
     session=r"[^/]+",
-    algorithm=r"[a-z][a-z0-9_]*",
-
-
-def algorithm_params(wildcards):
-    """Name, version, code checksum and params: any change reruns only this algorithm."""
-    name = wildcards.algorithm
-    return algorithm_identity(SETTINGS.algorithms[name], SETTINGS.algorithm_params(name))
-
-
-def algorithm_resource(key, default):
-    def get(wildcards):
-        return SETTINGS.algorithms[wildcards.algorithm].resources.get(key, default)
-
-    return get
 
 
 def sessions(project=None):
@@ -40,17 +25,12 @@ def sessions(project=None):
     return [(p, s) for p, s in read_session_index(index) if project in (None, p)]
 
 
-def session_manifest(wildcards):
-    return f"{DISCOVERY}/sessions/{wildcards.project}/{wildcards.session}.json"
-
-
-def session_results(wildcards):
-    return expand(
-        "results/kqi/{project}/{session}/{algorithm}.json",
-        project=wildcards.project,
-        session=wildcards.session,
-        algorithm=ALGORITHMS,
-    )
+# Static patterns (not input functions): Snakemake evaluates functions per job,
+# which dominates the DAG time at thousands of sessions.
+SESSION_MANIFEST = f"{DISCOVERY}/sessions/{{project}}/{{session}}.json"
+SESSION_RESULTS = expand(
+    "results/kqi/{{project}}/{{session}}/{algorithm}.json", algorithm=ALGORITHMS
+)
 
 
 def all_results(wildcards):

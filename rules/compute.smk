@@ -2,36 +2,43 @@
 # executor runs a session's algorithms (and its summary) as one submission.
 # The scans are staged once per session by the first job that needs them
 # (see qmroct.staging for why this is not a temp() rule).
+#
+# One rule per declared algorithm (compute_<name>), generated in a loop: each
+# has its algorithm's identity as a static params value (a version bump, code
+# edit or params change reruns only that rule) and its own threads and memory
+# from the manifest. Static values also keep the DAG cheap at 10,000 sessions.
 
 
-rule compute:
-    input:
-        session=session_manifest,
-    output:
-        kqi="results/kqi/{project}/{session}/{algorithm}.json",
-        extras=directory("results/kqi/{project}/{session}/{algorithm}.files"),
-    params:
-        algorithm=algorithm_params,
-    threads: algorithm_resource("threads", 1)
-    resources:
-        mem_mb=algorithm_resource("mem_mb", 2000),
-        runtime=lambda wildcards: max(
-            1, int(SETTINGS.algorithms[wildcards.algorithm].resources.get("runtime_s", 60) / 60) + 1
-        ),
-    group:
-        "session"
-    log:
-        "logs/compute/{project}/{session}/{algorithm}.log",
-    conda:
-        "../envs/qmroct.yaml"
-    script:
-        "../scripts/compute.py"
+for _name, _algo in SETTINGS.algorithms.items():
+
+    rule:
+        name:
+            f"compute_{_name}"
+        input:
+            session=SESSION_MANIFEST,
+        output:
+            kqi=f"results/kqi/{{project}}/{{session}}/{_name}.json",
+            extras=directory(f"results/kqi/{{project}}/{{session}}/{_name}.files"),
+        params:
+            algorithm=algorithm_identity(_algo, SETTINGS.algorithm_params(_name)),
+        threads: int(_algo.resources.get("threads", 1))
+        resources:
+            mem_mb=int(_algo.resources.get("mem_mb", 2000)),
+            runtime=max(1, int(float(_algo.resources.get("runtime_s", 60)) / 60) + 1),
+        group:
+            "session"
+        log:
+            f"logs/compute/{{project}}/{{session}}/{_name}.log",
+        conda:
+            "../envs/qmroct.yaml"
+        script:
+            "../scripts/compute.py"
 
 
 rule session_summary:
     input:
-        session=session_manifest,
-        results=session_results,
+        session=SESSION_MANIFEST,
+        results=SESSION_RESULTS,
     output:
         summary="results/sessions/{project}/{session}.json",
         thumbnails=directory("results/thumbnails/{project}/{session}"),

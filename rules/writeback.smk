@@ -4,9 +4,9 @@
 
 rule writeback:
     input:
-        session=session_manifest,
+        session=SESSION_MANIFEST,
         summary="results/sessions/{project}/{session}.json",
-        results=session_results,
+        results=SESSION_RESULTS,
     output:
         receipt="results/writeback/{project}/{session}.json",
     localrule: True

@@ -19,7 +19,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_SHAPE = (5, 128, 64)
-WORKFLOW_PARTS = ["Snakefile", "rules", "scripts", "algorithms", "config.yaml"]
+WORKFLOW_PARTS = ["Snakefile", "rules", "scripts", "algorithms", "envs", "config.yaml"]
 
 
 @pytest.fixture(scope="session")

@@ -64,7 +64,12 @@ def boundaries_for(result: dict[str, Any], result_path: Path, scan_id: str) -> d
             path = extras_dir / rel
             if path.suffix == ".npz" and path.exists():
                 with np.load(path) as data:
-                    return {k: np.asarray(data[k]) for k in data.files if np.asarray(data[k]).ndim == 2}
+                    # Boundary lines are float (bscan, ascan) arrays; masks and scalars are not drawn.
+                    return {
+                        k: np.asarray(data[k])
+                        for k in data.files
+                        if data[k].ndim == 2 and np.issubdtype(data[k].dtype, np.floating)
+                    }
     return {}
 
 

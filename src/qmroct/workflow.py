@@ -45,7 +45,7 @@ def compute_step(snakemake: Any) -> None:
 
     log = _logger(snakemake, "compute")
     settings = _settings(snakemake)
-    name = snakemake.wildcards.algorithm
+    name = snakemake.params.algorithm["name"]
     session = load_manifest(snakemake.input.session)
     algo = settings.algorithms[name]
     with archive_for(snakemake.config) as archive:

@@ -38,10 +38,8 @@ def assert_clean(project, nova_cloud):
 
 
 def test_workflow_matches_local_run_with_reuse_and_cleanup(project, nova_cloud, tmp_path):
-    ref = local_reference(tmp_path)
     wd = make_workdir(tmp_path / "remote", samples=("s1", "s2", "s3", "s4", "s5", "s6"))
     ref6 = local_reference(tmp_path / "l6", samples=("s1", "s2", "s3", "s4", "s5", "s6"))
-    assert all(ref[k] == ref6[k] for k in ref)
     with SecretWatch(project) as watch:
         rc, log = run_snakemake(wd, project.executor_args(max_servers=2), project.env())
     assert rc == 0, log[-4000:]
@@ -145,7 +143,8 @@ def test_server_killed_mid_job_is_replaced_and_job_resubmitted(project, nova_clo
     try:
         victim = _wait_for(lambda: _busy_instance(wd, project, nova_cloud), 90, "a busy server")
         time.sleep(1.5)  # the job is running (sleep 4 s)
-        nova_cloud.control(kill=[victim])
+        r = nova_cloud.control(kill=[victim])
+        assert r["instances"][victim]["killed"]
         rc = proc.wait(240)
     finally:
         if proc.poll() is None:
@@ -161,7 +160,7 @@ def test_server_killed_mid_job_is_replaced_and_job_resubmitted(project, nova_clo
 
 def test_algorithm_failure_is_reported_with_its_log(project, nova_cloud, tmp_path):
     wd = make_workdir(tmp_path, samples=("s1", "s2"))
-    rc, log = run_snakemake(wd, ["--keep-going", *project.executor_args(max_servers=1)],
+    rc, log = run_snakemake(wd, ["--keep-going", *project.executor_args(max_servers=1, envvars_from_head="SMOS_TEST_TOKEN,SMOS_TEST_FAIL")],
                             project.env(SMOS_TEST_FAIL="s1/alpha"))
     assert rc != 0
     assert "algorithm exploded on purpose" in (wd / "logs/algo/s1_alpha.log").read_text()

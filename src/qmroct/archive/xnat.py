@@ -21,11 +21,14 @@ see ``xnat_tokens``) or else ``~/.netrc`` for the server's host.
 from __future__ import annotations
 
 import datetime as dt
+from concurrent.futures import ThreadPoolExecutor
 import hashlib
 import logging
 import netrc
 import os
+import queue
 import re
+import threading
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -93,6 +96,7 @@ class XnatArchive(Archive):
         history: bool = True,
         pipeline_prefix: str = "qmroct",
         chunk_size: int = 1 << 20,
+        download_threads: int = 4,
         netrc_file: str | None = None,
         tokens: bool = True,
         **unknown: Any,
@@ -112,6 +116,7 @@ class XnatArchive(Archive):
         self.history = history
         self.pipeline_prefix = pipeline_prefix
         self.chunk_size = int(chunk_size)
+        self.download_threads = max(1, int(download_threads))
         self.netrc_file = netrc_file
         self.tokens = tokens  # used by xnat_tokens.start_archive_tokens (head process)
         self._http: XnatHttp | None = None
@@ -245,18 +250,32 @@ class XnatArchive(Archive):
         )
 
     def fetch(self, session: Session, dest: Path) -> dict[str, list[Path]]:
+        """Download every file of the session, ``download_threads`` at a time."""
         dest = Path(dest)
-        out: dict[str, list[Path]] = {}
-        for scan in session.scans:
-            paths = []
-            for entry in scan.files:
-                target = dest / _safe(scan.id) / _safe_path(entry.name)
-                try:
-                    self._download(entry, target, f"{session.key} scan {scan.id} file {entry.name}")
-                except XnatNotFound:
-                    raise self._vanished(session, f"file {entry.name} of scan {scan.id} is missing") from None
-                paths.append(target)
-            out[scan.id] = paths
+        jobs = [(scan, entry, dest / _safe(scan.id) / _safe_path(entry.name))
+                for scan in session.scans for entry in scan.files]
+        http = self.http  # connect (and resolve credentials) once, before the threads
+
+        def one(job) -> None:
+            scan, entry, target = job
+            self._download(entry, target, f"{session.key} scan {scan.id} file {entry.name}")
+
+        try:
+            if self.download_threads > 1 and len(jobs) > 1:
+                with ThreadPoolExecutor(max_workers=min(self.download_threads, len(jobs)),
+                                        thread_name_prefix="xnat-download") as pool:
+                    for future in [pool.submit(one, job) for job in jobs]:
+                        future.result()
+            else:
+                for job in jobs:
+                    one(job)
+        except XnatNotFound:
+            missing = next((e.name for _, e, t in jobs if not t.exists()), "?")
+            raise self._vanished(session, f"file {missing} is missing") from None
+        del http
+        out: dict[str, list[Path]] = {scan.id: [] for scan in session.scans}
+        for scan, _, target in jobs:
+            out[scan.id].append(target)
         return out
 
     def _download(self, entry: FileEntry, target: Path, what: str) -> None:
@@ -272,7 +291,7 @@ class XnatArchive(Archive):
             size = 0
             response = self.http.get(entry.uri, stream=True, ok=(200,), what=f"download {what}")
             try:
-                with open(part, "wb") as fh:
+                with open(part, "wb") as fh, _Sink(fh, hasher) as sink:
                     first = True
                     for chunk in response.iter_content(self.chunk_size):
                         if first and chunk[:20].lstrip().startswith((b"<!DOCTYPE", b"<html>")) \
@@ -280,9 +299,8 @@ class XnatArchive(Archive):
                             raise ArchiveError(f"XNAT download {what} answered an error page")
                         first = False
                         fh.write(chunk)
+                        sink.put(chunk)
                         size += len(chunk)
-                        if hasher:
-                            hasher.update(chunk)
             except requests.RequestException as err:  # dropped connection or truncated body
                 problem = f"{type(err).__name__} after {size} bytes"
                 part.unlink(missing_ok=True)
@@ -467,6 +485,45 @@ class XnatArchive(Archive):
 
 
 # ====================================================================== helpers
+class _Sink:
+    """Hashes downloaded chunks in a second thread while the reading thread
+    writes them, so receiving+writing and hashing overlap (both release the GIL)."""
+
+    def __init__(self, fh, hasher):
+        self.fh = fh
+        self.hasher = hasher
+        self.queue: queue.Queue = queue.Queue(maxsize=8)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="xnat-download-sink", daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            chunk = self.queue.get()
+            if chunk is None:
+                return
+            if self.error is None:
+                try:
+                    if self.hasher:
+                        self.hasher.update(chunk)
+                except BaseException as err:  # reported to the reading thread
+                    self.error = err
+
+    def put(self, chunk: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(chunk)
+
+    def __enter__(self) -> "_Sink":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None and exc[0] is None:
+            raise self.error
+
+
 def _study_document(session: Session, label: str, study: str, verdicts: dict[str, str],
                     reasons: dict[str, str], record: dict[str, str]) -> bytes:
     """The study verdict assessor (xnat.xsd-valid QCAssessment)."""
