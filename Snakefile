@@ -17,11 +17,11 @@ include: "rules/aggregate.smk"
 
 
 rule all:
+    default_target: True
     input:
         "results/report/index.html",
         "results/tables/kqi.tsv",
         writeback_receipts,
-    default_target: True
 
 
 from qmroct.archive.xnat_tokens import start_archive_tokens, stop_archive_tokens

@@ -9,9 +9,9 @@ rule aggregate:
         tsv="results/tables/kqi.tsv",
         parquet="results/tables/kqi.parquet",
         studies=directory("results/tables/studies"),
-    localrule: True
     log:
         "logs/aggregate.log",
+    localrule: True
     conda:
         "../envs/qmroct.yaml"
     script:
@@ -25,13 +25,13 @@ rule report:
         summaries=summaries,
     output:
         html="results/report/index.html",
-    params:
-        worst_scans=config["report"]["worst_scans"],
-    localrule: True
     log:
         "logs/report.log",
+    localrule: True
     conda:
         "../envs/qmroct.yaml"
+    params:
+        worst_scans=config["report"]["worst_scans"],
     script:
         "../scripts/report.py"
 
@@ -44,9 +44,9 @@ rule kqi_by_algorithm:
         ],
     output:
         tsv="results/by_algorithm/{algorithm}.tsv",
-    localrule: True
     log:
         "logs/by_algorithm/{algorithm}.log",
+    localrule: True
     conda:
         "../envs/qmroct.yaml"
     script:
@@ -63,9 +63,9 @@ rule kqi_by_project:
         ],
     output:
         tsv="results/by_project/{project}.tsv",
-    localrule: True
     log:
         "logs/by_project/{project}.log",
+    localrule: True
     conda:
         "../envs/qmroct.yaml"
     script:

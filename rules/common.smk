@@ -6,7 +6,6 @@ from qmroct.compute import algorithm_identity
 from qmroct.discovery import read_session_index
 from qmroct.staging import wipe_scratch
 
-
 validate_schema(config)
 SETTINGS = check_config(config, workflow.basedir)
 ALGORITHMS = sorted(SETTINGS.algorithms)
@@ -34,9 +33,7 @@ SESSION_RESULTS = expand(
 
 
 def all_results(wildcards):
-    return [
-        f"results/kqi/{p}/{s}/{a}.json" for p, s in sessions() for a in ALGORITHMS
-    ]
+    return [f"results/kqi/{p}/{s}/{a}.json" for p, s in sessions() for a in ALGORITHMS]
 
 
 def writeback_receipts(wildcards):

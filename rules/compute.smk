@@ -19,18 +19,18 @@ for _name, _algo in SETTINGS.algorithms.items():
         output:
             kqi=f"results/kqi/{{project}}/{{session}}/{_name}.json",
             extras=directory(f"results/kqi/{{project}}/{{session}}/{_name}.files"),
-        params:
-            algorithm=algorithm_identity(_algo, SETTINGS.algorithm_params(_name)),
+        log:
+            f"logs/compute/{{project}}/{{session}}/{_name}.log",
+        group:
+            "session"
+        conda:
+            "../envs/qmroct.yaml"
         threads: int(_algo.resources.get("threads", 1))
         resources:
             mem_mb=int(_algo.resources.get("mem_mb", 2000)),
             runtime=max(1, int(float(_algo.resources.get("runtime_s", 60)) / 60) + 1),
-        group:
-            "session"
-        log:
-            f"logs/compute/{{project}}/{{session}}/{_name}.log",
-        conda:
-            "../envs/qmroct.yaml"
+        params:
+            algorithm=algorithm_identity(_algo, SETTINGS.algorithm_params(_name)),
         script:
             "../scripts/compute.py"
 
@@ -42,11 +42,11 @@ rule session_summary:
     output:
         summary="results/sessions/{project}/{session}.json",
         thumbnails=directory("results/thumbnails/{project}/{session}"),
-    group:
-        "session"
-    priority: 10
     log:
         "logs/summary/{project}/{session}.log",
+    priority: 10
+    group:
+        "session"
     conda:
         "../envs/qmroct.yaml"
     script:

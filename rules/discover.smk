@@ -11,13 +11,13 @@ checkpoint discover:
     output:
         directory=directory(DISCOVERY),
         index=f"{DISCOVERY}/sessions.tsv",
-    params:
-        state=lambda wildcards: archive_state(),
     log:
         "logs/discover.log",
     localrule: True
     conda:
         "../envs/qmroct.yaml"
+    params:
+        state=lambda wildcards: archive_state(),
     script:
         "../scripts/discover.py"
 

@@ -9,9 +9,9 @@ rule writeback:
         results=SESSION_RESULTS,
     output:
         receipt="results/writeback/{project}/{session}.json",
-    localrule: True
     log:
         "logs/writeback/{project}/{session}.log",
+    localrule: True
     conda:
         "../envs/qmroct.yaml"
     script:
