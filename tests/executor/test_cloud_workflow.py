@@ -164,7 +164,7 @@ def test_algorithm_failure_is_reported_with_its_log(project, nova_cloud, tmp_pat
                             project.env(SMOS_TEST_FAIL="s1/alpha"))
     assert rc != 0
     assert "algorithm exploded on purpose" in (wd / "logs/algo/s1_alpha.log").read_text()
-    assert "job exited with code" in log
+    assert "job exited with code" in log and "algorithm exploded on purpose" in log
     summ = run_summary(wd)
     assert summ["vm_losses"] == 0 and summ["jobs_failed"] == 1 and summ["jobs_done"] == 1, summ
     assert (wd / "results/s2/alpha.json").exists()

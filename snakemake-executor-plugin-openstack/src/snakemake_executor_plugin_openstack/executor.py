@@ -221,20 +221,31 @@ class Executor(RemoteExecutor):
             if pj.state == JobState.DONE:
                 self.report_job_success(j)
             elif pj.state in (JobState.FAILED, JobState.CANCELLED):
-                tail = ""
-                try:
-                    with open(pj.io.local_log, "rb") as f:
-                        f.seek(max(0, os.path.getsize(pj.io.local_log) - 3000))
-                        tail = f.read().decode(errors="replace")
-                except OSError:
-                    pass
-                self.report_job_error(
-                    j,
-                    msg=f"openstack: {pj.error}\n--- last lines of {pj.io.local_log} ---\n{tail}\n",
-                    aux_logs=[pj.io.local_log],
-                )
+                msg = self._failure_message(pj)
+                self.logger.error(msg)
+                self.report_job_error(j, msg=msg, aux_logs=[pj.io.local_log] + list(pj.io.logs))
             else:
                 yield j
+
+    @staticmethod
+    def _tail(path: str, n: int = 2000) -> str:
+        try:
+            with open(path, "rb") as f:
+                f.seek(max(0, os.path.getsize(path) - n))
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def _failure_message(self, pj: PoolJob) -> str:
+        parts = [f"openstack: {pj.name} failed: {pj.error}"]
+        for lf in pj.io.logs:
+            t = self._tail(lf, 1500)
+            if t:
+                parts.append(f"--- {lf} (job log, copied back) ---\n{t.rstrip()}")
+        t = self._tail(pj.io.local_log, 1500)
+        if t:
+            parts.append(f"--- {pj.io.local_log} (remote output) ---\n{t.rstrip()}")
+        return "\n".join(parts) + "\n"
 
     def cancel_jobs(self, active_jobs: List[SubmittedJobInfo]):
         try:

@@ -659,7 +659,7 @@ class Pool:
         outcome = None
         try:
             os.makedirs(os.path.dirname(os.path.abspath(io_.local_log)), exist_ok=True)
-            logf = open(io_.local_log, "ab")
+            logf = open(io_.local_log, "ab", buffering=0)  # streamed: readable while the job runs
             logf.write(f"# openstack: {job.name} on {s.name} ({s.address})\n".encode())
             if sh is None:
                 raise VMLost("no connection")
