@@ -99,3 +99,10 @@ def test_study_table_shows_failures_as_rows():
     table = study_table(tidy, study)
     assert list(table["overall"]) == ["pass", "fail", "missing"]
     assert list(table["quality"]) == ["usable", "unusable", "questionable"]
+
+
+def test_default_thresholds_come_from_the_manifests():
+    settings = load_settings(REPO / "config.yaml")
+    texts = [c.text for c in settings.studies["recommended"].criteria]
+    expected = [f"{name}.{kqi} {rule}" for name, algo in sorted(settings.algorithms.items()) for kqi, rule in algo.thresholds.items()]
+    assert texts == expected and "noise.snr_db >= 25" in texts

@@ -87,8 +87,13 @@ def check_config(config: dict[str, Any], workflow_dir: Path | str = ".") -> Sett
     kqis = {name: {k.name for k in algo.kqis} for name, algo in algorithms.items()}
     studies = {}
     for name, study in (config.get("studies") or {}).items():
+        texts = list(study.get("criteria") or [])
+        if study.get("default_thresholds"):
+            texts += [f"{a}.{kqi} {rule}" for a, algo in sorted(algorithms.items()) for kqi, rule in algo.thresholds.items()]
+        if not texts:
+            raise ConfigError(f"config.yaml: studies/{name}: no criteria (and no default thresholds in the declared algorithms)")
         try:
-            criteria = [parse_criterion(text, kqis) for text in study["criteria"]]
+            criteria = [parse_criterion(text, kqis) for text in texts]
         except CriterionError as exc:
             raise ConfigError(f"config.yaml: studies/{name}/criteria: {exc}") from None
         projects = study.get("projects") or list(config["projects"])
