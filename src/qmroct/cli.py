@@ -3,6 +3,8 @@
     qmroct demo-archive --out demo --sessions 8 --seed 0    build the embedded demo archive
     qmroct check-config config.yaml                          validate a config without running
     qmroct discover config.yaml                              list sessions as the workflow would
+    qmroct algorithm new|test|list NAME                      write and try an algorithm (docs/algorithms.md)
+    qmroct kqi SCAN... [--algorithm NAME]                    KQIs of any scan file, outside the workflow
 """
 
 from __future__ import annotations
@@ -85,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     disc = sub.add_parser("discover", help="list the sessions the workflow would assess")
     disc.add_argument("config", nargs="?", default="config.yaml")
     disc.set_defaults(func=cmd_discover)
+
+    from qmroct.algorithms.cli import register as register_algorithm_commands
+
+    register_algorithm_commands(sub)  # qmroct algorithm new|test|list|schema, qmroct kqi
 
     return parser
 
