@@ -5,6 +5,7 @@
     qmroct discover config.yaml                              list sessions as the workflow would
     qmroct algorithm new|test|list NAME                      write and try an algorithm (docs/algorithms.md)
     qmroct kqi SCAN... [--algorithm NAME]                    KQIs of any scan file, outside the workflow
+    qmroct cloud reap [--dry-run]                            delete VMs of crashed runs (docs/openstack.md)
 """
 
 from __future__ import annotations
@@ -66,6 +67,16 @@ def cmd_discover(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cloud_reap(reap_args: list[str]) -> int:
+    try:
+        from snakemake_executor_plugin_openstack.reaper import main as reap_main
+    except ImportError:
+        print("qmroct: error: the OpenStack executor plugin is not installed "
+              "(pip install ./snakemake-executor-plugin-openstack)", file=sys.stderr)
+        return 2
+    return reap_main(reap_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qmroct", description="Quality management for retinal OCT archives.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -92,6 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_algorithm_commands(sub)  # qmroct algorithm new|test|list|schema, qmroct kqi
 
+    cloud = sub.add_parser("cloud", help="OpenStack pool housekeeping")
+    cloud_sub = cloud.add_subparsers(dest="cloud_command", required=True)
+    reap = cloud_sub.add_parser(
+        "reap",
+        help="delete servers left by crashed runs (two-pass, only this tool's servers); --dry-run lists them",
+        add_help=False,
+    )
+    reap.add_argument("reap_args", nargs=argparse.REMAINDER, help="options of snakemake-openstack-reap (see --help)")
+    reap.set_defaults(func=lambda args: cmd_cloud_reap(args.reap_args))
+
     return parser
 
 
@@ -99,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     from qmroct.archive.base import ArchiveError
     from qmroct.config import ConfigError
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["cloud", "reap"]:  # every option (even --help) belongs to the reaper
+        return cmd_cloud_reap(argv[2:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
