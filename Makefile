@@ -16,9 +16,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# Snakemake finds executor plugins only in non-editable or compat-editable installs.
+# Snakemake finds executor plugins only in non-editable or compat-editable installs,
+# so both packages are installed in compat mode (path .pth files).
 setup: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]' --config-settings editable_mode=compat
+	$(BIN)/pip install --quiet -e ./snakemake-executor-plugin-openstack --config-settings editable_mode=compat
 
 demo: setup
 	@test -d demo/archive || $(BIN)/qmroct demo-archive --out demo --sessions $(DEMO_SESSIONS) --seed 0
@@ -30,7 +32,9 @@ system-packages:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	    octave openssh-server openssh-client >/dev/null; fi
 
+# The Nova test cloud gets its own venv (.venv-nova): Nova pins eventlet, oslo and SQLAlchemy.
 setup-test: setup system-packages
+	bash tests/cloud/setup.sh
 
 test: setup-test
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q
