@@ -26,9 +26,7 @@ import hashlib
 import logging
 import netrc
 import os
-import queue
 import re
-import threading
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -291,7 +289,7 @@ class XnatArchive(Archive):
             size = 0
             response = self.http.get(entry.uri, stream=True, ok=(200,), what=f"download {what}")
             try:
-                with open(part, "wb") as fh, _Sink(fh, hasher) as sink:
+                with open(part, "wb") as fh:
                     first = True
                     for chunk in response.iter_content(self.chunk_size):
                         if first and chunk[:20].lstrip().startswith((b"<!DOCTYPE", b"<html>")) \
@@ -299,7 +297,8 @@ class XnatArchive(Archive):
                             raise ArchiveError(f"XNAT download {what} answered an error page")
                         first = False
                         fh.write(chunk)
-                        sink.put(chunk)
+                        if hasher:
+                            hasher.update(chunk)  # releases the GIL: files hash in parallel
                         size += len(chunk)
             except requests.RequestException as err:  # dropped connection or truncated body
                 problem = f"{type(err).__name__} after {size} bytes"
@@ -485,45 +484,6 @@ class XnatArchive(Archive):
 
 
 # ====================================================================== helpers
-class _Sink:
-    """Hashes downloaded chunks in a second thread while the reading thread
-    writes them, so receiving+writing and hashing overlap (both release the GIL)."""
-
-    def __init__(self, fh, hasher):
-        self.fh = fh
-        self.hasher = hasher
-        self.queue: queue.Queue = queue.Queue(maxsize=8)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="xnat-download-sink", daemon=True)
-
-    def _run(self) -> None:
-        while True:
-            chunk = self.queue.get()
-            if chunk is None:
-                return
-            if self.error is None:
-                try:
-                    if self.hasher:
-                        self.hasher.update(chunk)
-                except BaseException as err:  # reported to the reading thread
-                    self.error = err
-
-    def put(self, chunk: bytes) -> None:
-        if self.error is not None:
-            raise self.error
-        self.queue.put(chunk)
-
-    def __enter__(self) -> "_Sink":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.queue.put(None)
-        self.thread.join()
-        if self.error is not None and exc[0] is None:
-            raise self.error
-
-
 def _study_document(session: Session, label: str, study: str, verdicts: dict[str, str],
                     reasons: dict[str, str], record: dict[str, str]) -> bytes:
     """The study verdict assessor (xnat.xsd-valid QCAssessment)."""
