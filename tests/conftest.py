@@ -90,6 +90,8 @@ def workflow(tmp_path, small_demo) -> Workflow:
     shutil.copytree(small_demo, root / "demo")
     wf = Workflow(root)
     config = wf.config()
+    # Two algorithms keep the runs short; the other four have their own tests.
     config["algorithms"] = {"noise": {}, "layers": {}}
+    config["studies"] = {"demo_trial": {"criteria": ["noise.snr_db >= 15", "layers.detection_fraction >= 0.95"]}}
     wf.write_config(config)
     return wf

@@ -62,6 +62,12 @@ def test_full_run_then_nothing_to_do(workflow):
         assert assessors == [f"{session.name}_qmroct_layers", f"{session.name}_qmroct_noise"]
         assert (session / "assessors" / assessors[0] / "assessor.xml").read_bytes().startswith(b"<?xml")
 
+    # Each session's scans were staged (read from the archive and decoded) once, for all algorithms.
+    for session in sessions:
+        logs = list((root / "logs").rglob(f"*{session.name}*")) + list((root / "logs/compute/DEMO" / session.name).glob("*.log"))
+        text = "".join(p.read_text() for p in logs if p.is_file())
+        assert text.count(f"staged session DEMO/{session.name}:") == 1, text
+
     # No scan data left behind, no scratch.
     assert not (root / "scratch").exists()
     assert _scan_bytes_left(root) == []

@@ -20,13 +20,17 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import shutil
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from qmroct.archive.base import Archive, Session
 from qmroct.scanio import ScanError, Volume, read_scan
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,7 @@ def stage_session(scratch_root: Path, session: Session, archive: Archive) -> dic
 
 
 def _stage(directory: Path, session: Session, archive: Archive) -> None:
+    started = time.monotonic()
     shutil.rmtree(directory, ignore_errors=True)
     raw = directory / "raw"
     raw.mkdir(parents=True)
@@ -88,6 +93,8 @@ def _stage(directory: Path, session: Session, archive: Archive) -> None:
         index[scan.id] = {"volume": f"{scan.id}/volume.npy", "meta": volume.meta(scan.id)}
     shutil.rmtree(raw)  # the raw files are not needed once decoded
     (directory / "staged.json").write_text(json.dumps(index, indent=1))
+    readable = sum("volume" in entry for entry in index.values())
+    log.info("staged session %s: %d of %d scans readable (%.1f s)", session.key, readable, len(index), time.monotonic() - started)
 
 
 def _read_scan_files(scan_id: str, paths: list[Path]) -> Volume:

@@ -6,7 +6,6 @@ the steps can be read, tested and reused without Snakemake.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,16 +14,17 @@ from qmroct.config import check_config
 
 
 def _logger(snakemake: Any, name: str) -> logging.Logger:
-    logger = logging.getLogger(f"qmroct.{name}")
-    logger.setLevel(logging.INFO)
-    logger.handlers.clear()
+    """The step's logger; everything qmroct logs during the step goes to the job's log file too."""
+    package = logging.getLogger("qmroct")
+    package.setLevel(logging.INFO)
+    package.handlers.clear()
     if snakemake.log:
         Path(snakemake.log[0]).parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(snakemake.log[0], mode="w")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        logger.addHandler(handler)
-    logger.addHandler(logging.StreamHandler())
-    return logger
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        package.addHandler(handler)
+    package.addHandler(logging.StreamHandler())
+    return logging.getLogger(f"qmroct.{name}")
 
 
 def _settings(snakemake: Any):
@@ -134,6 +134,3 @@ def report_step(snakemake: Any) -> None:
     Path(snakemake.output.html).write_text(html)
     _logger(snakemake, "report").info("report written to %s", snakemake.output.html)
 
-
-def dump(obj: Any) -> str:
-    return json.dumps(obj, indent=1, default=str)
