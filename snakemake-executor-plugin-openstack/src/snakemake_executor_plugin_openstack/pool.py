@@ -193,8 +193,15 @@ class Pool:
     def _run_loop(self):
         asyncio.set_event_loop(self.loop)
         self._wake = asyncio.Event()
-        self.loop.create_task(self._scheduler())
+        self._sched_task = self.loop.create_task(self._scheduler())
         self.loop.run_forever()
+        # stopped: let cancelled tasks unwind before the loop is closed
+        pending = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
+        for t in pending:
+            t.cancel()
+        if pending:
+            self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self.loop.close()
 
     def start(self) -> None:
         self.thread.start()
@@ -271,8 +278,9 @@ class Pool:
             self.log("warning", f"openstack: cannot read limits ({e}); using pool caps only")
         left = budget(val[0] if val else None, val[1] if val else Resources(), self.owned_resources(), caps)
         if self._quota_ceiling is not None:
-            ceiling, until = self._quota_ceiling
-            if time.monotonic() > until:
+            ceiling, since = self._quota_ceiling
+            # back off for a while (at most 30 s, or the quota cache age if shorter)
+            if time.monotonic() > since + min(30.0, self.quota.ttl):
                 self._quota_ceiling = None
             else:
                 n_live = sum(1 for s in self.servers if s.state != ServerState.DELETED)
@@ -434,8 +442,12 @@ class Pool:
             except LaunchFailed as e:
                 if e.quota:
                     self.stats.quota_rejections += 1
+                    if s.id is None:
+                        self.stats.quota_rejected_at_create += 1
+                    else:
+                        self.stats.quota_error_servers += 1
                     n_other = sum(1 for x in self.servers if x is not s and x.state != ServerState.DELETED)
-                    self._quota_ceiling = (n_other, time.monotonic() + min(30.0, self.cfg.quota_cache_seconds))
+                    self._quota_ceiling = (n_other, time.monotonic())
                     self.quota.invalidate()
                     self.log("warning", f"openstack: {s.name}: quota rejection ({e}); pool shrinks to "
                                         f"{n_other} server(s) for now")

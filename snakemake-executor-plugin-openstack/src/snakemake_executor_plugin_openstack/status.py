@@ -18,6 +18,8 @@ class PoolStats:
     boot_failures: int = 0
     launches_abandoned: int = 0
     quota_rejections: int = 0
+    quota_rejected_at_create: int = 0  # Nova's 403 form
+    quota_error_servers: int = 0  # Nova's ERROR-after-recheck form
     vm_losses: int = 0
     resubmissions: int = 0
     delete_failures: int = 0

@@ -1,0 +1,184 @@
+"""The pool against the Nova test cloud without Snakemake: quota forms, slow and hung SSH, reaper."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import IMAGE
+from snakemake_executor_plugin_openstack import cloud as cl
+from snakemake_executor_plugin_openstack import reaper
+from snakemake_executor_plugin_openstack.pool import JobState, Pool, PoolConfig, PoolJob
+from snakemake_executor_plugin_openstack.ssh import JobIO
+
+pytestmark = pytest.mark.cloud
+
+
+def make_pool(project, **kw) -> Pool:
+    adapter = cl.CloudAdapter(project.conn, network="none")
+    pub = (project.key.parent / (project.key.name + ".pub")).read_text()
+    adapter.ensure_keypair("k-" + project.name, pub)
+    cfg = dict(
+        image_id=IMAGE, flavors=[adapter.find_flavor("m1.medium")], keypair="k-" + project.name,
+        private_key=str(project.key), ssh_user=os.environ.get("USER") or "root",
+        ssh_port=project.cloud.ssh_port, max_servers=2, expected_boot_seconds=3,
+        launch_timeout=60, boot_timeout=30, status_log_interval=0, idle_timeout=120,
+    )
+    cfg.update(kw)
+    logs = []
+    pool = Pool(PoolConfig(**cfg), adapter, lambda lvl, msg: logs.append(f"{lvl}: {msg}"))
+    pool.logs = logs
+    return pool
+
+
+def job(n: int, cmd: str, wd) -> PoolJob:
+    out = f"out/{n}.txt"
+    io_ = JobIO(job_key=str(n), command=f"mkdir -p out && {cmd} && echo job{n} > {out}", env={},
+                inputs=[], outputs=[out], logs=[], local_log=str(wd / f"log/{n}.log"))
+    return PoolJob(key=str(n), name=f"job{n}", kind="t", cores=1, mem_mb=500, est_seconds=5.0, io=io_)
+
+
+def wait(pred, timeout, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def finish(pool: Pool, project):
+    pool.shutdown(timeout=120)
+    assert project.servers() == []
+
+
+def test_quota_403_at_create_shrinks_pool_then_recovers(project, nova_cloud, in_tmp):
+    project.set_quota(instances=5)
+    pool = make_pool(project, max_servers=2, quota_cache_seconds=3600)
+    pool._budget()  # limits read now (5 free) and cached
+    project.set_quota(instances=1)
+    other = project.conn.compute.create_server(name="someone-else", image_id=IMAGE, flavor_id="1",
+                                               networks="none")
+    project.conn.compute.wait_for_server(other, interval=0.3, wait=60)
+    pool.start()
+    jobs = [job(i, "true", in_tmp) for i in range(2)]
+    for j in jobs:
+        pool.submit(j)
+    try:
+        wait(lambda: pool.stats.quota_rejections >= 1, 60, "a quota rejection")
+        assert pool.stats.quota_rejected_at_create >= 1  # Nova's 403 form
+        time.sleep(1.0)
+        assert not any(j.state == JobState.FAILED for j in jobs)  # the pool waits instead of failing
+        assert [s.name for s in project.servers()] == ["someone-else"]
+        # quota frees up: the pool grows again on its next limits read
+        project.conn.compute.delete_server(other)
+        project.conn.compute.wait_for_delete(other, interval=0.3)
+        pool.quota.ttl = 0.5
+        wait(lambda: all(j.finished for j in jobs), 90, "jobs to finish")
+        assert all(j.state == JobState.DONE for j in jobs), [j.error for j in jobs]
+        assert (in_tmp / "out/0.txt").read_text() == "job0\n"
+    finally:
+        finish(pool, project)
+
+
+def test_quota_error_after_burst_of_creates(project, nova_cloud, in_tmp):
+    project.set_quota(instances=5)
+    pool = make_pool(project, max_servers=3, quota_cache_seconds=3600)
+    pool._budget()
+    project.set_quota(instances=1)
+    pool.start()
+    jobs = [job(i, "sleep 1", in_tmp) for i in range(4)]
+    for j in jobs:
+        pool.submit(j)
+    try:
+        wait(lambda: all(j.finished for j in jobs), 120, "jobs to finish")
+        assert all(j.state == JobState.DONE for j in jobs), [j.error for j in jobs]
+        st = pool.stats
+        assert st.quota_rejections >= 1
+        # Nova accepted the burst and put the extra servers into ERROR with a quota fault
+        assert st.quota_error_servers >= 1, (st, pool.logs)
+        assert st.boot_failures == 0  # quota rejections are not launch failures
+        assert sum(st.per_server.values()) == 4 and len(st.per_server) == 1
+    finally:
+        finish(pool, project)
+
+
+def test_slow_ssh_after_active_is_waited_for(project, nova_cloud, in_tmp):
+    nova_cloud.control(ssh_start_delay=3)
+    pool = make_pool(project, max_servers=1, boot_timeout=20)
+    pool.start()
+    j = job(1, "true", in_tmp)
+    pool.submit(j)
+    try:
+        wait(lambda: j.finished, 60, "the job")
+        assert j.state == JobState.DONE, j.error
+        assert pool.stats.boot_failures == 0
+        assert pool.stats.boot_seconds[0] >= 3.0
+    finally:
+        finish(pool, project)
+
+
+def test_hung_server_is_detected_and_its_job_resubmitted(project, nova_cloud, in_tmp):
+    mark = in_tmp / "first-attempt"
+    pool = make_pool(project, max_servers=2, ssh_keepalive=1.0)
+    pool.start()
+    # the first attempt hangs (its server is frozen); a resubmission finds the marker and ends at once
+    j = job(1, f"if [ ! -e {mark} ]; then touch {mark}; sleep 60; fi", in_tmp)
+    pool.submit(j)
+    try:
+        wait(lambda: mark.exists() and j.server is not None and j.state == JobState.RUNNING, 60, "job running")
+        victim = j.server
+        t0 = time.time()
+        nova_cloud.control(hang=[victim.id])
+        wait(lambda: j.finished, 90, "the job")
+        assert j.state == JobState.DONE, j.error
+        assert time.time() - t0 < 45
+        assert j.vm_losses == 1 and pool.stats.resubmissions == 1
+        assert len(j.servers_used) == 2 and j.servers_used[0] == victim.name
+    finally:
+        finish(pool, project)
+
+
+def _tool_server(project, name, **md):
+    meta = cl.metadata_for("run-" + name, 30, "smk-os")
+    meta.update(md)
+    s = project.conn.compute.create_server(name=name, image_id=IMAGE, flavor_id="1", networks="none",
+                                           metadata=meta)
+    return project.conn.compute.wait_for_server(s, interval=0.3, wait=60)
+
+
+def test_reaper_deletes_only_dead_runs_of_this_tool(project, nova_cloud, monkeypatch):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    expired = _tool_server(project, "expired", **{cl.MD_EXPIRES: str(int(time.time()) - 5)})
+    crashed = _tool_server(project, "crashed", **{cl.MD_PID: str(dead.pid)})
+    alive = _tool_server(project, "alive")  # this process, fresh lease
+    foreign = project.conn.compute.create_server(name="foreign", image_id=IMAGE, flavor_id="1",
+                                                 networks="none", metadata={cl.MD_EXPIRES: "0"})
+    project.conn.compute.wait_for_server(foreign, interval=0.3, wait=60)
+    adapter = cl.CloudAdapter(project.conn)
+    out = io.StringIO()
+    listed = reaper.reap(adapter, dry_run=True, out=out)
+    assert sorted(listed) == sorted([expired.id, crashed.id]), out.getvalue()
+    assert "would delete expired" in out.getvalue() and "would delete crashed" in out.getvalue()
+    assert len(project.servers()) == 4  # dry run deletes nothing
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(project.clouds_yaml))
+    assert reaper.main(["--cloud", "testcloud", "--interval", "0.5"]) == 0
+    assert sorted(s.name for s in project.servers()) == ["alive", "foreign"]
+
+
+def test_reap_console_script_exists():
+    exe = os.path.join(os.path.dirname(sys.executable), "snakemake-openstack-reap")
+    r = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "--dry-run" in r.stdout
