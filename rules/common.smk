@@ -1,5 +1,7 @@
 # Configuration, algorithms and the session list shared by all rules.
 
+import os
+
 
 from qmroct.config import check_config, validate_schema
 from qmroct.compute import algorithm_identity
@@ -16,6 +18,16 @@ DISCOVERY = "results/discovery"
 wildcard_constraints:
     project=r"[A-Za-z0-9_-]+",
     session=r"[^/]+",
+
+
+def algorithm_code(algo):
+    """The algorithm's code files as job inputs: they travel with the job to a remote
+    worker (no image rebuild for a new algorithm) and a change reruns only its jobs."""
+    from qmroct.algorithms.manifest import code_files
+
+    return sorted(
+        os.path.relpath(path) for _, path in code_files(algo.path, algo.shared)
+    )
 
 
 def sessions(project=None):

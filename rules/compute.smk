@@ -16,6 +16,7 @@ for _name, _algo in SETTINGS.algorithms.items():
             f"compute_{_name}"
         input:
             session=SESSION_MANIFEST,
+            code=algorithm_code(_algo),
         output:
             kqi=f"results/kqi/{{project}}/{{session}}/{_name}.json",
             extras=directory(f"results/kqi/{{project}}/{{session}}/{_name}.files"),
