@@ -92,11 +92,11 @@ class XnatWorkflow:
     def write_config(self, config: dict) -> None:
         (self.root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
-    def run(self, *args: str) -> subprocess.CompletedProcess:
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--nocolor", *args]
         proc = subprocess.run(cmd, cwd=self.root, capture_output=True, text=True, timeout=600, env=self.env)
         self.outputs.append(proc.stdout + proc.stderr)
-        if proc.returncode != 0:
+        if check and proc.returncode != 0:
             raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
         return proc
 
@@ -128,7 +128,7 @@ def test_workflow_against_xnat(xnat_server, password, pyxnat_interface, tmp_path
 
     xnat_server.store.put_project("DEMO", {})
     demo = tmp_path / "demo"
-    build_demo_archive(demo, sessions=3, seed=11, shape=SHAPE)
+    build_demo_archive(demo, sessions=4, seed=11, shape=SHAPE)
     first_two = upload_archive(pyxnat_interface, demo / "archive", only={"SUBJ001_V1", "SUBJ001_V2"})
     assert first_two == ["SUBJ001_V1", "SUBJ001_V2"]
 
@@ -182,17 +182,25 @@ def test_workflow_against_xnat(xnat_server, password, pyxnat_interface, tmp_path
     wf.run()
     assert writes(xnat_server)[before:] == []
 
-    # 3. a new session in XNAT: only that session is computed
+    # 3. two new sessions in XNAT, one deleted between discovery and download:
+    #    only the new sessions are computed, the deleted one fails alone, naming itself
     results = {p: p.stat().st_mtime_ns for p in root.glob("results/kqi/DEMO/*/*.json")}
-    assert upload_archive(pyxnat_interface, demo / "archive", only={"SUBJ002_V1"}) == ["SUBJ002_V1"]
+    assert upload_archive(pyxnat_interface, demo / "archive", only={"SUBJ002_V1", "SUBJ002_V2"}) == [
+        "SUBJ002_V1", "SUBJ002_V2"]
+    doomed = {r["label"]: r["ID"] for r in pyxnat_interface._get_json("/data/projects/DEMO/experiments")}["SUBJ002_V2"]
+    xnat_server.inject("delete_experiment", path=r"/files/SUBJ002_V2_\d+\.dcm$", method="GET", experiment=doomed)
     assert "discover" in wf.planned()  # the archive's state token changed: rediscover
-    wf.run()
+    failed = wf.run("--keep-going", check=False)
+    assert failed.returncode != 0
+    assert re.search(r"DEMO/SUBJ002_V2 \(XNAT_E\d+\) is no longer available", failed.stdout + failed.stderr)
     assert all(p.stat().st_mtime_ns == t for p, t in results.items())  # old sessions untouched
     new_results = sorted(p.relative_to(root).as_posix() for p in root.glob("results/kqi/DEMO/*/*.json")
                          if p not in results)
     assert new_results == ["results/kqi/DEMO/SUBJ002_V1/envprobe.json", "results/kqi/DEMO/SUBJ002_V1/noise.json"]
+    wf.run()  # the next run rediscovers without the deleted session and finishes
     new_id = {r["label"]: r["ID"] for r in pyxnat_interface._get_json("/data/projects/DEMO/experiments")}["SUBJ002_V1"]
     assert assessor_labels(pyxnat_interface, new_id) == ["SUBJ002_V1_qmroct_envprobe", "SUBJ002_V1_qmroct_noise"]
+    assert all(p.stat().st_mtime_ns == t for p, t in results.items())
 
     # 4. a new algorithm: computed for all sessions, its assessors added, nothing else rerun
     config["algorithms"]["signal"] = {}
