@@ -90,27 +90,29 @@ def dp_band(cost: np.ndarray, ref: np.ndarray, max_jump: int, penalty: float) ->
     nb, B, nx = cost.shape
     ref = np.asarray(ref, dtype=np.int64)
     jumps = np.arange(-max_jump, max_jump + 1)
-    jump_cost = (penalty * np.abs(jumps)).astype(np.float32)[None, :, None]
+    jump_cost = (penalty * np.abs(jumps)).astype(np.float32)
     dref = np.diff(ref, axis=1)  # (nb, nx-1)
     pad = max_jump + (int(np.max(np.abs(dref))) if nx > 1 else 0)
     big = np.float32(1e9)
     cost_t = np.ascontiguousarray(np.moveaxis(cost, 2, 0), dtype=np.float32)  # (nx, nb, B)
-    acc = np.full((nb, B + 2 * pad), big, dtype=np.float32)
-    acc[:, pad : pad + B] = cost_t[0]
-    windows = np.lib.stride_tricks.sliding_window_view(acc, B, axis=1)  # (nb, 2*pad+1, B), a view on acc
-    choice = np.zeros((nx, nb, B), dtype=np.int8)
+    # hist[x] holds the accumulated cost at column x, padded so that shifted windows stay inside
+    hist = np.full((nx, nb, B + 2 * pad), big, dtype=np.float32)
+    hist[0, :, pad : pad + B] = cost_t[0]
     bi = np.arange(nb)
+    jc3 = jump_cost[None, :, None]
     # previous offset o' = o + dref - jump (row_cur - row_prev = jump): window start pad + dref - jump
     starts = pad + dref[:, :, None] - jumps[None, None, :]  # (nb, nx-1, J)
     for x in range(1, nx):
-        cand = windows[bi[:, None], starts[:, x - 1]] + jump_cost  # (nb, J, B) copy
-        k = np.argmin(cand, axis=1)
-        choice[x] = k
-        acc[:, pad : pad + B] = cand.min(axis=1) + cost_t[x]
+        windows = np.lib.stride_tricks.sliding_window_view(hist[x - 1], B, axis=1)  # (nb, 2*pad+1, B)
+        cand = windows[bi[:, None], starts[:, x - 1]]  # (nb, J, B) copy
+        cand += jc3
+        hist[x, :, pad : pad + B] = np.minimum.reduce(cand, axis=1) + cost_t[x]
+    # backtrack: only the chosen state per B-scan needs its best predecessor
     path = np.empty((nb, nx), dtype=np.int64)
-    path[:, -1] = np.argmin(acc[:, pad : pad + B], axis=1)
+    path[:, -1] = np.argmin(hist[-1, :, pad : pad + B], axis=1)
     for x in range(nx - 1, 0, -1):
-        k = choice[x, bi, path[:, x]]
+        prev = path[:, x][:, None] + dref[:, x - 1][:, None] - jumps[None, :] + pad  # (nb, J)
+        k = np.argmin(hist[x - 1][bi[:, None], prev] + jump_cost[None, :], axis=1)
         path[:, x - 1] = path[:, x] + dref[:, x - 1] - jumps[k]
     return np.clip(path, 0, B - 1)
 
@@ -146,21 +148,56 @@ class Segmentation:
     bm_jumps: np.ndarray
 
 
+SEGMENT_DEFAULTS = {
+    "max_retina_um": 800.0,
+    "min_retina_um": 60.0,
+    "jump_px": 5,
+    "jump_penalty": 0.5,
+    "confidence_ratio": 0.3,
+    "lateral_sigma_px": 4.0,
+}
+
+_cache: dict = {}
+
+
+def segment_cached(vol: np.ndarray, meta: dict | None = None, params: dict | None = None) -> Segmentation:
+    """:func:`segment`, remembering the last result in this process.
+
+    Several algorithms (layers, signal, motion, centering) need the same
+    boundaries; when they run in one process on the same volume (``qmroct kqi``,
+    the benchmark, an in-process workflow job) the segmentation is computed once.
+    The key is the SHA-1 of the voxel data plus everything segment() reads, so
+    a different volume or setting never gets a stale result. Set
+    QMROCT_SEGMENT_CACHE=0 to disable.
+    """
+    import hashlib
+    import os
+
+    if os.environ.get("QMROCT_SEGMENT_CACHE", "1") == "0":
+        return segment(vol, meta, params)
+    p = {k: (params or {}).get(k, v) for k, v in SEGMENT_DEFAULTS.items()}
+    data = np.ascontiguousarray(vol)
+    key = (
+        hashlib.sha1(memoryview(data).cast("B"), usedforsecurity=False).hexdigest(),
+        data.shape,
+        str(data.dtype),
+        intensity_kind(meta),
+        depth_spacing_um(meta),
+        tuple(sorted(p.items())),
+    )
+    if key not in _cache:
+        _cache.clear()
+        _cache[key] = segment(data, meta, p)
+    return _cache[key]
+
+
 def _coarse_factor(nx: int) -> int:
     return max(1, nx // 128)
 
 
 def segment(vol: np.ndarray, meta: dict | None = None, params: dict | None = None) -> Segmentation:
     """ILM and BM per A-scan. ``vol`` as returned by :func:`prepare`."""
-    p = {
-        "max_retina_um": 800.0,
-        "min_retina_um": 60.0,
-        "jump_px": 5,
-        "jump_penalty": 0.5,
-        "confidence_ratio": 0.3,
-        "lateral_sigma_px": 4.0,
-        **(params or {}),
-    }
+    p = {**SEGMENT_DEFAULTS, **(params or {})}
     kind = intensity_kind(meta)
     nb, nz, nx = vol.shape
     dz_um = depth_spacing_um(meta)

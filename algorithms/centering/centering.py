@@ -63,7 +63,7 @@ def compute(volume, meta, params, workdir):
     octseg = _shared("octseg")
     p = {"smooth_mm": 0.05, "min_pit_um": 30.0, **(params or {})}
     vol, notes = octseg.prepare(volume, meta)
-    seg = octseg.segment(vol, meta, p)
+    seg = octseg.segment_cached(vol, meta, p)
     nb, nx = seg.ilm.shape
     dz_um = octseg.depth_spacing_um(meta)
     spacing = (meta or {}).get("spacing_mm") or {}

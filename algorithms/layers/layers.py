@@ -55,7 +55,7 @@ def compute(volume, meta, params, workdir):
     octseg = _shared("octseg")
     p = {"discontinuity_px": 6.0, "discontinuity_span": 2, **(params or {})}
     vol, notes = octseg.prepare(volume, meta)
-    seg = octseg.segment(vol, meta, p)
+    seg = octseg.segment_cached(vol, meta, p)
     dz_um = octseg.depth_spacing_um(meta)
     if not (meta or {}).get("spacing_mm", {}).get("depth"):
         notes.append(f"no depth spacing in metadata; assumed {dz_um} um per pixel")

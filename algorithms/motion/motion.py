@@ -100,7 +100,7 @@ def compute(volume, meta, params, workdir):
     if nb < 2:
         notes.append("a single B-scan: motion between B-scans cannot be measured")
         return {"kqis": {k: {"value": None, "unit": u, "per_bscan": [None] * nb} for k, u in unit.items()}, "notes": notes}
-    seg = octseg.segment(vol, meta, p)
+    seg = octseg.segment_cached(vol, meta, p)
     dz_um = octseg.depth_spacing_um(meta)
     coarse = adjacent_shifts(seg.bm, seg.confident)
     win = max(4, int(round(float(p["window_um"]) / dz_um)))

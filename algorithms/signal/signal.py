@@ -84,7 +84,7 @@ def compute(volume, meta, params, workdir):
     octseg = _shared("octseg")
     p = {"band_um": 45.0, "loss_ratio": 0.35, "reference_fraction": 0.25, "log_dynamic_range_db": 40.0, **(params or {})}
     vol, notes = octseg.prepare(volume, meta)
-    seg = octseg.segment(vol, meta, p)
+    seg = octseg.segment_cached(vol, meta, p)
     kind = octseg.intensity_kind(meta)
     lin = vol
     if kind == "log8":
