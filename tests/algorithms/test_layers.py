@@ -34,8 +34,10 @@ def test_boundaries_within_tolerance(tmp_path, layers, synth, stage, sigma, look
     assert z["ilm"].shape == truth.ilm.shape
     ilm_mae = np.abs(z["ilm"] - truth.ilm).mean()
     bm_mae = np.abs(z["bm"] - truth.bm).mean()
-    assert ilm_mae < 1.5, ilm_mae
+    assert ilm_mae < 1.5, ilm_mae  # the issue's tolerance (moderate noise)
     assert bm_mae < 1.5, bm_mae
+    assert abs((z["ilm"] - truth.ilm).mean()) < 0.3  # no systematic offset
+    assert abs((z["bm"] - truth.bm).mean()) < 0.3
     k = out["kqis"]
     assert k["detection_fraction"]["value"] >= 0.97
     true_thick = (truth.bm - truth.ilm) * truth.spacing_mm["depth"] * 1000
@@ -97,3 +99,11 @@ def test_all_zero_volume_is_defined(tmp_path, layers, stage):
     out = layers.run(path, meta, {}, tmp_path / "w")
     assert out["kqis"]["detection_fraction"]["value"] == 0.0
     assert out["kqis"]["thickness_mean_um"]["value"] is None
+
+
+def test_shared_segmentation_is_never_stale(tmp_path, layers, synth, stage):
+    """Two different volumes in a row in one process: each gets its own boundaries."""
+    for seed in (81, 82):
+        vol, truth = synth(**SHAPE, noise_sigma=0.02, looks=2, seed=seed, defects=("motion", "decentered"))
+        out, z = run(layers, tmp_path / str(seed), stage, vol, truth)
+        assert np.abs(z["ilm"] - truth.ilm).mean() < 1.5
