@@ -16,6 +16,8 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -83,6 +85,50 @@ def upload_archive(intf, archive: Path, only: set[str] | None = None) -> list[st
     return labels
 
 
+class ProcWatch:
+    """Polls /proc while snakemake runs: the command line of every process and
+    the environment of every descendant of the snakemake head (its jobs)."""
+
+    def __init__(self, secret: str):
+        self.secret = secret.encode()
+        self.leaks: list[str] = []
+        self.jobs_seen: set[int] = set()
+        self.stop = threading.Event()
+        self.head: int | None = None
+
+    def _children(self) -> dict[int, int]:
+        parents = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text()
+                    parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    pass
+        return parents
+
+    def run(self) -> None:
+        deadline = time.time() + 600
+        while not self.stop.wait(0.02) and time.time() < deadline:
+            parents = self._children()
+            for pid in parents:
+                try:
+                    if self.secret in Path(f"/proc/{pid}/cmdline").read_bytes():
+                        self.leaks.append(f"cmdline of {pid}")
+                except OSError:
+                    continue
+                ancestor, depth = parents.get(pid), 0
+                while ancestor and ancestor != self.head and depth < 20:
+                    ancestor, depth = parents.get(ancestor), depth + 1
+                if self.head is not None and ancestor == self.head:
+                    self.jobs_seen.add(pid)
+                    try:
+                        if self.secret in Path(f"/proc/{pid}/environ").read_bytes():
+                            self.leaks.append(f"environment of job process {pid}")
+                    except OSError:
+                        pass
+
+
 class XnatWorkflow:
     def __init__(self, root: Path, env: dict[str, str]):
         self.root = root
@@ -92,9 +138,22 @@ class XnatWorkflow:
     def write_config(self, config: dict) -> None:
         (self.root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    def run(self, *args: str, check: bool = True, watch: ProcWatch | None = None) -> subprocess.CompletedProcess:
         cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--nocolor", *args]
-        proc = subprocess.run(cmd, cwd=self.root, capture_output=True, text=True, timeout=600, env=self.env)
+        popen = subprocess.Popen(cmd, cwd=self.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env=self.env)
+        thread = None
+        if watch is not None:
+            watch.head = popen.pid
+            thread = threading.Thread(target=watch.run, daemon=True)
+            thread.start()
+        try:
+            out, err = popen.communicate(timeout=600)
+        finally:
+            if thread is not None:
+                watch.stop.set()
+                thread.join(5)
+        proc = subprocess.CompletedProcess(cmd, popen.returncode, out, err)
         self.outputs.append(proc.stdout + proc.stderr)
         if check and proc.returncode != 0:
             raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
@@ -154,8 +213,12 @@ def test_workflow_against_xnat(xnat_server, password, pyxnat_interface, tmp_path
     wf = XnatWorkflow(root, env)
     wf.write_config(config)
 
-    # 1. first run: every session x algorithm computed and written back
-    wf.run()
+    # 1. first run: every session x algorithm computed and written back; no process
+    #    shows the password on its command line, no job has it in its environment
+    watch = ProcWatch(password)
+    wf.run(watch=watch)
+    assert watch.jobs_seen, "no job process was observed"
+    assert watch.leaks == []
     sessions = {r["label"]: r["ID"] for r in pyxnat_interface._get_json("/data/projects/DEMO/experiments")}
     for label in first_two:
         assert assessor_labels(pyxnat_interface, sessions[label]) == [f"{label}_qmroct_envprobe",
@@ -212,6 +275,15 @@ def test_workflow_against_xnat(xnat_server, password, pyxnat_interface, tmp_path
     for label, eid in all_ids.items():
         labels = assessor_labels(pyxnat_interface, eid)
         assert labels == sorted(f"{label}_qmroct_{a}" for a in ("envprobe", "noise", "signal")), labels
+
+    # the watch can see a leak: with tokens switched off, jobs inherit the password
+    config["archive"]["tokens"] = False
+    wf.write_config(config)
+    control = ProcWatch(password)
+    wf.run("--forcerun", "discover", "results/discovery/sessions.tsv", watch=control)
+    assert any("environment of job" in leak for leak in control.leaks), control.jobs_seen
+    config["archive"]["tokens"] = True
+    wf.write_config(config)
 
     # no password in any log, output, metadata or result file, nor in any URL the server saw
     for text in wf.outputs:
