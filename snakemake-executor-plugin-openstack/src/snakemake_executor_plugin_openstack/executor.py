@@ -100,6 +100,8 @@ class Executor(RemoteExecutor):
         self._submitted_members = {}
         self._sources_ready = False
         self.next_seconds_between_status_checks = s.status_interval
+        # the DAG is known before the first job is handed over: start booting right away
+        self._update_backlog(force=True)
         self.pool.start()
         atexit.register(self._atexit)
         self.logger.info(
@@ -139,10 +141,10 @@ class Executor(RemoteExecutor):
         default = self.default_job_seconds * max(1.0, n / cores)
         return self.pool.runtime_estimate(self._kind(job), default)
 
-    def _update_backlog(self):
+    def _update_backlog(self, force: bool = False):
         """Slot-seconds of work the DAG still holds beyond what was submitted (planner input)."""
         now = time.monotonic()
-        if now - self._backlog_at < 5.0:
+        if not force and now - self._backlog_at < 5.0:
             return
         self._backlog_at = now
         try:

@@ -233,6 +233,8 @@ class Pool:
             self.jobs[job.key] = job
             self.queue.append(job)
             self.stats.jobs_submitted += 1
+            if not self.stats.first_submit:
+                self.stats.first_submit = time.time()
             self._wake.set()
 
         self.loop.call_soon_threadsafe(_add)
@@ -521,7 +523,7 @@ class Pool:
                     break
                 if time.monotonic() > deadline:
                     raise LaunchFailed("no SSH host key in the console output within boot timeout")
-                await asyncio.sleep(max(1.0, cfg.poll_interval))
+                await asyncio.sleep(cfg.poll_interval)
         s.state = ServerState.CONNECTING
         target = SshTarget(s.address, cfg.ssh_port, cfg.ssh_user, cfg.private_key, host_keys,
                            cfg.host_key_check, cfg.jump_host, cfg.ssh_connect_timeout, cfg.ssh_keepalive)
@@ -548,7 +550,8 @@ class Pool:
         self.stats.boot_seconds.append(boot)
         prev = self._boot_ema.get(s.flavor.name)
         self._boot_ema[s.flavor.name] = boot if prev is None else 0.5 * prev + 0.5 * boot
-        self.log("info", f"openstack: {s.name} ready at {s.address} after {boot:.1f}s")
+        self.log("info", f"openstack: {s.name} ready at {s.address} after {boot:.1f}s "
+                         f"(ACTIVE after {s.t_active - s.t_create:.1f}s)")
 
     # -- delete state machine --------------------------------------------
     async def _delete(self, s: Server, reason: str = ""):
@@ -702,12 +705,9 @@ class Pool:
                 except Exception:
                     pass
             t3 = time.monotonic()
-            try:
-                await sh.cleanup(io_)
-            except VMLost:
-                pass
-            job.timings = {"stage": t1 - t0, "run": t2 - t1, "fetch": t3 - t2,
-                           "cleanup": time.monotonic() - t3}
+            # wiping the scratch directory does not delay the job's result
+            self._spawn(self._cleanup(sh, io_))
+            job.timings = {"stage": t1 - t0, "run": t2 - t1, "fetch": t3 - t2}
             self.stats.add_timings(job.timings)
             if rc == 0:
                 outcome = (JobState.DONE, None)
@@ -750,6 +750,7 @@ class Pool:
                 else:
                     job.error = err
                     job.finished_at = time.monotonic()
+                    self.stats.last_done = time.time()
                     job.state = state
                     if state == JobState.DONE:
                         self.stats.jobs_done += 1
@@ -757,6 +758,14 @@ class Pool:
                     elif state == JobState.FAILED:
                         self.stats.jobs_failed += 1
             self.wake()
+
+    async def _cleanup(self, sh: WorkerShell, io_: JobIO):
+        t = time.monotonic()
+        try:
+            await sh.cleanup(io_)
+            self.stats.add_timings({"cleanup": time.monotonic() - t})
+        except Exception:
+            pass
 
     def _server_broken(self, s: Server):
         if s.broken:

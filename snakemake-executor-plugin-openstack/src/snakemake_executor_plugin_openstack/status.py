@@ -26,6 +26,8 @@ class PoolStats:
     cancelled_remote: int = 0
     plans: int = 0
     vm_seconds: float = 0.0
+    first_submit: float = 0.0  # wall clock (time.time()) of the first submission
+    last_done: float = 0.0  # wall clock when the last job finished
     boot_seconds: list = field(default_factory=list)
     per_server: dict = field(default_factory=dict)
     timings: dict = field(default_factory=lambda: {"stage": [], "run": [], "fetch": [], "cleanup": []})

@@ -1,0 +1,126 @@
+"""Pool vs one-VM-per-job on the Nova test cloud, with the old system's timings scaled 20x down.
+
+Boot 12 s, delete 12 s, 80 jobs of 1.5 s, at most 4 VMs of 2 slots (m1.medium: 2 vCPU, jobs of
+1 thread / 500 MB).  Everything in one run: one cloud process, then
+  (pool)     the executor's pool, jobs bundled by --group-components,
+  (one-vm)   one VM per job (--openstack-max-jobs-per-server 1, no bundling), the old behaviour,
+and the lower bound (one boot + total work / slots).  Writes results.json beside this file.
+
+    .venv/bin/python benchmarks/executor/run_benchmark.py [--jobs 80] [--skip-one-vm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+NOVA_PY = REPO / ".venv-nova" / "bin" / "python"
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+IMAGE = "155d900f-4e14-4e4c-a73d-069cbf4541e6"
+
+
+def start_cloud(tmp: Path, boot: float, delete: float):
+    ready = tmp / "ready.json"
+    proc = subprocess.Popen(
+        [str(NOVA_PY), str(REPO / "tests/cloud/novacloud.py"), "--port", "0", "--ssh-port", "2222",
+         "--state-dir", str(tmp / "state"), "--ready-file", str(ready),
+         "--boot-delay", str(boot), "--delete-delay", str(delete)],
+        stdout=open(tmp / "cloud.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    t = time.time()
+    while not ready.exists():
+        if proc.poll() is not None or time.time() - t > 90:
+            raise SystemExit("cloud did not start: " + (tmp / "cloud.log").read_text()[-2000:])
+        time.sleep(0.2)
+    return proc, json.loads(ready.read_text())["endpoint"]
+
+
+def run_case(tmp: Path, endpoint: str, name: str, n: int, work: float, extra: list[str]) -> dict:
+    wd = tmp / name
+    shutil.copytree(HERE / "workflow", wd)
+    key = wd / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    (wd / "clouds.yaml").write_text(
+        "clouds:\n  bench:\n    auth_type: admin_token\n    auth:\n"
+        f"      endpoint: {endpoint}\n      token: \"bench:{name}\"\n")
+    env = dict(os.environ, OS_CLIENT_CONFIG_FILE=str(wd / "clouds.yaml"))
+    args = [str(SNAKEMAKE), "-j", "500", "--latency-wait", "1", "--config", f"njobs={n}", f"work={work}",
+            "--executor", "openstack", "--openstack-cloud", "bench", "--openstack-image", IMAGE,
+            "--openstack-flavor", "m1.medium", "--openstack-network", "none",
+            "--openstack-keypair", "bench", "--openstack-private-key", str(key),
+            "--openstack-ssh-user", os.environ.get("USER") or "root", "--openstack-ssh-port", "2222",
+            "--openstack-remote-path-prefix", str(SNAKEMAKE.parent), "--openstack-max-servers", "4",
+            "--openstack-expected-boot-seconds", "13", "--openstack-status-log-interval", "10",
+            *extra]
+    t0 = time.time()
+    with open(wd / "run.log", "wb") as log:
+        rc = subprocess.run(args, cwd=wd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=3600).returncode
+    wall = time.time() - t0
+    if rc != 0:
+        raise SystemExit(f"{name} failed, see {wd / 'run.log'}")
+    summ = json.loads(next((wd / ".snakemake/openstack").glob("*/summary.json")).read_text())
+    outs = len(list((wd / "out").glob("*.txt")))
+    assert outs == n, f"{name}: {outs} of {n} outputs"
+    return {
+        "wall_seconds": round(wall, 1),
+        "makespan_seconds": round(summ["last_done"] - t0, 1),
+        "submissions": summ["jobs_done"],
+        "servers_created": summ["servers_created"],
+        "vm_minutes": summ["vm_minutes"],
+        "jobs_per_vm": summ["jobs_per_vm"],
+        "mean_boot_seconds": summ["mean_boot_seconds"],
+        "mean_per_submission": summ["mean_timings"],
+        "boot_failures": summ["boot_failures"],
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--jobs", type=int, default=80)
+    ap.add_argument("--work", type=float, default=1.5)
+    ap.add_argument("--boot", type=float, default=12.0)
+    ap.add_argument("--delete", type=float, default=12.0)
+    ap.add_argument("--group-size", type=int, default=20)
+    ap.add_argument("--skip-one-vm", action="store_true")
+    a = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="smos-bench-"))
+    proc, endpoint = start_cloud(tmp, a.boot, a.delete)
+    res = {"params": vars(a), "slots": 8}
+    try:
+        res["pool"] = run_case(tmp, endpoint, "pool", a.jobs, a.work,
+                               ["--group-components", f"batch={a.group_size}"])
+        per_group_work = a.group_size * a.work / 2  # a group runs on the 2 cores of its VM
+        res["pool"]["snakemake_startup_per_submission"] = round(
+            res["pool"]["mean_per_submission"]["run"] - per_group_work, 2)
+        res["pool"]["dispatch_overhead_per_submission"] = round(sum(
+            res["pool"]["mean_per_submission"].get(k, 0) for k in ("stage", "fetch", "cleanup")), 2)
+        if not a.skip_one_vm:
+            res["one_vm_per_job"] = run_case(tmp, endpoint, "onevm", a.jobs, a.work,
+                                             ["--openstack-max-jobs-per-server", "1"])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    lb = a.boot + a.jobs * a.work / 8
+    res["lower_bound_seconds"] = lb
+    res["pool_vs_lower_bound"] = round(res["pool"]["makespan_seconds"] / lb, 3)
+    if "one_vm_per_job" in res:
+        res["speedup_vs_one_vm_per_job"] = round(
+            res["one_vm_per_job"]["makespan_seconds"] / res["pool"]["makespan_seconds"], 2)
+    res["machine"] = {"nproc": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    (HERE / "results.json").write_text(json.dumps(res, indent=1))
+    print(json.dumps(res, indent=1))
+    print(f"logs in {tmp}")
+
+
+if __name__ == "__main__":
+    main()
