@@ -179,9 +179,14 @@ class XnatArchive(Archive):
         return sorted((r for r in rows if r.get("xsiType") in self.session_types), key=lambda r: r["label"])
 
     def state_token(self, projects: list[str]) -> str:
+        """The sessions listing with each session's last_modified. An XNAT that
+        does not give last_modified gets a token that always changes: discovery
+        then runs every time and the fingerprints decide what is recomputed."""
         digest = hashlib.sha256()
         for project in sorted(projects or self.projects):
             for row in self._sessions_rows(project):
+                if not row.get("last_modified"):
+                    return "xnat:no-last-modified:" + dt.datetime.now().isoformat()
                 digest.update(
                     "\t".join([project, row["ID"], row["label"], row["xsiType"], row.get("last_modified", "")]).encode()
                 )
