@@ -12,6 +12,7 @@ instead: they are not facts about the scan, and the next run retries them.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import shutil
@@ -139,8 +140,31 @@ def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(document, indent=1, sort_keys=False, default=_json_default))
+    # Strict JSON (no NaN/Infinity tokens): other tools, jq and XNAT clients read these files.
+    tmp.write_text(json.dumps(_finite(document), indent=1, allow_nan=False, default=_json_default))
     os.replace(tmp, path)
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities become null, recursively: an undefined KQI is 'no value'."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    try:
+        import numpy as np
+
+        if isinstance(value, np.ndarray):
+            return _finite(value.tolist())
+        if isinstance(value, np.floating):
+            return _finite(float(value))
+        if isinstance(value, np.integer):
+            return int(value)
+    except ImportError:
+        pass
+    return value
 
 
 def _json_default(value: Any) -> Any:

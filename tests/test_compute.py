@@ -1,0 +1,66 @@
+"""One compute job in isolation: staging once, failures recorded, strict JSON."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from conftest import REPO
+from qmroct.algorithms import load_algorithm
+from qmroct.archive.directory import DirectoryArchive
+from qmroct.compute import compute_session, write_json_atomic
+from qmroct.staging import release_session, stage_dir
+
+
+class CountingArchive(DirectoryArchive):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fetches = 0
+
+    def fetch(self, session, dest):
+        self.fetches += 1
+        return super().fetch(session, dest)
+
+
+@pytest.fixture
+def archive(tmp_path, small_demo):
+    shutil.copytree(small_demo / "archive", tmp_path / "archive")
+    return CountingArchive(tmp_path / "archive")
+
+
+def test_scans_are_staged_once_for_all_algorithms(tmp_path, archive):
+    session = archive.discover(["DEMO"])[0]
+    scratch = tmp_path / "scratch"
+    results = {}
+    for name in ("noise", "layers"):
+        algo = load_algorithm(name, search_paths=[REPO / "algorithms"])
+        results[name] = compute_session(session, algo, {}, archive, scratch, tmp_path / f"{name}.files")
+    assert archive.fetches == 1
+    assert all(r["status"] == "ok" for r in results.values())
+    assert {s["scan"] for s in results["noise"]["scans"]} == {"1", "2"}
+    assert (stage_dir(scratch, session) / "staged.json").is_file()
+    assert not list((stage_dir(scratch, session)).rglob("*.dcm")), "raw downloads are dropped once decoded"
+    release_session(scratch, session)
+    assert not any(scratch.rglob("*.npy"))
+
+
+def test_algorithm_failure_is_recorded_per_scan(tmp_path, archive):
+    algorithms = tmp_path / "algorithms"
+    shutil.copytree(REPO / "algorithms", algorithms)
+    code = algorithms / "noise" / "noise.py"
+    code.write_text(code.read_text() + "\n\ndef compute(*args, **kwargs):\n    raise RuntimeError('deliberate test failure')\n")
+    algo = load_algorithm("noise", search_paths=[algorithms])
+    session = archive.discover(["DEMO"])[0]
+    result = compute_session(session, algo, {}, archive, tmp_path / "scratch", tmp_path / "extras")
+    assert result["status"] == "failed"
+    assert all(s["status"] == "failed" and "deliberate test failure" in s["error"] for s in result["scans"])
+    assert result["error"] == "2 of 2 scans failed"
+
+
+def test_result_json_is_strict(tmp_path):
+    write_json_atomic(tmp_path / "r.json", {"value": float("nan"), "per_bscan": [1.0, float("inf")]})
+    text = (tmp_path / "r.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"value": None, "per_bscan": [1.0, None]}
