@@ -210,7 +210,7 @@ def segment(vol: np.ndarray, meta: dict | None = None, params: dict | None = Non
     nxc = nx // f
     coarse = vol[:, :, : nxc * f].reshape(nb, nz, nxc, f).mean(axis=3)
     lc = to_log(coarse, kind)
-    lc = gaussian_filter1d(lc, 2.0, axis=1)
+    lc = gaussian_filter1d(lc, max(0.7, 8.0 / dz_um), axis=1)
     if nxc > 3:
         lc = gaussian_filter1d(lc, 1.0, axis=2)
     lo = np.percentile(lc, 20, axis=(1, 2))[:, None, None]
@@ -231,6 +231,7 @@ def segment(vol: np.ndarray, meta: dict | None = None, params: dict | None = Non
     rpe_c = top_rpe + o
 
     # ---- fine pass: bands at full lateral resolution around the coarse lines
+    sz_fine = max(0.5, 4.0 / dz_um)
     xs = (np.arange(nx) + 0.5) / f - 0.5
     xc = np.arange(nxc)
 
@@ -243,7 +244,7 @@ def segment(vol: np.ndarray, meta: dict | None = None, params: dict | None = Non
         return np.rint(gaussian_filter1d(upsample(line.astype(float)), 4.0, axis=1, mode="nearest")).astype(np.int64)
 
     def fine(ref: np.ndarray, B: int, sign: float) -> tuple[np.ndarray, np.ndarray]:
-        band = gaussian_filter1d(to_log(_gather(vol, ref, B), kind), 1.0, axis=1)
+        band = gaussian_filter1d(to_log(_gather(vol, ref, B), kind), sz_fine, axis=1)
         inside = ref[:, None, :] + np.arange(B)[None, :, None]
         edge_ok = (inside >= 1) & (inside < nz - 1)
 
@@ -265,7 +266,7 @@ def segment(vol: np.ndarray, meta: dict | None = None, params: dict | None = Non
         lin_band = _gather(vol, ref, B)
         if kind == "log8":
             lin_band = np.power(np.float32(10.0), lin_band * np.float32(LOG8_DYNAMIC_RANGE_DB / 2550.0))
-        lin_band = gaussian_filter1d(lin_band, 1.0, axis=1)
+        lin_band = gaussian_filter1d(lin_band, sz_fine, axis=1)
         if nx > 3:
             lin_band = gaussian_filter1d(lin_band, float(p["lateral_sigma_px"]), axis=2)
         gl = grad(lin_band)
@@ -277,11 +278,12 @@ def segment(vol: np.ndarray, meta: dict | None = None, params: dict | None = Non
         strength = near.max(axis=0) * 2.0
         return pos, strength
 
-    B_ilm = 28
+    # band sizes in micrometres, so that coarse (small test) and fine axial sampling behave alike
+    B_ilm = 2 * max(3, int(round(50.0 / dz_um)))
     ilm_ref = smooth_ref(ilm_c) - B_ilm // 2
     ilm, ilm_s = fine(ilm_ref, B_ilm, +1.0)
-    B_bm = 26
-    bm_ref = smooth_ref(rpe_c) - 6
+    B_bm = max(6, int(round(100.0 / dz_um)))
+    bm_ref = smooth_ref(rpe_c) - max(2, int(round(25.0 / dz_um)))
     # BM is never above the ILM: keep the band below it
     bm_ref = np.maximum(bm_ref, np.floor(ilm).astype(np.int64) + 2)
     bm, bm_s = fine(bm_ref, B_bm, -1.0)
