@@ -93,7 +93,7 @@ def test_resource_files_and_history(seeded, xnat_server, tmp_path, pyxnat_interf
     assert [(h["pipeline_name"], h["status"]) for h in history] == [("qmroct noise", "Complete")]
     assert history[0]["launch_time"] == "2026-11-26 01:00:00.000"
     # the workflow can record Queued/Running for the same run: one row moves through states
-    arc.record_history(s, "layers", "Queued", launch_time="2026-11-26 02:00:00.000")
+    arc.record_history(s, "layers", "Queued", launch_time="2026-11-26T02:00:00")  # ISO, as in provenance
     arc.record_history(s, "layers", "Running", launch_time="2026-11-26 02:00:00.000")
     failed = make_assessment(tmp_path, s, algorithm="layers", status="failed")
     failed.scans[0]["status"], failed.scans[0]["error"] = "failed", "no retina found"

@@ -464,6 +464,8 @@ class XnatArchive(Archive):
         moves through its states in one row."""
         if status not in ("Queued", "Running", "Complete", "Failed"):
             raise ValueError(f"unknown workflow status {status}")
+        if launch_time and "T" in launch_time:  # ISO time, e.g. the result's provenance start_time
+            launch_time = _xnat_time(dt.datetime.fromisoformat(launch_time.replace("Z", "+00:00")))
         launch_time = launch_time or _xnat_time(dt.datetime.now())
         params = {
             "wrk:workflowData/id": session.id,
