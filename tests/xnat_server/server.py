@@ -57,7 +57,8 @@ from .store import NotFound, Store, now_iso
 XNAT_VERSION = "1.8.10"
 XNAT_NS = "http://nrg.wustl.edu/xnat"
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
-DEFAULT_SCHEMA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "xnat-schemas"
+DEFAULT_SCHEMA_DIR = Path(os.environ.get("QMROCT_XNAT_SCHEMAS")
+                          or Path(__file__).resolve().parents[2].parent / "shared" / "xnat-schemas")
 
 # Root elements of XML documents and their xsi types (the ones used here).
 ROOT_TYPES = {
