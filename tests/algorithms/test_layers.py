@@ -107,3 +107,13 @@ def test_shared_segmentation_is_never_stale(tmp_path, layers, synth, stage):
         vol, truth = synth(**SHAPE, noise_sigma=0.02, looks=2, seed=seed, defects=("motion", "decentered"))
         out, z = run(layers, tmp_path / str(seed), stage, vol, truth)
         assert np.abs(z["ilm"] - truth.ilm).mean() < 1.5
+
+
+@pytest.mark.parametrize("seed", [91, 92, 93])
+def test_coarse_axial_sampling_small_volume(tmp_path, layers, synth, stage, seed):
+    """The workflow's small test volumes (5 x 128 x 64, ~15 um per row): still the right boundaries."""
+    vol, truth = synth(n_bscans=5, depth=128, width=64, spacing_mm=(0.12, 0.0151125, 0.0117), noise_sigma=0.02,
+                       looks=2, seed=seed, defects=("tilt",))
+    out, z = run(layers, tmp_path, stage, vol, truth)
+    assert np.abs(z["ilm"] - truth.ilm).mean() < 2.0
+    assert np.abs(z["bm"] - truth.bm).mean() < 2.0
