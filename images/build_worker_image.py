@@ -1,0 +1,81 @@
+"""Build the worker image: boot a base image with cloud-init user data, wait for the ready
+marker on the console, stop the server, snapshot it, delete the server.
+
+    python images/build_worker_image.py --cloud mycloud --base-image debian-12 \
+        --flavor m1.medium --network private --name qmroct-worker-2026-11 \
+        [--user-data images/worker-cloud-init.yaml] [--timeout 1800]
+
+Prints the new image id. The server is deleted on success, failure and Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import sys
+import time
+from pathlib import Path
+
+import openstack
+
+HERE = Path(__file__).resolve().parent
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cloud", default=None, help="clouds.yaml entry (default: OS_CLOUD / OS_*)")
+    p.add_argument("--base-image", required=True)
+    p.add_argument("--flavor", required=True)
+    p.add_argument("--network", default=None, help="network name/id, or 'none'")
+    p.add_argument("--name", required=True, help="name of the image to create")
+    p.add_argument("--user-data", default=str(HERE / "worker-cloud-init.yaml"))
+    p.add_argument("--ready-marker", default="QMROCT-WORKER-READY")
+    p.add_argument("--failed-marker", default="QMROCT-WORKER-FAILED")
+    p.add_argument("--timeout", type=float, default=1800)
+    p.add_argument("--no-wait-image", action="store_true",
+                   help="do not wait for the image to become active (clouds without a Glance endpoint)")
+    a = p.parse_args(argv)
+    conn = openstack.connect(cloud=a.cloud) if a.cloud else openstack.connect()
+    c = conn.compute
+    flavor = c.find_flavor(a.flavor, ignore_missing=False)
+    image_id = a.base_image
+    try:
+        img = conn.image.find_image(a.base_image, ignore_missing=True)
+        image_id = img.id if img else a.base_image
+    except Exception:
+        pass
+    if a.network in (None, "auto", "none"):
+        networks = a.network or "auto"
+    else:
+        net = conn.network.find_network(a.network, ignore_missing=False)
+        networks = [{"uuid": net.id}]
+    user_data = base64.b64encode(Path(a.user_data).read_bytes()).decode()
+    server = c.create_server(name=f"{a.name}-builder", image_id=image_id, flavor_id=flavor.id,
+                             networks=networks, user_data=user_data,
+                             metadata={"purpose": "qmroct worker image build"})
+    print(f"builder server {server.id}", file=sys.stderr)
+    try:
+        server = c.wait_for_server(server, wait=int(a.timeout), interval=2)
+        deadline = time.time() + a.timeout
+        while True:
+            out = c.get_server_console_output(server).get("output", "")
+            if a.failed_marker in out:
+                raise SystemExit("worker setup failed; see /var/log/qmroct-worker-setup.log on the builder")
+            if a.ready_marker in out:
+                break
+            if time.time() > deadline:
+                raise SystemExit("timed out waiting for the worker setup")
+            time.sleep(5)
+        c.stop_server(server)
+        c.wait_for_server(server, status="SHUTOFF", wait=600, interval=2)
+        image = c.create_server_image(server, a.name, metadata={"qmroct-worker": "1"},
+                                      wait=not a.no_wait_image, timeout=int(a.timeout))
+        print(image.id)
+        return 0
+    finally:
+        c.delete_server(server)
+        c.wait_for_delete(server, wait=600, interval=2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
