@@ -76,6 +76,19 @@ def resolve_credentials(server: str | None, netrc_file: str | None = None,
     )
 
 
+def pyxnat_interface(server: str, user: str, password: str, verify: bool | str = True) -> Any:
+    """A pyxnat Interface (no network call yet), with a clear error when pyxnat cannot start."""
+    try:
+        import pyxnat
+
+        return pyxnat.Interface(server=server, user=user, password=password, verify=verify)
+    except ModuleNotFoundError as err:  # pyxnat 1.6.4 imports nibabel (and numpy) without declaring them
+        raise ArchiveError(
+            f"the XNAT backend needs pyxnat 1.6.4 and its undeclared imports: {err} "
+            "(pip install pyxnat==1.6.4 nibabel==5.4.2)"
+        ) from None
+
+
 class XnatArchive(Archive):
     backend = "xnat"
 
@@ -125,9 +138,7 @@ class XnatArchive(Archive):
     def http(self) -> XnatHttp:
         if self._http is None:
             server, user, password = resolve_credentials(self.server_option, self.netrc_file)
-            import pyxnat
-
-            self._intf = pyxnat.Interface(server=server, user=user, password=password, verify=self.verify)
+            self._intf = pyxnat_interface(server, user, password, self.verify)
             self._http = XnatHttp(self._intf, server, user, timeout=self.timeout,
                                   connect_timeout=self.connect_timeout, retries=self.retries,
                                   backoff=self.backoff)

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .base import ArchiveError
-from .xnat import resolve_credentials
+from .xnat import pyxnat_interface, resolve_credentials
 from .xnat_http import XnatHttp
 
 log = logging.getLogger("qmroct.archive.xnat")
@@ -55,9 +55,7 @@ class AliasToken:
 
 
 def _http(server: str, user: str, password: str, verify: bool | str, timeout: float) -> XnatHttp:
-    import pyxnat
-
-    intf = pyxnat.Interface(server=server, user=user, password=password, verify=verify)
+    intf = pyxnat_interface(server, user, password, verify)
     return XnatHttp(intf, server, user, timeout=timeout, retries=3, backoff=0.5)
 
 
