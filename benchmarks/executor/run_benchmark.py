@@ -52,7 +52,7 @@ def run_case(tmp: Path, endpoint: str, name: str, n: int, work: float, extra: li
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     (wd / "clouds.yaml").write_text(
         "clouds:\n  bench:\n    auth_type: admin_token\n    auth:\n"
-        f"      endpoint: {endpoint}\n      token: \"bench:{name}\"\n")
+        f"      endpoint: {endpoint}\n      token: \"{name}:{name}\"\n")
     env = dict(os.environ, OS_CLIENT_CONFIG_FILE=str(wd / "clouds.yaml"))
     args = [str(SNAKEMAKE), "-j", "500", "--latency-wait", "1", "--config", f"njobs={n}", f"work={work}",
             "--executor", "openstack", "--openstack-cloud", "bench", "--openstack-image", IMAGE,

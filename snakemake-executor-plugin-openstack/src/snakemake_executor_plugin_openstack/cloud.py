@@ -89,6 +89,12 @@ class CloudAdapter:
             if not public_key:
                 raise RuntimeError(f"key pair {name!r} does not exist and no public key to create it")
             self.conn.compute.create_keypair(name=name, public_key=public_key)
+            return
+        if public_key and kp.public_key:
+            # servers with another key would never let us in: fail now, not after boot timeouts
+            if kp.public_key.split()[:2] != public_key.split()[:2]:
+                raise RuntimeError(
+                    f"key pair {name!r} exists with a different public key than the private key's")
 
     def limits(self) -> Limits:
         return Limits.from_absolute(self.conn.compute.get_limits().absolute)

@@ -49,7 +49,10 @@ class Executor(RemoteExecutor):
             pubkey = asyncssh.read_private_key(os.path.expanduser(s.private_key)).export_public_key().decode()
         except Exception as e:
             raise WorkflowError(f"openstack executor: cannot read private key {s.private_key}: {e}")
-        adapter.ensure_keypair(s.keypair, pubkey)
+        try:
+            adapter.ensure_keypair(s.keypair, pubkey)
+        except RuntimeError as e:
+            raise WorkflowError(f"openstack executor: {e}")
         user_data = None
         if s.user_data:
             with open(s.user_data) as f:
