@@ -52,7 +52,7 @@ def adjacent_shifts(bm: np.ndarray, confident: np.ndarray, min_fraction: float =
 
 
 def refine_shifts(vol: np.ndarray, kind: str, bm: np.ndarray, coarse: np.ndarray, above_px: int, below_px: int,
-                  search: int = 3) -> np.ndarray:
+                  search: int = 2) -> np.ndarray:
     """Sub-pixel shifts by axial cross-correlation around the coarse estimate, (nb-1,)."""
     octseg = _shared("octseg")
     from scipy.ndimage import gaussian_filter1d
