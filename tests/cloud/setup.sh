@@ -15,5 +15,5 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/pip" install -q \
     nova==34.0.0 openstack-placement==16.0.0 \
-    testtools oslotest wsgi-intercept requests-mock ddt
+    testtools==2.9.1 oslotest==6.1.1 wsgi-intercept==1.13.1 requests-mock==1.12.1 ddt==1.7.2
 "$VENV/bin/python" -c "import nova.virt.fake, placement" && echo "nova test cloud venv ready: $VENV"

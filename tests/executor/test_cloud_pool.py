@@ -182,3 +182,22 @@ def test_reap_console_script_exists():
     exe = os.path.join(os.path.dirname(sys.executable), "snakemake-openstack-reap")
     r = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "--dry-run" in r.stdout
+
+
+def test_idle_servers_retire_down_to_keep_warm_and_recycle(project, nova_cloud, in_tmp):
+    pool = make_pool(project, max_servers=2, idle_timeout=1.0, keep_warm=1, max_jobs_per_server=2)
+    pool.start()
+    jobs = [job(i, "sleep 1", in_tmp) for i in range(6)]
+    for j in jobs:
+        pool.submit(j)
+    try:
+        wait(lambda: all(j.finished for j in jobs), 120, "jobs to finish")
+        assert all(j.state == JobState.DONE for j in jobs), [j.error for j in jobs]
+        # a server runs at most 2 submissions, then it is replaced
+        assert max(pool.stats.per_server.values()) <= 2 and pool.stats.servers_created >= 3
+        wait(lambda: len([s for s in project.servers() if s.status == "ACTIVE"]) == 1 and
+             len(pool.live()) == 1, 60, "idle servers to retire down to keep-warm")
+        time.sleep(2.0)
+        assert len(pool.live()) == 1  # the keep-warm server stays while the run lasts
+    finally:
+        finish(pool, project)

@@ -579,11 +579,16 @@ class Pool:
                 self.log("warning", f"openstack: delete of {s.name} failed: {e}")
             s.state = ServerState.DELETING
             deadline = time.monotonic() + self.cfg.delete_timeout
+            api_errors = 0
             while time.monotonic() < deadline:
                 try:
                     view = await self._api(self.cloud.get_server, s.id)
+                    api_errors = 0
                 except Exception:
                     view = "?"
+                    api_errors += 1
+                    if api_errors >= 5:  # the API does not answer: next attempt, then the reaper
+                        break
                 if view is None:
                     s.state = ServerState.DELETED
                     s.t_gone = time.monotonic()
