@@ -221,7 +221,10 @@ def cmd_kqi(args) -> int:
             report.append(entry)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    print(json.dumps(report, indent=1))
+    try:
+        print(json.dumps(report, indent=1))
+    except BrokenPipeError:  # e.g. piped into head
+        pass
     return status
 
 
