@@ -22,6 +22,7 @@ rule all:
         "results/report/index.html",
         "results/tables/kqi.tsv",
         writeback_receipts,
+        scan_quality_receipts,
 
 
 from qmroct.archive.xnat_tokens import start_archive_tokens, stop_archive_tokens

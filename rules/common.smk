@@ -54,5 +54,13 @@ def writeback_receipts(wildcards):
     return [f"results/writeback/{p}/{s}.json" for p, s in sessions()]
 
 
+def scan_quality_receipts(wildcards):
+    return [
+        f"results/scan_quality/{name}.json"
+        for name, study in SETTINGS.studies.items()
+        if study.set_scan_quality
+    ]
+
+
 def summaries(wildcards):
     return [f"results/sessions/{p}/{s}.json" for p, s in sessions()]

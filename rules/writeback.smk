@@ -16,3 +16,19 @@ rule writeback:
         "../envs/qmroct.yaml"
     script:
         "../scripts/writeback.py"
+
+
+rule scan_quality:
+    """Opt-in (studies/<name>/set_scan_quality): a study's verdicts into the scans'
+    quality field, never overwriting a value a person set (XNAT backend)."""
+    input:
+        studies="results/tables/studies",
+    output:
+        receipt="results/scan_quality/{study}.json",
+    log:
+        "logs/scan_quality/{study}.log",
+    localrule: True
+    conda:
+        "../envs/qmroct.yaml"
+    script:
+        "../scripts/scan_quality.py"

@@ -100,6 +100,8 @@ def check_config(config: dict[str, Any], workflow_dir: Path | str = ".") -> Sett
         unknown = sorted(set(projects) - set(config["projects"]))
         if unknown:
             raise ConfigError(f"config.yaml: studies/{name}/projects: {', '.join(unknown)} not in the configured projects")
+        if study.get("set_scan_quality") and config["archive"]["backend"] != "xnat":
+            raise ConfigError(f"config.yaml: studies/{name}/set_scan_quality: needs the xnat archive backend")
         studies[name] = Study(name, criteria, projects, study.get("description", ""), bool(study.get("set_scan_quality")))
     return Settings(raw=config, algorithms=algorithms, studies=studies)
 

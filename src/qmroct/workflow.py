@@ -134,3 +134,30 @@ def report_step(snakemake: Any) -> None:
     Path(snakemake.output.html).write_text(html)
     _logger(snakemake, "report").info("report written to %s", snakemake.output.html)
 
+
+
+def scan_quality_step(snakemake: Any) -> None:
+    """Opt-in: write one study's verdicts into the archive's scan quality fields."""
+    import pandas as pd
+
+    from qmroct.compute import write_json_atomic
+    from qmroct.discovery import archive_for, load_manifest, manifest_path
+
+    log = _logger(snakemake, "scan_quality")
+    settings = _settings(snakemake)
+    name = snakemake.wildcards.study
+    study = settings.studies[name]
+    table = pd.read_csv(Path(snakemake.input.studies) / f"{name}.tsv", sep="\t", dtype={"scan": str})
+    texts = [c.text for c in study.criteria]
+    outcomes: dict[str, dict[str, str]] = {}
+    with archive_for(snakemake.config) as archive:
+        for (project, label), rows in table.groupby(["project", "session"], sort=True):
+            session = load_manifest(manifest_path(Path("results/discovery"), project, label))
+            verdicts = dict(zip(rows["scan"], rows["quality"]))
+            reasons = {
+                row["scan"]: "; ".join(f"{t}: {row[t]}" for t in texts if row[t] != "pass") or "all criteria pass"
+                for row in rows.to_dict("records")
+            }
+            outcomes[f"{project}/{label}"] = archive.set_scan_quality(session, name, verdicts, reasons)
+            log.info("%s/%s: %s", project, label, outcomes[f"{project}/{label}"])
+    write_json_atomic(Path(snakemake.output.receipt), {"study": name, "sessions": outcomes})
