@@ -231,3 +231,15 @@ def test_bad_volumes_give_defined_result_or_clear_failure(tmp_path, stage, name,
     assert set(out["kqis"]) == {k.name for k in algo.kqis}
     if case in ("all_zero", "constant"):
         assert out["notes"], f"{name}: a blank volume should come with a note"
+
+
+@pytest.mark.parametrize("name", ["layers", "motion"])
+def test_isolated_run_equals_inprocess(tmp_path, synth, stage, name):
+    """With a timeout the python runtime runs in a subprocess: same KQIs and files."""
+    vol, truth = synth(n_bscans=4, depth=320, width=128, seed=12, defects=("motion",))
+    path, meta = stage(tmp_path / "in", vol, truth.spacing_mm)
+    algo = load_algorithm(name, [ALGORITHMS])
+    a = algo.run(path, meta, {}, tmp_path / "a")
+    b = algo.run(path, meta, {}, tmp_path / "b", timeout=120)
+    assert a["kqis"] == b["kqis"]
+    assert [p.name for p in a["files"]] == [p.name for p in b["files"]]
