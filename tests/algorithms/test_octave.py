@@ -38,6 +38,31 @@ def test_octave_and_python_mtci_agree(tmp_path, synth, stage, seed, defects, loo
     np.testing.assert_allclose(pb, pa, rtol=0.01)
 
 
+@pytest.mark.parametrize("case", ["linear", "log8", "nan_voxels", "high_noise"])
+def test_octave_and_python_noise_agree(tmp_path, synth, stage, case):
+    from qmroct.synth import to_log8
+
+    vol, truth = synth(n_bscans=3, depth=320, width=256, noise_sigma=0.02, looks=1, seed=7,
+                       defects=("high_noise",) if case == "high_noise" else ("shadow",))
+    intensity = "linear"
+    if case == "log8":
+        vol, intensity = to_log8(vol).astype(np.float32), "log8"
+    if case == "nan_voxels":
+        vol = vol.copy()
+        vol[1, 10:20, 30:40] = np.nan
+    path, meta = stage(tmp_path, vol, truth.spacing_mm, intensity=intensity)
+    a = load_algorithm("noise", [ALGORITHMS]).run(path, meta, {}, tmp_path / "py")
+    b = load_algorithm("noise_octave", [ALGORITHMS]).run(path, meta, {}, tmp_path / "oct", timeout=120)
+    for name in ("noise_sigma", "noise_floor", "snr_db", "snr_db_min"):
+        assert b["kqis"][name]["value"] == pytest.approx(a["kqis"][name]["value"], rel=0.01), name
+    for name in ("noise_sigma", "snr_db"):
+        np.testing.assert_allclose(b["kqis"][name]["per_bscan"], a["kqis"][name]["per_bscan"], rtol=0.01)
+    if case != "log8":
+        assert b["kqis"]["noise_sigma"]["value"] == pytest.approx(truth.noise_sigma, rel=0.03)
+    else:
+        assert "log8" in b["kqis"]["noise_sigma"]["note"]
+
+
 def test_octave_single_bscan_and_mat_input(tmp_path, synth, stage):
     vol, truth = synth(n_bscans=1, depth=320, width=256, seed=5)
     path, meta = stage(tmp_path, vol, truth.spacing_mm)
