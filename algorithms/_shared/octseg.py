@@ -62,6 +62,21 @@ def prepare(volume: np.ndarray, meta: dict | None = None) -> tuple[np.ndarray, l
     return vol, notes
 
 
+def looks_rescaled100(vol: np.ndarray, meta: dict | None) -> bool:
+    """Data declared linear that look normalised to 0-100 integers (oct-converter's DICOM writer does this)."""
+    if intensity_kind(meta) != "linear" or vol.size == 0:
+        return False
+    lo, hi = float(vol.min()), float(vol.max())
+    if lo < 0 or hi > 100 or hi - lo < 20:
+        return False
+    sample = vol.reshape(-1)[:: max(1, vol.size // 200_000)]
+    return bool(np.all(sample == np.round(sample)))
+
+
+RESCALED_NOTE = ("intensities look rescaled to 0-100 integers (e.g. an oct-converter DICOM) although declared linear: "
+                 "sigma and floor are not in device units and are quantisation-limited; SNR is indicative only")
+
+
 def intensity_kind(meta: dict | None) -> str:
     kind = (meta or {}).get("intensity", "linear") or "linear"
     return kind if kind in INTENSITY_KINDS else "linear"

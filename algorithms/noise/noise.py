@@ -80,6 +80,8 @@ def compute(volume, meta, params, workdir):
     elif kind == "rescaled100":
         note = ("intensities were rescaled to 0-100 (e.g. oct-converter DICOM): sigma and floor are not in device "
                 "units and are quantisation-limited; SNR is indicative only")
+    elif octseg.looks_rescaled100(vol, meta):
+        note = octseg.RESCALED_NOTE
     if note:
         notes.append(note)
     nb, nz, nx = vol.shape

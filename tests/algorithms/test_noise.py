@@ -78,6 +78,16 @@ def test_rescaled100_is_flagged(tmp_path, noise, synth, stage):
     assert all("0-100" in k["note"] for k in out["kqis"].values())
 
 
+def test_rescaled100_declared_linear_is_flagged_anyway(tmp_path, noise, synth, stage):
+    vol, truth = synth(**SHAPE, seed=2)
+    rescaled = np.round((vol - vol.min()) / (vol.max() - vol.min()) * 100)
+    path, meta = stage(tmp_path, rescaled, truth.spacing_mm, intensity="linear")
+    out = noise.run(path, meta, {}, tmp_path / "w")
+    assert all("rescaled to 0-100" in k["note"] for k in out["kqis"].values())
+    path, meta = stage(tmp_path / "b", np.round(vol), truth.spacing_mm, intensity="linear")  # integer device units
+    assert not noise.run(path, meta, {}, tmp_path / "w")["notes"]
+
+
 def test_nan_voxels_give_a_defined_result(tmp_path, noise, synth, stage):
     vol, truth = synth(**SHAPE, seed=2)
     vol = vol.copy()
