@@ -110,16 +110,23 @@ def compute(volume, meta, params, workdir):
         notes.append("no signal above the noise floor anywhere: every A-scan counts as lost")
     np.savez_compressed(Path(workdir) / "signal_loss.npz", lost=lost, band_signal=s.astype(np.float32))
 
+    rescaled_note = None
+    if kind == "rescaled100" or octseg.looks_rescaled100(vol, meta):
+        rescaled_note = "intensities rescaled to 0-100: SNR/CNR are quantisation-limited, not device values"
+        notes.append(rescaled_note)
     snr_b, cnr_b = informed_snr_cnr(vol, seg.ilm, seg.bm)
     finite = np.isfinite(snr_b)
     if not finite.all():
         notes.append(f"SNR/CNR undefined for {int((~finite).sum())} B-scan(s) (no retina or constant background)")
+    kqis = {
+        "shadow_fraction": {"value": float(lost.mean()), "unit": "fraction", "per_bscan": lost.mean(axis=1)},
+        "snr_seg_db": {"value": float(np.median(snr_b[finite])) if finite.any() else None, "unit": "dB", "per_bscan": snr_b},
+        "cnr": {"value": float(np.median(cnr_b[finite])) if finite.any() else None, "unit": "1", "per_bscan": cnr_b},
+    }
+    if rescaled_note:
+        kqis["snr_seg_db"]["note"] = kqis["cnr"]["note"] = rescaled_note
     return {
-        "kqis": {
-            "shadow_fraction": {"value": float(lost.mean()), "unit": "fraction", "per_bscan": lost.mean(axis=1)},
-            "snr_seg_db": {"value": float(np.median(snr_b[finite])) if finite.any() else None, "unit": "dB", "per_bscan": snr_b},
-            "cnr": {"value": float(np.median(cnr_b[finite])) if finite.any() else None, "unit": "1", "per_bscan": cnr_b},
-        },
+        "kqis": kqis,
         "files": ["signal_loss.npz"],
         "notes": notes,
     }
