@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import getpass
 import os
 import shutil
 import signal
@@ -58,7 +59,7 @@ def run_case(tmp: Path, endpoint: str, name: str, n: int, work: float, extra: li
             "--executor", "openstack", "--openstack-cloud", "bench", "--openstack-image", IMAGE,
             "--openstack-flavor", "m1.medium", "--openstack-network", "none",
             "--openstack-keypair", "bench", "--openstack-private-key", str(key),
-            "--openstack-ssh-user", os.environ.get("USER") or "root", "--openstack-ssh-port", "2222",
+            "--openstack-ssh-user", getpass.getuser(), "--openstack-ssh-port", "2222",
             "--openstack-remote-path-prefix", str(SNAKEMAKE.parent), "--openstack-max-servers", "4",
             "--openstack-expected-boot-seconds", "13", "--openstack-status-log-interval", "10",
             *extra]

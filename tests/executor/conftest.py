@@ -8,6 +8,7 @@ test gets its own project (own quota, own servers) and its own key pair.
 from __future__ import annotations
 
 import json
+import getpass
 import os
 import shutil
 import signal
@@ -134,7 +135,7 @@ class Project:
             "network": "none",
             "keypair": "k-" + self.name,
             "private-key": str(self.key),
-            "ssh-user": os.environ.get("USER") or "root",
+            "ssh-user": getpass.getuser(),
             "ssh-port": str(self.cloud.ssh_port),
             "remote-path-prefix": str(SNAKEMAKE.parent),
             "max-servers": "2",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import getpass
 import os
 import subprocess
 import sys
@@ -25,7 +26,7 @@ def make_pool(project, **kw) -> Pool:
     adapter.ensure_keypair("k-" + project.name, pub)
     cfg = dict(
         image_id=IMAGE, flavors=[adapter.find_flavor("m1.medium")], keypair="k-" + project.name,
-        private_key=str(project.key), ssh_user=os.environ.get("USER") or "root",
+        private_key=str(project.key), ssh_user=getpass.getuser(),
         ssh_port=project.cloud.ssh_port, max_servers=2, expected_boot_seconds=3,
         launch_timeout=60, boot_timeout=30, status_log_interval=0, idle_timeout=120,
     )

@@ -164,6 +164,10 @@ class CloudAdapter:
     def set_metadata(self, server_id: str, md: dict) -> None:
         self.conn.compute.set_server_metadata(server_id, **md)
 
+    def list_servers(self, name_regex: str) -> list[ServerView]:
+        """Servers of this project whose name matches ``name_regex`` (Nova's name filter)."""
+        return [self._view(s) for s in self.conn.compute.servers(details=True, name=name_regex)]
+
     def list_tool_servers(self) -> list[ServerView]:
         out = []
         for s in self.conn.compute.servers(details=True):

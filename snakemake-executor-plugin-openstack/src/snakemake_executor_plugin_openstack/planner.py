@@ -54,7 +54,8 @@ class Plan:
         return sum(self.boots.values())
 
 
-def plan_boots(req: PlanRequest, time_limit: float = 5.0) -> Plan:
+def plan_boots(req: PlanRequest, time_limit: float = 1.0) -> Plan:
+    """Solve the boot plan; after ``time_limit`` seconds CBC returns its best plan so far."""
     if req.work_seconds <= 0:
         return Plan({}, 0.0, "no work")
     W = float(req.work_seconds)
@@ -80,7 +81,8 @@ def plan_boots(req: PlanRequest, time_limit: float = 5.0) -> Plan:
     for i, e in enumerate(existing):
         u = pulp.LpVariable(f"u_{i}", cat="Binary")
         w = pulp.LpVariable(f"we_{i}", lowBound=0)
-        prob += w <= e.slots * (T - e.available_in) + e.slots * (M + e.available_in) * (1 - u)
+        # if unused (u = 0, so w = 0) the first bound must not restrict T: relax by slots * a
+        prob += w <= e.slots * (T - e.available_in) + e.slots * e.available_in * (1 - u)
         prob += w <= M * u
         terms.append(w)
     y_by_flavor: dict[str, list] = {}
@@ -90,7 +92,7 @@ def plan_boots(req: PlanRequest, time_limit: float = 5.0) -> Plan:
         for k in range(n):
             y = pulp.LpVariable(f"y_{f.id}_{k}", cat="Binary")
             w = pulp.LpVariable(f"wn_{f.id}_{k}", lowBound=0)
-            prob += w <= s * (T - b) + s * (M + b) * (1 - y)
+            prob += w <= s * (T - b) + s * b * (1 - y)  # tight big-M: w = 0 when y = 0
             prob += w <= M * y
             if ys:
                 prob += y <= ys[-1]  # symmetry: boot the k-th only if the (k-1)-th
@@ -109,7 +111,8 @@ def plan_boots(req: PlanRequest, time_limit: float = 5.0) -> Plan:
     if not existing:
         prob += T >= min_boot + req.longest_job
     prob += T + pulp.lpSum(cost)
-    status = prob.solve(pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit))
+    # a plan within 1% of the optimum is as good as the estimates it rests on
+    status = prob.solve(pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit, gapRel=0.01))
     st = pulp.LpStatus[status]
     if st not in ("Optimal",):
         return Plan({}, math.nan, st)

@@ -186,6 +186,9 @@ class Pool:
         self._last_heartbeat = time.monotonic()
         self._sources: Optional[tuple[str, bytes]] = None
         self._owned_snapshot = Resources()
+        self._views: dict = {}
+        self._views_at = 0.0
+        self._views_lock: Optional[asyncio.Lock] = None
         self.quota = QuotaCache(self._read_limits, cfg.quota_cache_seconds)
         self._owned_at_read = Resources()
 
@@ -474,6 +477,12 @@ class Pool:
                 s = nxt
             except asyncio.CancelledError:
                 raise
+            except Exception as e:
+                self.log("error", f"openstack: {s.name}: unexpected launch error {type(e).__name__}: {e}")
+                self.stats.boot_failures += 1
+                await self._delete(s, reason="launch error")
+                self.wake()
+                return
 
     async def _launch_attempt(self, s: Server):
         cfg = self.cfg
@@ -493,7 +502,13 @@ class Pool:
         deadline = s.t_create + cfg.launch_timeout
         view = None
         while True:
-            view = await self._api(self.cloud.get_server, s.id)
+            try:
+                view = await self._server_view(s.id)
+            except Exception as e:  # a transient API error: keep polling until the deadline
+                if time.monotonic() > deadline:
+                    raise LaunchFailed(f"API errors while building: {e}") from e
+                await asyncio.sleep(cfg.poll_interval)
+                continue
             if view is None:
                 raise LaunchFailed("server vanished while building")
             if view.status == "ACTIVE":
@@ -553,6 +568,22 @@ class Pool:
         self.log("info", f"openstack: {s.name} ready at {s.address} after {boot:.1f}s "
                          f"(ACTIVE after {s.t_active - s.t_create:.1f}s)")
 
+    async def _server_view(self, server_id: str):
+        """Status of one of our servers from ONE list call shared by all waiting state machines
+        (N servers booting cost one API request per poll interval, not N)."""
+        if self._views_lock is None:
+            self._views_lock = asyncio.Lock()
+        async with self._views_lock:
+            if time.monotonic() - self._views_at >= self.cfg.poll_interval:
+                prefix = f"^{self.cfg.name_prefix}-{self.run_id[:8]}-"
+                views = await self._api(self.cloud.list_servers, prefix)
+                self._views = {v.id: v for v in views}
+                self._views_at = time.monotonic()
+        if server_id in self._views:
+            return self._views[server_id]
+        # not listed (just created, or gone): ask for it directly
+        return await self._api(self.cloud.get_server, server_id)
+
     # -- delete state machine --------------------------------------------
     async def _delete(self, s: Server, reason: str = ""):
         if s.state in (ServerState.DELETED,):
@@ -582,7 +613,7 @@ class Pool:
             api_errors = 0
             while time.monotonic() < deadline:
                 try:
-                    view = await self._api(self.cloud.get_server, s.id)
+                    view = await self._server_view(s.id)
                     api_errors = 0
                 except Exception:
                     view = "?"
