@@ -58,21 +58,25 @@ def refine_shifts(vol: np.ndarray, kind: str, bm: np.ndarray, coarse: np.ndarray
     from scipy.ndimage import gaussian_filter1d
 
     nb, nz, nx = vol.shape
-    out = np.empty(nb - 1)
+    out = np.full(nb - 1, np.nan)
     offs = np.arange(-above_px, below_px + 1)
     lags = np.arange(-search, search + 1)
-    for i in range(nb - 1):
-        if not np.isfinite(coarse[i]):
-            out[i] = np.nan
-            continue
-        ref_rows = np.rint(bm[i]).astype(np.int64)[None, :] + offs[:, None]  # (W, nx)
+    ok = np.isfinite(coarse)
+    if not ok.any():
+        return out
+    # log intensity, smoothed along depth, once, over the rows any window can reach
+    reach = above_px + below_px + search + int(np.nanmax(np.abs(coarse))) + 4
+    r0 = int(np.clip(np.floor(np.nanmin(bm)) - reach, 0, nz))
+    r1 = int(np.clip(np.ceil(np.nanmax(bm)) + reach, r0 + 1, nz))
+    logv = gaussian_filter1d(octseg.to_log(vol[:, r0:r1], kind), 1.0, axis=1)
+    nzw = r1 - r0
+    for i in np.flatnonzero(ok):
+        ref_rows = np.rint(bm[i]).astype(np.int64)[None, :] + offs[:, None] - r0  # (W, nx)
         s0 = int(np.rint(coarse[i]))
-        a = _gather2(vol[i], ref_rows)
-        a = gaussian_filter1d(octseg.to_log(a, kind), 1.0, axis=0)
-        a -= a.mean(axis=0)
+        a = np.take_along_axis(logv[i], np.clip(ref_rows, 0, nzw - 1), axis=0)
+        a = a - a.mean(axis=0)
         rows = ref_rows[None] + s0 + lags[:, None, None]  # (L, W, nx)
-        bb = np.take_along_axis(vol[i + 1][None], np.clip(rows, 0, nz - 1), axis=1)
-        bb = gaussian_filter1d(octseg.to_log(bb, kind), 1.0, axis=1)
+        bb = np.take_along_axis(logv[i + 1][None], np.clip(rows, 0, nzw - 1), axis=1)
         bb -= bb.mean(axis=1, keepdims=True)
         num = np.einsum("wx,lwx->l", a, bb)
         cc = num / np.sqrt((a * a).sum() * np.einsum("lwx,lwx->l", bb, bb) + 1e-12)
@@ -84,11 +88,6 @@ def refine_shifts(vol: np.ndarray, kind: str, bm: np.ndarray, coarse: np.ndarray
                 delta = float(np.clip(0.5 * (cc[k - 1] - cc[k + 1]) / den, -0.5, 0.5))
         out[i] = s0 + lags[k] + delta
     return out
-
-
-def _gather2(img: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    nz = img.shape[0]
-    return np.take_along_axis(img, np.clip(rows, 0, nz - 1), axis=0)
 
 
 def compute(volume, meta, params, workdir):
