@@ -28,16 +28,16 @@ demo: setup
 	@echo "Report: results/report/index.html   Tables: results/tables/"
 
 system-packages:
-	@if ! command -v octave-cli >/dev/null || ! test -x /usr/sbin/sshd; then \
+	@if ! command -v octave-cli >/dev/null || ! command -v gcc >/dev/null || ! test -x /usr/sbin/sshd; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	    octave openssh-server openssh-client >/dev/null; fi
+	    octave gcc libc6-dev openssh-server openssh-client >/dev/null; fi
 
 # The Nova test cloud gets its own venv (.venv-nova): Nova pins eventlet, oslo and SQLAlchemy.
 setup-test: setup system-packages
 	bash tests/cloud/setup.sh
 
 test: setup-test
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q
+	PATH=$(CURDIR)/$(BIN):$$PATH QMROCT_REQUIRE_OCTAVE=1 $(BIN)/python -m pytest -q
 
 lint: setup
 	$(BIN)/snakemake --lint

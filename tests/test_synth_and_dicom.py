@@ -101,3 +101,23 @@ def test_demo_archive_is_deterministic(tmp_path):
     assert digest(tmp_path / "a/archive") == digest(tmp_path / "b/archive")
     assert sorted(p.name for p in (tmp_path / "a/truth/DEMO").iterdir()) == ["SUBJ001_V1", "SUBJ001_V2"]
     assert not list((tmp_path / "a/archive").rglob("*.npz")), "ground truth must stay outside the archive"
+
+
+def test_oct_converter_rescaled_dicoms_are_flagged(tmp_path):
+    """oct-converter rescales to 0..100: the reader must say so (noise KQIs are meaningless there)."""
+    from oct_converter.dicom.dicom import write_opt_dicom as oct_converter_write
+    from oct_converter.dicom.metadata import DicomMetadata, ImageGeometry, ManufacturerMeta, OCTImageParams, PatientMeta, SeriesMeta
+
+    volume, truth = generate_volume(SynthParams(**SMALL, seed=1))
+    meta = DicomMetadata(
+        PatientMeta(patient_id="P"),
+        SeriesMeta(study_id="S", series_id="1"),
+        ManufacturerMeta(manufacturer="X"),
+        ImageGeometry(pixel_spacing=[0.0121, 0.0117], slice_thickness=0.12),
+        OCTImageParams(),
+    )
+    path = oct_converter_write(meta, list(volume), tmp_path / "converted.dcm")
+    assert read_scan(path).intensity == "rescaled100"
+    ours = tmp_path / "ours.dcm"
+    write_opt_dicom(ours, volume, spacing_mm=truth.spacing_mm, patient_id="P", study_id="S", series_number=1)
+    assert read_scan(ours).intensity == "linear"

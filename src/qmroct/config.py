@@ -76,7 +76,7 @@ def check_config(config: dict[str, Any], workflow_dir: Path | str = ".") -> Sett
             raise ConfigError(
                 f"config.yaml: algorithms/{name}: unknown algorithm {name!r}; available: {', '.join(sorted(available)) or 'none'}"
             )
-        algo = load_algorithm(name, search_paths=search_paths)
+        algo = load_algorithm(name, search_paths=search_paths, mcr_root=config.get("mcr_root"))
         pin = (entry or {}).get("version")
         if pin is not None and str(pin) != str(algo.version):
             raise ConfigError(

@@ -132,12 +132,17 @@ def read_opt_dicom(path: Path) -> Volume:
     intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
     if slope != 1 or intercept != 0:
         data = data * slope + intercept
+    intensity = "linear" if int(getattr(ds, "BitsStored", 16)) > 8 else "log8"
+    if "DERIVED" in list(getattr(ds, "ImageType", [])) and data.size and float(data.max()) <= 100:
+        # oct-converter's DICOM writer rescales every volume to 0..100: absolute
+        # intensities (and noise levels) are gone, and algorithms must say so.
+        intensity = "rescaled100"
     return Volume(
         data=data,
         spacing_mm=_spacing(ds),
         device=" ".join(str(getattr(ds, a, "")) for a in ("Manufacturer", "ManufacturerModelName")).strip(),
         laterality={"R": "OD", "L": "OS"}.get(str(getattr(ds, "ImageLaterality", "")), ""),
-        intensity="linear" if int(getattr(ds, "BitsStored", 16)) > 8 else "log8",
+        intensity=intensity,
         source=str(path),
         extra={"series_description": str(getattr(ds, "SeriesDescription", ""))},
     )
