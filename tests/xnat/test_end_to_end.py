@@ -95,6 +95,23 @@ class ProcWatch:
         self.jobs_seen: set[int] = set()
         self.stop = threading.Event()
         self.head: int | None = None
+        self.head_cmdline = b""
+        self.env_leaks: list[tuple[int, float, str]] = []
+
+    @staticmethod
+    def _started(pid: int) -> float:
+        """Start time of a process, epoch seconds (from /proc)."""
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+    def job_env_leaks(self, since: float | None) -> list[str]:
+        """Environment leaks of processes started after ``since`` (the token's
+        issue, i.e. onstart: the jobs); before it the head's own helpers (such as
+        a compiler ctypes runs while modules import) share the user's environment."""
+        return [f"environment of job process {pid}: {cmd}" for pid, started, cmd in self.env_leaks
+                if since is None or started >= since - 0.02]
 
     def _children(self) -> dict[int, int]:
         parents = {}
@@ -121,10 +138,15 @@ class ProcWatch:
                 while ancestor and ancestor != self.head and depth < 20:
                     ancestor, depth = parents.get(ancestor), depth + 1
                 if self.head is not None and ancestor == self.head:
-                    self.jobs_seen.add(pid)
                     try:
+                        if Path(f"/proc/{pid}/cmdline").read_bytes() == self.head_cmdline:
+                            # forked, not yet exec'd: /proc shows the head's original
+                            # environment block, not what the job will get
+                            continue
+                        self.jobs_seen.add(pid)
                         if self.secret in Path(f"/proc/{pid}/environ").read_bytes():
-                            self.leaks.append(f"environment of job process {pid}")
+                            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:300]
+                            self.env_leaks.append((pid, self._started(pid), cmd))
                     except OSError:
                         pass
 
@@ -145,6 +167,10 @@ class XnatWorkflow:
         thread = None
         if watch is not None:
             watch.head = popen.pid
+            try:
+                watch.head_cmdline = Path(f"/proc/{popen.pid}/cmdline").read_bytes()
+            except OSError:
+                watch.head_cmdline = b""
             thread = threading.Thread(target=watch.run, daemon=True)
             thread.start()
         try:
@@ -218,7 +244,9 @@ def test_workflow_against_xnat(xnat_server, password, pyxnat_interface, tmp_path
     watch = ProcWatch(password)
     wf.run(watch=watch)
     assert watch.jobs_seen, "no job process was observed"
-    assert watch.leaks == []
+    assert watch.leaks == []  # command lines
+    issued = min(r["issued"] for r in xnat_server.store.q("SELECT issued FROM tokens"))
+    assert watch.job_env_leaks(since=issued) == []
     sessions = {r["label"]: r["ID"] for r in pyxnat_interface._get_json("/data/projects/DEMO/experiments")}
     for label in first_two:
         assert assessor_labels(pyxnat_interface, sessions[label]) == [f"{label}_qmroct_envprobe",
@@ -278,9 +306,12 @@ def test_workflow_against_xnat(xnat_server, password, pyxnat_interface, tmp_path
     # the watch can see a leak: with tokens switched off, jobs inherit the password
     config["archive"]["tokens"] = False
     wf.write_config(config)
+    tokens_before = len(xnat_server.store.q("SELECT * FROM tokens"))
     control = ProcWatch(password)
     wf.run("--forcerun", "discover", "results/discovery/sessions.tsv", watch=control)
-    assert any("environment of job" in leak for leak in control.leaks), control.jobs_seen
+    assert len(xnat_server.store.q("SELECT * FROM tokens")) == tokens_before  # no token this time
+    assert any(".snakemake" in leak or "discover" in leak for leak in control.job_env_leaks(since=None)), \
+        control.env_leaks
     config["archive"]["tokens"] = True
     wf.write_config(config)
 
