@@ -14,6 +14,8 @@ rule aggregate:
     localrule: True
     conda:
         "../envs/qmroct.yaml"
+    params:
+        studies=STUDIES,
     script:
         "../scripts/aggregate.py"
 
@@ -32,6 +34,7 @@ rule report:
         "../envs/qmroct.yaml"
     params:
         worst_scans=config["report"]["worst_scans"],
+        studies=STUDIES,
     script:
         "../scripts/report.py"
 

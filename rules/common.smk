@@ -54,6 +54,12 @@ def writeback_receipts(wildcards):
     return [f"results/writeback/{p}/{s}.json" for p, s in sessions()]
 
 
+# Study definitions as params: a changed study rebuilds the tables and report only.
+STUDIES = {
+    name: [c.text for c in study.criteria] for name, study in SETTINGS.studies.items()
+}
+
+
 def scan_quality_receipts(wildcards):
     return [
         f"results/scan_quality/{name}.json"

@@ -224,3 +224,15 @@ def test_lint_is_clean():
     assert "Lints for" not in proc.stdout + proc.stderr
     fmt = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "rules"], cwd=REPO, capture_output=True, text=True)
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def test_changed_study_rebuilds_tables_only(workflow):
+    workflow.run()
+    config = workflow.config()
+    config["studies"]["strict"] = {"criteria": ["noise.snr_db >= 60"]}
+    workflow.write_config(config)
+    plan = workflow.planned_jobs()
+    assert plan == {"aggregate": 1, "report": 1, "all": 1}, plan
+    workflow.run()
+    strict = pd.read_csv(workflow.root / "results/tables/studies/strict.tsv", sep="\t")
+    assert set(strict["overall"]) == {"fail"}

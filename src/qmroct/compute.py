@@ -29,7 +29,7 @@ from qmroct.staging import stage_session
 RESULT_SCHEMA = "qmroct.kqi/1"
 
 
-def _now() -> str:
+def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
@@ -61,11 +61,12 @@ def compute_session(
     scratch_root: Path,
     extras_dir: Path,
     timeout: float | None = None,
+    start_time: str | None = None,
 ) -> dict[str, Any]:
     """Run ``algo`` on every scan of ``session``; return the result document."""
     from qmroct.algorithms import AlgorithmFailure
 
-    start = _now()
+    start = start_time or now_iso()
     t0 = time.monotonic()
     staged = stage_session(scratch_root, session, archive)
     extras_dir.mkdir(parents=True, exist_ok=True)
@@ -116,7 +117,7 @@ def compute_session(
             "qmroct_version": qmroct.__version__,
             "snakemake_version": _snakemake_version(),
             "start_time": start,
-            "end_time": _now(),
+            "end_time": now_iso(),
             "elapsed_s": round(time.monotonic() - t0, 3),
             "pid": os.getpid(),
         },

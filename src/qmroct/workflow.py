@@ -40,7 +40,7 @@ def discover_step(snakemake: Any) -> None:
 
 
 def compute_step(snakemake: Any) -> None:
-    from qmroct.compute import compute_session, write_json_atomic
+    from qmroct.compute import compute_session, now_iso, write_json_atomic
     from qmroct.discovery import archive_for, load_manifest
 
     log = _logger(snakemake, "compute")
@@ -49,6 +49,8 @@ def compute_step(snakemake: Any) -> None:
     session = load_manifest(snakemake.input.session)
     algo = settings.algorithms[name]
     with archive_for(snakemake.config) as archive:
+        start = now_iso()  # also the History entry's key: Running now, Complete/Failed at write-back
+        archive.record_history(session, name, "Running", launch_time=start)
         result = compute_session(
             session,
             algo,
@@ -57,6 +59,7 @@ def compute_step(snakemake: Any) -> None:
             Path(snakemake.config["scratch_dir"]),
             Path(snakemake.output.extras),
             timeout=settings.algorithm_timeout(name),
+            start_time=start,
         )
     write_json_atomic(Path(snakemake.output.kqi), result)
     for scan in result["scans"]:

@@ -303,6 +303,30 @@ def test_workflow_against_xnat(xnat_server, password, pyxnat_interface, tmp_path
         labels = assessor_labels(pyxnat_interface, eid)
         assert labels == sorted(f"{label}_qmroct_{a}" for a in ("envprobe", "noise", "signal")), labels
 
+    # 5. opt-in scan quality from a study: set where empty, a person's value is never overwritten
+    def qualities(eid):
+        rows = pyxnat_interface._get_json(f"/data/experiments/{eid}/scans?columns=ID,quality")
+        return {r["ID"]: r.get("quality", "") for r in rows}
+
+    first = all_ids["SUBJ001_V1"]
+    person_scan = sorted(qualities(first))[0]
+    pyxnat_interface._exec(f"/data/experiments/{first}/scans/{person_scan}?xsiType=xnat:optScanData"
+                           f"&xnat:optScanData/quality=questionable", "PUT")
+    config["studies"] = {"trial": {"criteria": ["noise.snr_db >= 15"], "set_scan_quality": True}}
+    wf.write_config(config)
+    wf.run()
+    receipt = json.loads((root / "results/scan_quality/trial.json").read_text())
+    assert set(receipt["sessions"]) == {f"DEMO/{label}" for label in all_ids}
+    study = (root / "results/tables/studies/trial.tsv").read_text().splitlines()
+    assert len(study) == 1 + sum(len(qualities(eid)) for eid in all_ids.values())
+    for label, eid in all_ids.items():
+        for scan, quality in qualities(eid).items():
+            if label == "SUBJ001_V1" and scan == person_scan:
+                assert quality == "questionable"  # set by a person before qmroct: kept
+            else:
+                assert quality in ("usable", "unusable"), (label, scan, quality)
+    assert receipt["sessions"]["DEMO/SUBJ001_V1"][person_scan] == "person"
+
     # the watch can see a leak: with tokens switched off, jobs inherit the password
     config["archive"]["tokens"] = False
     wf.write_config(config)

@@ -148,6 +148,19 @@ class Archive(ABC):
         what is stored: do nothing and return action 'unchanged'.
         """
 
+    def record_history(self, session: Session, algorithm: str, status: str, detail: str = "",
+                       launch_time: str | None = None) -> None:
+        """Mark an algorithm run on the session's History (Queued/Running/Complete/Failed).
+
+        The default records nothing here: the directory archive writes its history
+        line together with the assessment.
+        """
+
+    def set_scan_quality(self, session: Session, study: str, verdicts: dict[str, str],
+                         reasons: dict[str, str] | None = None) -> dict[str, str]:
+        """Opt-in: write a study's verdicts into the scans' quality field (never over a person's)."""
+        raise ArchiveError(f"the {self.backend} archive cannot set scan quality (use the xnat backend)")
+
     def close(self) -> None:
         """Release connections; the default has nothing to release."""
 
