@@ -202,3 +202,21 @@ def test_idle_servers_retire_down_to_keep_warm_and_recycle(project, nova_cloud, 
         assert len(pool.live()) == 1  # the keep-warm server stays while the run lasts
     finally:
         finish(pool, project)
+
+
+def test_lease_is_renewed_while_the_run_lives(project, nova_cloud, in_tmp):
+    pool = make_pool(project, max_servers=1, lease_minutes=0.25)  # 15 s lease, renewed every 5 s
+    pool.start()
+    j = job(1, "sleep 14", in_tmp)
+    pool.submit(j)
+    try:
+        wait(lambda: j.state == JobState.RUNNING, 60, "job running")
+        first = float(project.servers()[0].metadata[cl.MD_EXPIRES])
+        wait(lambda: j.finished, 60, "the job")
+        assert j.state == JobState.DONE, j.error
+        later = float(project.servers()[0].metadata[cl.MD_EXPIRES])
+        assert later > first + 4  # renewed at least once
+        assert later > time.time()  # still alive: the reaper leaves it alone
+        assert reaper.find_dead(cl.CloudAdapter(project.conn)) == {}
+    finally:
+        finish(pool, project)

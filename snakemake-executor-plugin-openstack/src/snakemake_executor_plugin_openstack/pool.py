@@ -841,7 +841,7 @@ class Pool:
     async def _heartbeat(self):
         """Renew the expiry metadata of live servers so the reaper leaves them alone."""
         now = time.monotonic()
-        period = max(30.0, self.cfg.lease_minutes * 60 / 3)
+        period = max(5.0, self.cfg.lease_minutes * 60 / 3)
         if now - self._last_heartbeat < period:
             return
         self._last_heartbeat = now
