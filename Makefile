@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 CORES ?= 2
 DEMO_SESSIONS ?= 6
 
-.PHONY: demo test setup setup-test system-packages clean-demo lint
+.PHONY: demo test setup setup-test system-packages profile clean-demo lint
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,18 @@ $(BIN)/python:
 setup: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]' --config-settings editable_mode=compat
 	$(BIN)/pip install --quiet -e ./snakemake-executor-plugin-openstack --config-settings editable_mode=compat
+	@$(MAKE) --no-print-directory profile
+
+# `snakemake --profile openstack` looks in ~/.config/snakemake/, not in profiles/:
+# link ours there unless the user already has a profile of that name (never clobbered).
+PROFILE_HOME ?= $(HOME)/.config/snakemake
+profile:
+	@mkdir -p $(PROFILE_HOME)
+	@link=$(PROFILE_HOME)/openstack; \
+	if [ -L $$link ] && [ ! -e $$link ]; then rm $$link; fi; \
+	if [ ! -e $$link ]; then ln -s $(CURDIR)/profiles/openstack $$link && echo "linked $$link -> profiles/openstack"; \
+	elif [ "$$(readlink -f $$link)" != "$(CURDIR)/profiles/openstack" ]; then \
+	  echo "note: $$link exists and is not this checkout's; kept. Use --workflow-profile openstack."; fi
 
 demo: setup
 	@test -d demo/archive || $(BIN)/qmroct demo-archive --out demo --sessions $(DEMO_SESSIONS) --seed 0
