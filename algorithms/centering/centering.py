@@ -16,23 +16,10 @@ spacing from the metadata.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 from scipy.ndimage import gaussian_filter, label
 
-
-def _shared(name: str):
-    path = Path(__file__).resolve().parent.parent / "_shared" / f"{name}.py"
-    key = f"_qmroct_shared_{name}_{path.stat().st_mtime_ns}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[key] = module
-    return sys.modules[key]
+from qmroct.algorithms.shared import load_shared
 
 
 def find_fovea(thick: np.ndarray, weight: np.ndarray, sigma: tuple[float, float], min_pit: float):
@@ -60,7 +47,7 @@ def find_fovea(thick: np.ndarray, weight: np.ndarray, sigma: tuple[float, float]
 
 
 def compute(volume, meta, params, workdir):
-    octseg = _shared("octseg")
+    octseg = load_shared("octseg", __file__)
     p = {"smooth_mm": 0.05, "min_pit_um": 30.0, **(params or {})}
     vol, notes = octseg.prepare(volume, meta)
     seg = octseg.segment_cached(vol, meta, p)

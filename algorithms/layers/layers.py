@@ -22,23 +22,12 @@ KQIs
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 from scipy.ndimage import median_filter
 
-
-def _shared(name: str):
-    path = Path(__file__).resolve().parent.parent / "_shared" / f"{name}.py"
-    key = f"_qmroct_shared_{name}_{path.stat().st_mtime_ns}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[key] = module
-    return sys.modules[key]
+from qmroct.algorithms.shared import load_shared
 
 
 def count_steps(ilm: np.ndarray, bm: np.ndarray, threshold: float, span: int) -> np.ndarray:
@@ -52,7 +41,7 @@ def count_steps(ilm: np.ndarray, bm: np.ndarray, threshold: float, span: int) ->
 
 
 def compute(volume, meta, params, workdir):
-    octseg = _shared("octseg")
+    octseg = load_shared("octseg", __file__)
     p = {"discontinuity_px": 6.0, "discontinuity_span": 2, **(params or {})}
     vol, notes = octseg.prepare(volume, meta)
     seg = octseg.segment_cached(vol, meta, p)

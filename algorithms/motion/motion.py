@@ -21,22 +21,9 @@ A single B-scan has no inter-B-scan motion: values are null with a note.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 
-
-def _shared(name: str):
-    path = Path(__file__).resolve().parent.parent / "_shared" / f"{name}.py"
-    key = f"_qmroct_shared_{name}_{path.stat().st_mtime_ns}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[key] = module
-    return sys.modules[key]
+from qmroct.algorithms.shared import load_shared
 
 
 def adjacent_shifts(bm: np.ndarray, confident: np.ndarray, min_fraction: float = 0.1) -> np.ndarray:
@@ -54,7 +41,7 @@ def adjacent_shifts(bm: np.ndarray, confident: np.ndarray, min_fraction: float =
 def refine_shifts(vol: np.ndarray, kind: str, bm: np.ndarray, coarse: np.ndarray, above_px: int, below_px: int,
                   search: int = 2) -> np.ndarray:
     """Sub-pixel shifts by axial cross-correlation around the coarse estimate, (nb-1,)."""
-    octseg = _shared("octseg")
+    octseg = load_shared("octseg", __file__)
     from scipy.ndimage import gaussian_filter1d
 
     nb, nz, nx = vol.shape
@@ -91,7 +78,7 @@ def refine_shifts(vol: np.ndarray, kind: str, bm: np.ndarray, coarse: np.ndarray
 
 
 def compute(volume, meta, params, workdir):
-    octseg = _shared("octseg")
+    octseg = load_shared("octseg", __file__)
     p = {"jump_um": 10.0, "window_um": 120.0, **(params or {})}
     vol, notes = octseg.prepare(volume, meta)
     nb = vol.shape[0]

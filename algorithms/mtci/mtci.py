@@ -19,28 +19,16 @@ over B-scans; mtci_min is the worst B-scan.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
+
+from qmroct.algorithms.shared import load_shared
 
 DEVICE_CN1B = {"cirrus": 0.40, "rtvue": 0.55, "spectralis": 0.45, "3d-oct-1000": 0.50}
 DEVICE_ALIASES = {"zeiss": "cirrus", "optovue": "rtvue", "heidelberg": "spectralis", "topcon": "3d-oct-1000",
                   "3d oct-1000": "3d-oct-1000", "3d-oct": "3d-oct-1000"}
 DEFAULT_CN1B = 0.45
-
-
-def _shared(name: str):
-    path = Path(__file__).resolve().parent.parent / "_shared" / f"{name}.py"
-    key = f"_qmroct_shared_{name}_{path.stat().st_mtime_ns}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[key] = module
-    return sys.modules[key]
 
 
 def device_constant(device: str) -> tuple[float | None, str | None]:
@@ -87,7 +75,7 @@ def mtci_bscan(values: np.ndarray, cn1b: float, bins: int = 200) -> tuple[float 
 
 
 def compute(volume, meta, params, workdir):
-    octseg = _shared("octseg")
+    octseg = load_shared("octseg", __file__)
     vol, notes = octseg.prepare(volume, meta)
     p = {"cN1B": None, "bins": 200, **(params or {})}
     if p["cN1B"] is not None:

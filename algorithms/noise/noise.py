@@ -23,22 +23,9 @@ device units.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 
-
-def _shared(name: str):
-    path = Path(__file__).resolve().parent.parent / "_shared" / f"{name}.py"
-    key = f"_qmroct_shared_{name}_{path.stat().st_mtime_ns}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[key] = module
-    return sys.modules[key]
+from qmroct.algorithms.shared import load_shared
 
 
 def tile_stats(vol: np.ndarray, tile_rows: int, tile_cols: int) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +54,7 @@ def background(mean: np.ndarray, var: np.ndarray, n: int, low_fraction: float, k
 
 
 def compute(volume, meta, params, workdir):
-    octseg = _shared("octseg")
+    octseg = load_shared("octseg", __file__)
     vol, notes = octseg.prepare(volume, meta)
     kind = octseg.intensity_kind(meta)
     p = {"tile_rows": 16, "tile_cols": 32, "low_fraction": 0.1, "k": 4.0, "signal_percentile": 99.0,

@@ -21,23 +21,12 @@ Volume values are the medians over B-scans.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 from scipy.ndimage import median_filter
 
-
-def _shared(name: str):
-    path = Path(__file__).resolve().parent.parent / "_shared" / f"{name}.py"
-    key = f"_qmroct_shared_{name}_{path.stat().st_mtime_ns}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[key] = module
-    return sys.modules[key]
+from qmroct.algorithms.shared import load_shared
 
 
 def band_signal(lin: np.ndarray, ilm: np.ndarray, bm: np.ndarray, band_px: int, floor: np.ndarray) -> np.ndarray:
@@ -81,7 +70,7 @@ def informed_snr_cnr(vol: np.ndarray, ilm: np.ndarray, bm: np.ndarray) -> tuple[
 
 
 def compute(volume, meta, params, workdir):
-    octseg = _shared("octseg")
+    octseg = load_shared("octseg", __file__)
     p = {"band_um": 45.0, "loss_ratio": 0.35, "reference_fraction": 0.25, "log_dynamic_range_db": 40.0, **(params or {})}
     vol, notes = octseg.prepare(volume, meta)
     seg = octseg.segment_cached(vol, meta, p)

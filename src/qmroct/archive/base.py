@@ -13,7 +13,10 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the document type only; archives never build assessments
+    from qmroct.assessment import Assessment
 
 
 class ArchiveError(RuntimeError):
@@ -141,7 +144,7 @@ class Archive(ABC):
         """
 
     @abstractmethod
-    def write_assessment(self, session: Session, assessment: "Assessment") -> WriteOutcome:  # noqa: F821
+    def write_assessment(self, session: Session, assessment: Assessment) -> WriteOutcome:
         """Store one assessment (one algorithm's KQIs for the session) idempotently.
 
         Same label: replace in place, never duplicate. Same content digest as
