@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qmroct.checksums import file_digest
+
 XNAT_NS = "http://nrg.wustl.edu/xnat"
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
 PROV_NS = "http://www.nbirn.net/prov"
@@ -95,7 +97,7 @@ class Assessment:
             # The KQI JSON itself carries run times and host; its scientific content is
             # ``scans`` above, so it is left out and a rerun with equal KQIs stays unchanged.
             "files": {
-                name: _file_digest(path)
+                name: file_digest(path)
                 for name, path in sorted(self.files.items())
                 if name != f"{self.algorithm}.json"
             },
@@ -169,11 +171,3 @@ class Assessment:
         platform = str(prov.get("platform") or "unknown")
         ET.SubElement(step, p("platform"), {"version": str(prov.get("python") or "")}).text = platform
         ET.SubElement(step, p("library"), {"version": str(prov.get("qmroct_version") or "")}).text = "qmroct"
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

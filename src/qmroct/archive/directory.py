@@ -34,16 +34,13 @@ from qmroct.archive.base import (
     SessionUnavailable,
     WriteOutcome,
 )
+from qmroct.checksums import file_digest
 
 SESSION_TYPE = "xnat:optSessionData"
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
+    return "sha256:" + file_digest(path)
 
 
 class DirectoryArchive(Archive):

@@ -35,6 +35,7 @@ from urllib.parse import quote, urlsplit
 import requests
 
 from ..assessment import XNAT_NS, Assessment
+from ..checksums import file_digest
 from .base import Archive, ArchiveError, FileEntry, Scan, Session, SessionUnavailable, WriteOutcome
 from .xnat_http import XnatAuthError, XnatHttp, XnatNotFound
 
@@ -552,11 +553,7 @@ def _launch_time(assessment: Assessment) -> str:
 
 
 def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(path, "md5")
 
 
 def _natural(text: str) -> tuple:
