@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import json
 import shutil
 
 import pytest
 
-from conftest import REPO
 from qmroct.algorithms import load_algorithm
 from qmroct.archive.directory import DirectoryArchive
 from qmroct.compute import compute_session, write_json_atomic
 from qmroct.staging import release_session, stage_dir
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 class CountingArchive(DirectoryArchive):

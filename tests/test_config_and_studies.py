@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import math
 
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO
 from qmroct.aggregate import study_table, tidy_rows
 from qmroct.config import ConfigError, Study, check_config, load_settings, validate_schema
 from qmroct.studies import CriterionError, parse_criterion
+
+REPO = Path(__file__).resolve().parents[1]
 
 KQIS = {"noise": {"snr_db", "sigma"}, "layers": {"detection_fraction", "sigma"}}
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import re
 import tomllib
 
 import yaml
 
-from conftest import REPO
+REPO = Path(__file__).resolve().parents[1]
+
 
 
 def _normalise(name: str) -> str:

@@ -217,8 +217,7 @@ def test_lint_is_clean():
     import subprocess
     import sys
 
-    from conftest import REPO
-
+    REPO = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "--nocolor"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Lints for" not in proc.stdout + proc.stderr
