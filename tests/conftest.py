@@ -8,7 +8,6 @@ and config freely without touching the repository.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -17,9 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support import copy_workflow, job_stats
+
 SMALL_SHAPE = (5, 128, 64)
-WORKFLOW_PARTS = ["Snakefile", "rules", "scripts", "algorithms", "envs", "config.yaml"]
 
 
 @pytest.fixture(scope="session")
@@ -59,18 +58,7 @@ class Workflow:
     def planned_jobs(self, *args: str) -> dict[str, int]:
         """Rule -> job count from a dry run ('Job stats' table); empty when nothing to do."""
         proc = self.run("-n", *args)
-        text = proc.stdout + proc.stderr
-        counts: dict[str, int] = {}
-        if "Job stats:" not in text:
-            return counts
-        table = text.split("Job stats:", 1)[1]
-        for line in table.splitlines()[3:]:
-            match = re.match(r"^(\w+)\s+(\d+)\s*$", line.strip())
-            if not match:
-                break
-            if match.group(1) != "total":
-                counts[match.group(1)] = int(match.group(2))
-        return counts
+        return job_stats(proc.stdout + proc.stderr)
 
     @property
     def archive(self) -> Path:
@@ -79,14 +67,7 @@ class Workflow:
 
 @pytest.fixture
 def workflow(tmp_path, small_demo) -> Workflow:
-    root = tmp_path / "wf"
-    root.mkdir()
-    for part in WORKFLOW_PARTS:
-        source = REPO / part
-        if source.is_dir():
-            shutil.copytree(source, root / part, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, root / part)
+    root = copy_workflow(tmp_path / "wf")
     shutil.copytree(small_demo, root / "demo")
     wf = Workflow(root)
     config = wf.config()

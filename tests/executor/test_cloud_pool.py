@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import IMAGE
+from tests.executor.helpers import IMAGE
 from snakemake_executor_plugin_openstack import cloud as cl
 from snakemake_executor_plugin_openstack import reaper
 from snakemake_executor_plugin_openstack.pool import JobState, Pool, PoolConfig, PoolJob

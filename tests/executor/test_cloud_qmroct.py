@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, SNAKEMAKE, run_summary
+from tests.executor.helpers import SNAKEMAKE, run_summary
+
+from tests.support import REPO, copy_workflow
 
 pytestmark = pytest.mark.cloud
 
-PARTS = ["Snakefile", "rules", "scripts", "algorithms", "envs", "config.yaml", "profiles"]
 
 
 @pytest.fixture(scope="module")
@@ -34,13 +35,8 @@ def small_archive(tmp_path_factory) -> Path:
 
 
 def make_workflow(root: Path, archive_src: Path) -> Path:
-    root.mkdir(parents=True)
-    for part in PARTS:
-        src = REPO / part
-        if src.is_dir():
-            shutil.copytree(src, root / part, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, root / part)
+    copy_workflow(root)
+    shutil.copytree(REPO / "profiles", root / "profiles")  # --workflow-profile openstack
     shutil.copytree(archive_src, root / "demo")
     cfg = yaml.safe_load((root / "config.yaml").read_text())
     cfg["archive"]["path"] = str((root / "demo" / "archive").resolve())

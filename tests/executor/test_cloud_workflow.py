@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (SECRET, SNAKEMAKE, SecretWatch, make_workdir, run_snakemake, run_summary,
+from tests.executor.helpers import (SECRET, SNAKEMAKE, SecretWatch, make_workdir, run_snakemake, run_summary,
                       scan_tree_for)
 
 pytestmark = pytest.mark.cloud

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support import copy_workflow, job_stats
 from tests.xnat.helpers import USER
 
 pytestmark = pytest.mark.slow
@@ -186,17 +186,8 @@ class XnatWorkflow:
         return proc
 
     def planned(self) -> dict[str, int]:
-        text = self.run("-n").stdout + self.outputs[-1]
-        counts: dict[str, int] = {}
-        if "Job stats:" not in text:
-            return counts
-        for line in text.split("Job stats:", 1)[1].splitlines()[3:]:
-            match = re.match(r"^(\w+)\s+(\d+)\s*$", line.strip())
-            if not match:
-                break
-            if match.group(1) != "total":
-                counts[match.group(1)] = int(match.group(2))
-        return counts
+        self.run("-n")
+        return job_stats(self.outputs[-1])
 
 
 def assessor_labels(intf, session_id: str) -> list[str]:
@@ -217,11 +208,7 @@ def test_workflow_against_xnat(xnat_server, password, pyxnat_interface, tmp_path
     first_two = upload_archive(pyxnat_interface, demo / "archive", only={"SUBJ001_V1", "SUBJ001_V2"})
     assert first_two == ["SUBJ001_V1", "SUBJ001_V2"]
 
-    root = tmp_path / "wf"
-    root.mkdir()
-    for part in ("Snakefile", "rules", "scripts", "algorithms", "envs", "config.yaml"):
-        src = REPO / part
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / part)
+    root = copy_workflow(tmp_path / "wf")
     probe = root / "algorithms" / "envprobe"
     probe.mkdir()
     (probe / "algorithm.yaml").write_text(PROBE_MANIFEST)

@@ -1,0 +1,195 @@
+"""Constants and helpers of the OpenStack executor tests (fixtures are in conftest.py).
+
+Unit tests need nothing.  Tests marked ``cloud`` start the Nova 34 test cloud
+(tests/cloud/novacloud.py, in .venv-nova, see tests/cloud/setup.sh) once per session; every
+test gets its own project (own quota, own servers) and its own key pair.
+"""
+
+from __future__ import annotations
+
+import json
+import getpass
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import urllib.request
+import uuid
+from pathlib import Path
+
+
+REPO = Path(__file__).resolve().parents[2]
+NOVA_PY = Path(os.environ.get("NOVA_VENV", REPO / ".venv-nova")) / "bin" / "python"
+WORKFLOW = Path(__file__).parent / "workflow"
+IMAGE = "155d900f-4e14-4e4c-a73d-069cbf4541e6"  # an image of Nova's Glance fixture
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+SECRET = "smos-secret-" + uuid.uuid4().hex  # must never leave the SSH channel
+
+
+class NovaCloud:
+    def __init__(self, endpoint: str, proc: subprocess.Popen, state_dir: str, ssh_port: int):
+        self.endpoint = endpoint
+        self.proc = proc
+        self.state_dir = state_dir
+        self.ssh_port = ssh_port
+
+    def control(self, **req) -> dict:
+        r = urllib.request.Request(
+            self.endpoint.replace("/v2.1", "/_control"),
+            data=json.dumps(req).encode(),
+            headers={"X-Auth-Token": "admin:control", "Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(r, timeout=30) as resp:
+            return json.load(resp)
+
+    def reset(self):
+        return self.control(boot_delay=0, delete_delay=0, fail_spawns=0, slow_spawns=0,
+                            slow_spawn_delay=0, refuse_ssh=0, ssh_start_delay=0)
+
+    def connect(self, user: str, project: str):
+        import openstack
+
+        return openstack.connect(auth_type="admin_token",
+                                 auth={"endpoint": self.endpoint, "token": f"{user}:{project}"})
+
+
+class Project:
+    """One test's project: clouds.yaml, key, workdir, connections."""
+
+    def __init__(self, cloud: NovaCloud, root: Path, name: str):
+        self.cloud = cloud
+        self.name = name
+        self.user = "u-" + name
+        self.root = root
+        self.key = root / "id_ed25519"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)], check=True)
+        self.clouds_yaml = root / "clouds.yaml"
+        self.clouds_yaml.write_text(
+            "clouds:\n  testcloud:\n    auth_type: admin_token\n    auth:\n"
+            f"      endpoint: {cloud.endpoint}\n      token: \"{self.user}:{name}\"\n"
+        )
+        self.conn = cloud.connect(self.user, name)
+        self.admin = cloud.connect("admin", name)
+
+    def servers(self):
+        return list(self.conn.compute.servers(details=True))
+
+    def set_quota(self, **kw):
+        self.admin.compute.update_quota_set(self.name, **kw)
+
+    def env(self, **extra) -> dict:
+        env = dict(os.environ)
+        env["OS_CLIENT_CONFIG_FILE"] = str(self.clouds_yaml)
+        env.pop("OS_CLOUD", None)
+        env["SMOS_TEST_TOKEN"] = SECRET
+        env.update(extra)
+        return env
+
+    def executor_args(self, **overrides) -> list[str]:
+        opts = {
+            "cloud": "testcloud",
+            "image": IMAGE,
+            "flavor": "m1.medium",
+            "network": "none",
+            "keypair": "k-" + self.name,
+            "private-key": str(self.key),
+            "ssh-user": getpass.getuser(),
+            "ssh-port": str(self.cloud.ssh_port),
+            "remote-path-prefix": str(SNAKEMAKE.parent),
+            "max-servers": "2",
+            "expected-boot-seconds": "3",
+            "envvars-from-head": "SMOS_TEST_TOKEN",
+            "idle-timeout": "60",
+            "status-log-interval": "5",
+        }
+        opts.update({k.replace("_", "-"): str(v) for k, v in overrides.items()})
+        args = ["--executor", "openstack"]
+        for k, v in opts.items():
+            if v == "True":
+                args.append(f"--openstack-{k}")
+            elif v != "None":
+                args += [f"--openstack-{k}", v]
+        return args
+
+
+def make_workdir(root: Path, samples=("s1", "s2", "s3", "s4"), algos=("alpha", "beta"), sleep=0.2) -> Path:
+    wd = root / "wd"
+    shutil.copytree(WORKFLOW, wd)
+    (wd / "config.yaml").write_text(
+        f"samples: [{', '.join(samples)}]\nalgos: [{', '.join(algos)}]\nsleep: {sleep}\n"
+    )
+    (wd / "data").mkdir(exist_ok=True)
+    for s in samples:
+        (wd / "data" / f"{s}.txt").write_text(f"sample {s} text\n")
+    return wd
+
+
+def run_snakemake(wd: Path, args: list[str], env: dict, timeout: float = 240, log_name="run.log"):
+    log = wd / log_name
+    with open(log, "wb") as f:
+        p = subprocess.run([str(SNAKEMAKE), "-j", "50", "--latency-wait", "1", *args], cwd=wd, env=env,
+                           stdout=f, stderr=subprocess.STDOUT, timeout=timeout)
+    return p.returncode, log.read_text()
+
+
+def run_summary(wd: Path) -> dict:
+    files = sorted((wd / ".snakemake" / "openstack").glob("*/summary.json"), key=os.path.getmtime)
+    assert files, "no summary.json written"
+    return json.loads(files[-1].read_text())
+
+
+class SecretWatch:
+    """While a run lasts, look for the secret in process command lines, server metadata and user data."""
+
+    def __init__(self, project: Project, secret: str = SECRET):
+        self.project = project
+        self.secret = secret
+        self.hits: list[str] = []
+        self.samples = 0
+        self._stop = threading.Event()
+        self.t = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self):
+        b = self.secret.encode()
+        while not self._stop.is_set():
+            self.samples += 1
+            for d in os.listdir("/proc"):
+                if not d.isdigit():
+                    continue
+                try:
+                    with open(f"/proc/{d}/cmdline", "rb") as f:
+                        if b in f.read():
+                            self.hits.append(f"cmdline of pid {d}")
+                except OSError:
+                    pass
+            try:
+                for s in self.project.conn.compute.servers(details=True):
+                    blob = json.dumps(s.to_dict(), default=str)
+                    if self.secret in blob:
+                        self.hits.append(f"server {s.name} details")
+            except Exception:
+                pass
+            self._stop.wait(0.3)
+
+    def __enter__(self):
+        self.t.start()
+        return self
+
+    def __exit__(self, *a):
+        self._stop.set()
+        self.t.join(10)
+
+
+def scan_tree_for(root: Path, secret: str) -> list[str]:
+    hits = []
+    b = secret.encode()
+    for p in root.rglob("*"):
+        if p.is_file():
+            try:
+                if b in p.read_bytes():
+                    hits.append(str(p))
+            except OSError:
+                pass
+    return hits

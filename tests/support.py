@@ -1,0 +1,36 @@
+"""Helpers shared by the test suites that run the real workflow in a private copy."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOW_PARTS = ("Snakefile", "rules", "scripts", "algorithms", "envs", "config.yaml")
+
+
+def copy_workflow(root: Path) -> Path:
+    """Copy the workflow (not results, not the venv) into ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    for part in WORKFLOW_PARTS:
+        source = REPO / part
+        if source.is_dir():
+            shutil.copytree(source, root / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, root / part)
+    return root
+
+
+def job_stats(text: str) -> dict[str, int]:
+    """Rule -> job count from snakemake's 'Job stats' table; empty when nothing is to be done."""
+    counts: dict[str, int] = {}
+    if "Job stats:" not in text:
+        return counts
+    for line in text.split("Job stats:", 1)[1].splitlines()[3:]:
+        match = re.match(r"^(\w+)\s+(\d+)\s*$", line.strip())
+        if not match:
+            break
+        if match.group(1) != "total":
+            counts[match.group(1)] = int(match.group(2))
+    return counts
