@@ -168,8 +168,11 @@ def _start_sshd(uuid: str) -> None:
             "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
             "Subsystem sftp internal-sftp\nMaxStartups 200:30:400\nMaxSessions 200\n"
             "AllowTcpForwarding yes\nLogLevel ERROR\nUseDNS no\n"
-            f"SetEnv NOVA_INSTANCE_UUID={uuid} TMPDIR={d}/scratch\n"
+            # A VM has a home of its own: sessions must not run the head's ~/.bashrc
+            # (pyenv's rehash lock there can hang every session for a minute).
+            f"SetEnv NOVA_INSTANCE_UUID={uuid} TMPDIR={d}/scratch HOME={d}/home\n"
         )
+    os.makedirs(os.path.join(d, "home"), exist_ok=True)
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
     log = open(os.path.join(d, "sshd.log"), "ab")
     proc = subprocess.Popen(
