@@ -26,18 +26,26 @@ rule all:
 
 
 from qmroct.archive.xnat_tokens import start_archive_tokens, stop_archive_tokens
+from qmroct.history_queue import start_history_queue, stop_history_queue
 
 
 onstart:
+    # XNAT History: a Queued row for each compute job as it is handed to the
+    # executor. Before the tokens: the head keeps its own connection.
+    start_history_queue(
+        config, SESSION_MANIFEST, {f"compute_{name}": name for name in ALGORITHMS}
+    )
     # XNAT: jobs get an alias token in XNAT_USER/XNAT_PASS, never the password
     start_archive_tokens(config["archive"])
 
 
 onsuccess:
+    stop_history_queue(failed=False)
     stop_archive_tokens()
     wipe_scratch(SCRATCH)
 
 
 onerror:
+    stop_history_queue(failed=True)
     stop_archive_tokens()
     wipe_scratch(SCRATCH)

@@ -49,18 +49,31 @@ def compute_step(snakemake: Any) -> None:
     session = load_manifest(snakemake.input.session)
     algo = settings.algorithms[name]
     with archive_for(snakemake.config) as archive:
-        start = now_iso()  # also the History entry's key: Running now, Complete/Failed at write-back
-        archive.record_history(session, name, "Running", launch_time=start)
-        result = compute_session(
-            session,
-            algo,
-            settings.algorithm_params(name),
-            archive,
-            Path(snakemake.config["scratch_dir"]),
-            Path(snakemake.output.extras),
-            timeout=settings.algorithm_timeout(name),
-            start_time=start,
-        )
+        start = now_iso()
+        # One History row per run: the row the head opened as Queued when it handed
+        # this job to the executor (qmroct.history_queue), else a new one keyed by
+        # the start time. Running now, Complete/Failed at write-back.
+        history_key = archive.queued_run(session, name) or start
+        archive.record_history(session, name, "Running", launch_time=history_key)
+        try:
+            result = compute_session(
+                session,
+                algo,
+                settings.algorithm_params(name),
+                archive,
+                Path(snakemake.config["scratch_dir"]),
+                Path(snakemake.output.extras),
+                timeout=settings.algorithm_timeout(name),
+                start_time=start,
+            )
+        except Exception as err:
+            # The job fails (the archive lost the session, say); its row must not stay Running.
+            try:
+                archive.record_history(session, name, "Failed", detail=str(err), launch_time=history_key)
+            except Exception as history_err:  # keep the job's own error the one reported
+                log.warning("History of %s not marked Failed: %s", session.key, history_err)
+            raise
+    result["provenance"]["history_launch_time"] = history_key
     write_json_atomic(Path(snakemake.output.kqi), result)
     for scan in result["scans"]:
         if scan["status"] != "ok":

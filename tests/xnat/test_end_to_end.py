@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
@@ -199,6 +200,20 @@ def writes(server) -> list[dict]:
             and "/JSESSION" not in r["target"]]
 
 
+def history_runs(server, session_id: str) -> dict[tuple[str, str], list[str]]:
+    """Every History row qmroct wrote for a session, (pipeline, launch time) ->
+    the statuses it went through, from the server's request log."""
+    runs: dict[tuple[str, str], list[str]] = {}
+    for r in server.requests:
+        if r["method"] != "PUT" or not r["target"].startswith("/data/workflows?"):
+            continue
+        q = {k: v[0] for k, v in parse_qs(urlsplit(r["target"]).query).items()}
+        if q.get("wrk:workflowData/id") == session_id:
+            key = (q["wrk:workflowData/pipeline_name"], q["wrk:workflowData/launch_time"])
+            runs.setdefault(key, []).append(q["wrk:workflowData/status"])
+    return runs
+
+
 def test_workflow_against_xnat(xnat_server, password, pyxnat_interface, tmp_path):
     from qmroct.synth.demo import build_demo_archive
 
@@ -242,6 +257,10 @@ def test_workflow_against_xnat(xnat_server, password, pyxnat_interface, tmp_path
         items = json.loads(history)["items"]
         assert sorted((i["data_fields"]["pipeline_name"], i["data_fields"]["status"]) for i in items) == [
             ("qmroct envprobe", "Complete"), ("qmroct noise", "Complete")]
+        # one row per run, moved through Queued (head, at hand-off), Running (job), Complete (write-back)
+        runs = history_runs(xnat_server, sessions[label])
+        assert sorted((pipeline, states) for (pipeline, _), states in runs.items()) == [
+            ("qmroct envprobe", ["Queued", "Running", "Complete"]), ("qmroct noise", ["Queued", "Running", "Complete"])]
     kqi = json.loads(next(root.glob("results/kqi/DEMO/SUBJ001_V1/noise.json")).read_text())
     assert kqi["status"] in ("ok", "partial")
 
@@ -271,6 +290,12 @@ def test_workflow_against_xnat(xnat_server, password, pyxnat_interface, tmp_path
     assert failed.returncode != 0
     assert re.search(r"DEMO/SUBJ002_V2 \(XNAT_E\d+\) is no longer available", failed.stdout + failed.stderr)
     assert all(p.stat().st_mtime_ns == t for p, t in results.items())  # old sessions untouched
+    # the deleted session's History says so: no row is left Queued or Running
+    doomed_runs = history_runs(xnat_server, doomed)
+    assert sorted(pipeline for pipeline, _ in doomed_runs) == ["qmroct envprobe", "qmroct noise"]
+    assert all(states[0] == "Queued" and states[-1] == "Failed" for states in doomed_runs.values()), doomed_runs
+    reasons = [r["details"] for r in xnat_server.store.workflows(data_id=doomed)]
+    assert any("is no longer available" in reason for reason in reasons), reasons
     new_results = sorted(p.relative_to(root).as_posix() for p in root.glob("results/kqi/DEMO/*/*.json")
                          if p not in results)
     assert new_results == ["results/kqi/DEMO/SUBJ002_V1/envprobe.json", "results/kqi/DEMO/SUBJ002_V1/noise.json"]

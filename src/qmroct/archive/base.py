@@ -152,12 +152,17 @@ class Archive(ABC):
         """
 
     def record_history(self, session: Session, algorithm: str, status: str, detail: str = "",
-                       launch_time: str | None = None) -> None:
+                       launch_time: str | None = None) -> str | None:
         """Mark an algorithm run on the session's History (Queued/Running/Complete/Failed).
 
         The default records nothing here: the directory archive writes its history
         line together with the assessment.
         """
+
+    def queued_run(self, session: Session, algorithm: str) -> str | None:
+        """The launch time of the History row the head opened as Queued for this
+        run, if any (see qmroct.history_queue); None where there is no History."""
+        return None
 
     def set_scan_quality(self, session: Session, study: str, verdicts: dict[str, str],
                          reasons: dict[str, str] | None = None) -> dict[str, str]:

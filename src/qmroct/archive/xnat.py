@@ -37,7 +37,7 @@ import requests
 from ..assessment import XNAT_NS, Assessment
 from ..checksums import file_digest
 from .base import Archive, ArchiveError, FileEntry, Scan, Session, SessionUnavailable, WriteOutcome
-from .xnat_http import XnatAuthError, XnatHttp, XnatNotFound
+from .xnat_http import BrokenBody, XnatAuthError, XnatHttp, XnatNotFound, body_chunks
 
 log = logging.getLogger("qmroct.archive.xnat")
 
@@ -107,7 +107,7 @@ class XnatArchive(Archive):
         resource_label: str = "QMROCT",
         history: bool = True,
         pipeline_prefix: str = "qmroct",
-        chunk_size: int = 4 << 20,
+        chunk_size: int = 1 << 20,  # bytes per read; 1 MiB stays in a core's cache (benchmarks/xnat)
         download_threads: int = 2,
         netrc_file: str | None = None,
         tokens: bool = True,
@@ -299,30 +299,33 @@ class XnatArchive(Archive):
         algo, _, expected = entry.checksum.partition(":")
         attempts = self.retries + 1
         problem = ""
+        # one buffer for all the reads of this file (see body_chunks)
+        buffer = memoryview(bytearray(self.chunk_size))
         for attempt in range(attempts):
             if attempt:
                 self.http.sleep_before(attempt - 1)
             hasher = hashlib.new(algo) if algo in ("md5", "sha256", "sha1") else None
             size = 0
-            response = self.http.get(entry.uri, stream=True, ok=(200,), what=f"download {what}")
+            # identity: size and digest are the stored file's, and a plain body
+            # can be read straight into the buffer
+            response = self.http.get(entry.uri, stream=True, ok=(200,), headers={"Accept-Encoding": "identity"},
+                                     what=f"download {what}")
             try:
                 with open(part, "wb") as fh:
-                    first = True
-                    for chunk in response.iter_content(self.chunk_size):
-                        if first and chunk[:20].lstrip().startswith((b"<!DOCTYPE", b"<html>")) \
+                    for chunk in body_chunks(response, buffer):
+                        if not size and bytes(chunk[:20]).lstrip().startswith((b"<!DOCTYPE", b"<html>")) \
                                 and not entry.name.lower().endswith((".html", ".htm")):
                             raise ArchiveError(f"XNAT download {what} answered an error page")
-                        first = False
-                        fh.write(chunk)
                         if hasher:
                             hasher.update(chunk)  # releases the GIL: files hash in parallel
+                        fh.write(chunk)  # pieces are larger than the file buffer: written straight through
                         size += len(chunk)
-            except requests.RequestException as err:  # dropped connection or truncated body
-                problem = f"{type(err).__name__} after {size} bytes"
+            except (requests.RequestException, BrokenBody) as err:  # dropped connection or truncated body
+                problem = f"{_broken(err)} after {size} bytes"
                 part.unlink(missing_ok=True)
                 log.warning("XNAT download %s: %s (attempt %d of %d)", what, problem, attempt + 1, attempts)
                 continue
-            except (OSError, ArchiveError) as err:
+            except (OSError, ArchiveError) as err:  # the local file (disk full, permissions) or an error page
                 part.unlink(missing_ok=True)
                 raise ArchiveError(f"XNAT download {what}: {err}") from None
             except Exception as err:  # anything else urllib3 raises mid-body
@@ -368,6 +371,9 @@ class XnatArchive(Archive):
         base = f"{self._session_path(session)}/assessors/{quote(label)}"
         if existing and old_fields.get("qmroct_digest") == assessment.digest and \
                 self._resource_complete(base, assessment):
+            # Nothing to re-send; but if a compute job opened a History row for this
+            # result (it recomputed the same KQIs), that row must still end.
+            self._finish_history(session, assessment, note="assessment unchanged", only_if_open=True)
             return WriteOutcome(label, "unchanged", existing[0])
 
         document = assessment.to_xml()
@@ -376,11 +382,28 @@ class XnatArchive(Archive):
         assessor_id = response.text.strip() or (existing[0] if existing else "")
         action = "created" if response.status_code == 201 or not existing else "updated"
         self._upload_files(base, assessment)
-        if self.history:
-            status = "Failed" if assessment.status == "failed" else "Complete"
-            self.record_history(session, assessment.algorithm, status, detail=_status_detail(assessment),
-                                launch_time=_launch_time(assessment))
+        self._finish_history(session, assessment)
         return WriteOutcome(label, action, assessor_id)
+
+    def _finish_history(self, session: Session, assessment: Assessment, note: str = "",
+                        only_if_open: bool = False) -> None:
+        """Complete or Failed on the History row the compute job opened (same launch time)."""
+        if not self.history:
+            return
+        status = "Failed" if assessment.status == "failed" else "Complete"
+        launch_time = _launch_time(assessment)
+        if only_if_open and self._history_status(session, assessment.algorithm, launch_time) in (None, status):
+            return  # no such row, or it ended already: nothing to write
+        detail = _status_detail(assessment) + (f" ({note})" if note else "")
+        self.record_history(session, assessment.algorithm, status, detail=detail, launch_time=launch_time)
+
+    def _history_status(self, session: Session, algorithm: str, launch_time: str) -> str | None:
+        response = self.http.get("/data/workflows", params={
+            "format": "json", "wrk:workflowData/id": session.id,
+            "wrk:workflowData/pipeline_name": f"{self.pipeline_prefix} {algorithm}",
+            "wrk:workflowData/launch_time": launch_time}, what=f"history of {session.key}")
+        items = response.json().get("items", [])
+        return items[0].get("data_fields", {}).get("status") if items else None
 
     def _resource_complete(self, base: str, assessment: Assessment) -> bool:
         try:
@@ -469,13 +492,15 @@ class XnatArchive(Archive):
 
     # ------------------------------------------------------------------ history
     def record_history(self, session: Session, algorithm: str, status: str, detail: str = "",
-                       launch_time: str | None = None) -> str:
+                       launch_time: str | None = None) -> str | None:
         """Create or update the session's workflow (History) entry for this
         algorithm run: Queued, Running, Complete or Failed (with the reason).
         Entries are keyed by (session, pipeline, launch time), so the same run
-        moves through its states in one row."""
+        moves through its states in one row. Returns the launch time used."""
         if status not in ("Queued", "Running", "Complete", "Failed"):
             raise ValueError(f"unknown workflow status {status}")
+        if not self.history:
+            return None
         if launch_time and "T" in launch_time:  # ISO time, e.g. the result's provenance start_time
             launch_time = _xnat_time(dt.datetime.fromisoformat(launch_time.replace("Z", "+00:00")))
         launch_time = launch_time or _xnat_time(dt.datetime.now())
@@ -492,8 +517,22 @@ class XnatArchive(Archive):
             "wrk:workflowData/details": detail[:2000],
             "wrk:workflowData/percentageComplete": "100" if status in ("Complete", "Failed") else "0",
         }
-        response = self.http.put("/data/workflows", params=params, what=f"history of {session.key}")
-        return response.text.strip()
+        self.http.put("/data/workflows", params=params, what=f"history of {session.key}")
+        return launch_time  # the row's key, in XNAT's spelling
+
+    def queued_run(self, session: Session, algorithm: str) -> str | None:
+        """The launch time of this algorithm's newest Queued History row on the
+        session (the head queued the job), so the job can move that very row
+        to Running instead of opening a second one."""
+        if not self.history:
+            return None
+        response = self.http.get("/data/workflows", params={
+            "format": "json", "wrk:workflowData/id": session.id,
+            "wrk:workflowData/pipeline_name": f"{self.pipeline_prefix} {algorithm}"},
+            what=f"history of {session.key}")
+        rows = [item.get("data_fields", {}) for item in response.json().get("items", [])]
+        queued = sorted(str(r["launch_time"]) for r in rows if r.get("status") == "Queued" and r.get("launch_time"))
+        return queued[-1] if queued else None
 
     def history_entries(self, session: Session) -> list[dict[str, Any]]:
         """The session's workflow entries (what XNAT shows as History)."""
@@ -545,11 +584,21 @@ def _xnat_time(moment: dt.datetime) -> str:
 
 
 def _launch_time(assessment: Assessment) -> str:
-    start = str((assessment.provenance or {}).get("start_time") or "")
+    """The History row's key: the Queued row the job claimed, else the job's start."""
+    provenance = assessment.provenance or {}
+    claimed = str(provenance.get("history_launch_time") or "")
+    if claimed and "T" not in claimed:
+        return claimed  # already XNAT's own spelling, as XNAT listed it
+    start = claimed or str(provenance.get("start_time") or "")
     try:
         return _xnat_time(dt.datetime.fromisoformat(start.replace("Z", "+00:00")))
     except ValueError:
         return _xnat_time(dt.datetime.now())
+
+
+def _broken(err: Exception) -> str:
+    # a BrokenBody says what broke; requests' own errors are named by their type, as before
+    return str(err) if isinstance(err, BrokenBody) else type(err).__name__
 
 
 def _md5(path: Path) -> str:
