@@ -193,3 +193,122 @@ def scan_tree_for(root: Path, secret: str) -> list[str]:
             except OSError:
                 pass
     return hits
+
+
+NEUTRON_NETWORK = "3cb9bc59-5699-4588-a4b1-b87f96708bc6"  # the "private" network of Nova's NeutronFixture
+
+
+def free_port(address: str) -> int:
+    """A TCP port nobody listens on at ``address`` (SO_REUSEADDR, as the test cloud probes)."""
+    import socket
+
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((address, 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def descendants(pid: int) -> list[int]:
+    """All processes below ``pid`` (sshd's per-connection children leave its process group)."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+class Bastion:
+    """A jump host: a real OpenSSH sshd on a loopback address of its own (not the test cloud's
+    127.42.*), with its own host key, HOME and authorized_keys, logging at DEBUG1 to a file so
+    tests can see the direct-tcpip channels it forwards."""
+
+    SSHD = "/usr/sbin/sshd"
+
+    def __init__(self, root: Path, authorized_pubkey: str, address: str = "127.43.0.1"):
+        import socket
+        import time
+
+        self.dir = root / "bastion"
+        (self.dir / "home").mkdir(parents=True)
+        os.chmod(self.dir, 0o700)
+        self.address = address
+        self.port = free_port(address)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bastion",
+                        "-f", str(self.dir / "host_key")], check=True)
+        (self.dir / "authorized_keys").write_text(authorized_pubkey.strip() + "\n")
+        self.log = self.dir / "sshd.log"
+        conf = self.dir / "sshd_config"
+        conf.write_text(
+            f"ListenAddress {address}:{self.port}\nHostKey {self.dir}/host_key\n"
+            f"AuthorizedKeysFile {self.dir}/authorized_keys\nPidFile {self.dir}/sshd.pid\n"
+            "StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+            "PermitRootLogin prohibit-password\nAllowTcpForwarding yes\nUseDNS no\n"
+            "MaxStartups 200:30:400\nMaxSessions 200\nLogLevel DEBUG1\n"
+            f"SetEnv HOME={self.dir}/home\n"
+        )
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+        self.proc = subprocess.Popen([self.SSHD, "-D", "-E", str(self.log), "-f", str(conf)],
+                                     stdin=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while True:
+            try:
+                socket.create_connection((address, self.port), timeout=0.5).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("bastion sshd did not start: " + self.log.read_text()[-2000:])
+                time.sleep(0.05)
+
+    def host_key(self) -> str:
+        return " ".join((self.dir / "host_key.pub").read_text().split()[:2])
+
+    def known_hosts_line(self, key: str | None = None) -> str:
+        return f"[{self.address}]:{self.port} {key or self.host_key()}\n"
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def established(self) -> int:
+        """Open TCP connections to the bastion (ESTABLISHED, server side, from /proc/net/tcp)."""
+        import socket
+        import struct
+
+        ip = "%08X" % struct.unpack("<I", socket.inet_aton(self.address))[0]
+        local = f"{ip}:{self.port:04X}"
+        n = 0
+        with open("/proc/net/tcp") as f:
+            for line in f.readlines()[1:]:
+                parts = line.split()
+                if parts[1] == local and parts[3] == "01":
+                    n += 1
+        return n
+
+    def kill_sessions(self) -> int:
+        """Kill every forwarding session (not the listener): what a bastion reboot does to them."""
+        import signal
+
+        pids = descendants(self.proc.pid)
+        for p in pids:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return len(pids)
+
+    def stop(self) -> None:
+        self.kill_sessions()
+        self.proc.kill()
+        self.proc.wait(10)

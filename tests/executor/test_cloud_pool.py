@@ -20,8 +20,8 @@ from snakemake_executor_plugin_openstack.ssh import JobIO
 pytestmark = pytest.mark.cloud
 
 
-def make_pool(project, **kw) -> Pool:
-    adapter = cl.CloudAdapter(project.conn, network="none")
+def make_pool(project, network: str = "none", **kw) -> Pool:
+    adapter = cl.CloudAdapter(project.conn, network=network)
     pub = (project.key.parent / (project.key.name + ".pub")).read_text()
     adapter.ensure_keypair("k-" + project.name, pub)
     cfg = dict(

@@ -176,6 +176,28 @@ def test_quota_error_detection():
     assert not cl.is_quota_error("No valid host was found. ")
 
 
+def test_missing_security_groups_are_named_from_novas_error():
+    # Nova 34 with neutronclient (400 on POST /servers), and the older wording
+    nova = "BadRequestException: 400: Unable to find security_group with name or id 'web-x'"
+    assert cl.missing_security_groups(nova, ["default", "web-x"]) == ["web-x"]
+    assert cl.missing_security_groups("Security group web-x not found.", ["web-x", "web"]) == ["web-x"]
+    assert cl.missing_security_groups("Quota exceeded for instances", ["web-x"]) == []
+    assert cl.missing_security_groups(nova, None) == []
+
+
+def test_jump_host_without_known_hosts_file_is_a_clear_error(tmp_path):
+    import asyncio
+
+    from snakemake_executor_plugin_openstack.ssh import JumpHostError, SshTarget, open_connection
+
+    t = SshTarget("127.0.0.9", 22, "me", None, None, "none", jump_host="bastion.example:2200",
+                  jump_known_hosts=str(tmp_path / "missing"), connect_timeout=2)
+    t0 = time.time()
+    with pytest.raises(JumpHostError, match=r"jump host bastion.example:2200: known_hosts file .*missing does not exist"):
+        asyncio.run(open_connection(t))
+    assert time.time() - t0 < 1  # decided before any network traffic
+
+
 def test_metadata_has_owner_run_expiry_and_no_secrets(monkeypatch):
     monkeypatch.setenv("SMOS_SECRET_X", "topsecret")
     md = cl.metadata_for("run1", 30, "pool")

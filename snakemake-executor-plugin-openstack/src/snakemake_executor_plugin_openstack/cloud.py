@@ -40,6 +40,21 @@ def is_quota_error(text: str) -> bool:
     return ("quota" in t and ("exceed" in t or "exceeded" in t)) or "number of ports exceeded" in t
 
 
+def missing_security_groups(text: str, groups) -> list[str]:
+    """The requested groups a failed create names as unknown, else [].
+
+    Nova resolves group names through neutronclient, whose NotFound reads "Unable to find
+    security_group with name or id 'NAME'" and comes back as a 400 on POST /servers; older
+    releases (and nova-network) said "Security group NAME not found"."""
+    t = text or ""
+    low = t.lower()
+    if "security_group" not in low and "security group" not in low:
+        return []
+    if "not found" not in low and "unable to find" not in low:
+        return []
+    return [g for g in (groups or []) if f"'{g}'" in t or f"group {g} not found" in t]
+
+
 @dataclass
 class ServerView:
     id: str

@@ -66,6 +66,7 @@ class Executor(RemoteExecutor):
             ssh_port=s.ssh_port,
             host_key_check=s.host_key_check,
             jump_host=s.jump_host,
+            jump_host_known_hosts=s.jump_host_known_hosts,
             security_groups=_split(s.security_groups) or None,
             user_data=user_data,
             max_servers=s.max_servers,

@@ -23,7 +23,8 @@ from typing import Callable, Optional
 from . import cloud as cl
 from .planner import ExistingServer, PlanRequest, plan_boots
 from .quota import Flavor, QuotaCache, Resources, budget, fits, pool_caps
-from .ssh import CTL, JobIO, SshTarget, VMLost, WorkerShell, build_run_script, open_connection, tar_paths
+from .ssh import (CTL, JobIO, JumpHostError, SshTarget, VMLost, WorkerShell, build_run_script,
+                  open_connection, tar_paths)
 from .status import PoolStats
 
 
@@ -81,9 +82,12 @@ class ServerState:
 
 
 class LaunchFailed(Exception):
-    def __init__(self, msg: str, quota: bool = False):
+    def __init__(self, msg: str, quota: bool = False, fatal: bool = False):
         super().__init__(msg)
         self.quota = quota
+        # a configuration error (unknown security group, jump host key): no other server can
+        # succeed, so the pool stops launching and fails the queued jobs with this message
+        self.fatal = fatal
 
 
 @dataclass
@@ -127,6 +131,7 @@ class PoolConfig:
     ssh_port: int = 22
     host_key_check: str = "console"
     jump_host: Optional[str] = None
+    jump_host_known_hosts: str = "~/.ssh/known_hosts"
     security_groups: Optional[list[str]] = None
     user_data: Optional[str] = None
     max_servers: int = 4
@@ -179,6 +184,7 @@ class Pool:
         self._quota_ceiling: Optional[tuple[int, float]] = None  # (max servers, until)
         self._no_capacity_since: Optional[float] = None
         self._launch_failures_in_row = 0
+        self._fatal_error: Optional[str] = None
         self._last_plan_key = None
         self._last_plan_time = 0.0
         self._last_status = ""
@@ -358,6 +364,8 @@ class Pool:
         return self._boot_ema.get(flavor.name, self.cfg.expected_boot_seconds)
 
     async def _maybe_plan(self):
+        if self._fatal_error is not None:
+            return
         queued = [j for j in self.queue if not j.finished]
         backlog = max(0.0, float(self.backlog() or 0.0))
         if not queued and backlog <= 0:
@@ -445,6 +453,15 @@ class Pool:
                 self.wake()
                 return
             except LaunchFailed as e:
+                if e.fatal:
+                    self.stats.boot_failures += 1
+                    self.stats.launches_abandoned += 1
+                    if self._fatal_error is None:
+                        self._fatal_error = str(e)
+                        self.log("error", f"openstack: {s.name}: {e}; no further servers are started")
+                    await self._delete(s, reason="configuration error")
+                    self.wake()
+                    return
                 if e.quota:
                     self.stats.quota_rejections += 1
                     if s.id is None:
@@ -495,6 +512,11 @@ class Pool:
                 key_name=cfg.keypair, metadata=md, user_data=cfg.user_data,
                 security_groups=cfg.security_groups)
         except Exception as e:
+            missing = cl.missing_security_groups(str(e), cfg.security_groups)
+            if missing:
+                raise LaunchFailed(
+                    f"security group {', '.join(repr(g) for g in missing)} not found in this project "
+                    f"(setting security_groups; Nova said: {e})", fatal=True) from e
             # the 403 form of an over-quota create (Nova checks quota in the API)
             raise LaunchFailed(f"create failed: {e}", quota=cl.is_quota_error(str(e))) from e
         self.stats.servers_created += 1
@@ -541,7 +563,8 @@ class Pool:
                 await asyncio.sleep(cfg.poll_interval)
         s.state = ServerState.CONNECTING
         target = SshTarget(s.address, cfg.ssh_port, cfg.ssh_user, cfg.private_key, host_keys,
-                           cfg.host_key_check, cfg.jump_host, cfg.ssh_connect_timeout, cfg.ssh_keepalive)
+                           cfg.host_key_check, cfg.jump_host, cfg.jump_host_known_hosts,
+                           cfg.ssh_connect_timeout, cfg.ssh_keepalive)
         last = None
         while True:
             remaining = deadline - time.monotonic()
@@ -555,6 +578,8 @@ class Pool:
                 break
             except asyncio.CancelledError:
                 raise
+            except JumpHostError as e:
+                raise LaunchFailed(str(e), fatal=True) from e
             except Exception as e:
                 last = f"{type(e).__name__}: {e}"
                 await asyncio.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
@@ -676,6 +701,9 @@ class Pool:
         queued = [j for j in self.queue if not j.finished]
         live = [s for s in self.servers if s.state in ServerState.LIVE and not s.retired]
         now = time.monotonic()
+        if queued and self._fatal_error is not None and not any(s.state == ServerState.READY for s in live):
+            self._fail_queued(f"no server can be started: {self._fatal_error}")
+            return
         if not queued or live:
             self._no_capacity_since = None
             return

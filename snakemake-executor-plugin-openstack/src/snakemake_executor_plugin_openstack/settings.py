@@ -47,7 +47,14 @@ class ExecutorSettings(ExecutorSettingsBase):
         choices=["console", "known_hosts", "none"],
     )
     jump_host: Optional[str] = _f(
-        None, "Optional SSH jump host as [user@]host[:port] (e.g. a bastion with a floating IP)."
+        None,
+        "Optional SSH jump host as [user@]host[:port] (e.g. a bastion with a floating IP). "
+        "Workers are reached through it with the same private key; its user defaults to ssh_user.",
+    )
+    jump_host_known_hosts: str = _f(
+        "~/.ssh/known_hosts",
+        "known_hosts file holding the jump host's key. The jump host is always verified "
+        "(host_key_check applies to the workers only); an unknown or changed key stops the run.",
     )
     user_data: Optional[str] = _f(
         None, "Optional cloud-init user data file passed to every server (must hold no secrets)."

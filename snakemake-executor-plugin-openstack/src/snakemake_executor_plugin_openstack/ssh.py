@@ -34,6 +34,13 @@ class HostKeyMismatch(Exception):
     pass
 
 
+class JumpHostError(Exception):
+    """The jump host's key is not the one in its known_hosts file, or it refused our key.
+
+    A configuration problem that no retry or new server can fix, unlike a worker that is
+    not up yet (connection refused) or a jump host that is briefly unreachable."""
+
+
 @dataclass
 class SshTarget:
     address: str
@@ -43,6 +50,7 @@ class SshTarget:
     host_keys: Optional[list[str]]  # pinned public keys; None: see known_hosts_mode
     known_hosts_mode: str = "console"  # console | known_hosts | none
     jump_host: Optional[str] = None
+    jump_known_hosts: str = "~/.ssh/known_hosts"  # the jump host's key is always verified
     connect_timeout: float = 15.0
     keepalive: float = 5.0
 
@@ -56,6 +64,29 @@ def _parse_jump(spec: str):
         spec, p = spec.rsplit(":", 1)
         port = int(p)
     return spec, port, user
+
+
+async def _open_jump(t: SshTarget) -> asyncssh.SSHClientConnection:
+    """Connection to the jump host, verified against ``t.jump_known_hosts`` whatever
+    ``known_hosts_mode`` says: that mode is about short-lived workers whose keys are new on
+    every boot, while a bastion is a long-lived host whose key can be recorded once."""
+    host, port, user = _parse_jump(t.jump_host)
+    where = f"jump host {host}:{port}"
+    known = os.path.expanduser(t.jump_known_hosts)
+    if not os.path.isfile(known):
+        raise JumpHostError(
+            f"{where}: known_hosts file {known} does not exist; record the bastion's host key "
+            f"there (e.g. ssh-keyscan -p {port} {host} >> {known}, after checking the fingerprint)")
+    kw = dict(username=user or t.user, known_hosts=known, connect_timeout=t.connect_timeout,
+              keepalive_interval=t.keepalive, keepalive_count_max=3, agent_path=None)
+    if t.client_key:  # as for the workers: otherwise asyncssh's default key files
+        kw["client_keys"] = [t.client_key]
+    try:
+        return await asyncssh.connect(host, port, **kw)
+    except asyncssh.HostKeyNotVerifiable as e:
+        raise JumpHostError(f"{where}: host key not verified against {known}: {e}") from e
+    except asyncssh.PermissionDenied as e:
+        raise JumpHostError(f"{where}: login as {user or t.user} refused: {e}") from e
 
 
 async def open_connection(t: SshTarget) -> asyncssh.SSHClientConnection:
@@ -77,18 +108,23 @@ async def open_connection(t: SshTarget) -> asyncssh.SSHClientConnection:
     )
     if t.client_key:
         kw["client_keys"] = [t.client_key]
-    if t.jump_host:
-        host, port, user = _parse_jump(t.jump_host)
-        tunnel = await asyncssh.connect(
-            host, port, username=user or t.user,
-            client_keys=kw.get("client_keys"), connect_timeout=t.connect_timeout,
-            known_hosts=os.path.expanduser("~/.ssh/known_hosts"), agent_path=None,
-        )
+    tunnel = await _open_jump(t) if t.jump_host else None
+    if tunnel is not None:
         kw["tunnel"] = tunnel
     try:
-        return await asyncssh.connect(t.address, t.port, **kw)
-    except asyncssh.HostKeyNotVerifiable as e:
-        raise HostKeyMismatch(str(e)) from e
+        conn = await asyncssh.connect(t.address, t.port, **kw)
+    except BaseException as e:
+        # a worker still booting refuses many attempts: each one's bastion connection must go
+        if tunnel is not None:
+            tunnel.close()
+        if isinstance(e, asyncssh.HostKeyNotVerifiable):
+            raise HostKeyMismatch(str(e)) from e
+        raise
+    if tunnel is not None:
+        # asyncssh closes a tunnel it opened itself, not one handed in: tie the bastion
+        # connection to the worker connection so closing (or losing) the worker closes it
+        conn.set_tunnel(tunnel)
+    return conn
 
 
 def _q(s: str) -> str:
