@@ -1,11 +1,13 @@
 """Build the worker image: boot a base image with cloud-init user data, wait for the ready
-marker on the console, stop the server, snapshot it, delete the server.
+marker on the console, stop the server, snapshot it (Nova createImage), wait until the
+image is active in Glance, delete the server.
 
     python images/build_worker_image.py --cloud mycloud --base-image debian-12 \
         --flavor m1.medium --network private --name qmroct-worker-2026-11 \
         [--user-data images/worker-cloud-init.yaml] [--timeout 1800]
 
-Prints the new image id. The server is deleted on success, failure and Ctrl-C.
+Prints the new image id (only it, on stdout; progress goes to stderr). The builder server is
+deleted on success, failure and Ctrl-C; an image whose upload failed is deleted too.
 """
 
 from __future__ import annotations
@@ -31,9 +33,8 @@ def main(argv=None) -> int:
     p.add_argument("--user-data", default=str(HERE / "worker-cloud-init.yaml"))
     p.add_argument("--ready-marker", default="QMROCT-WORKER-READY")
     p.add_argument("--failed-marker", default="QMROCT-WORKER-FAILED")
-    p.add_argument("--timeout", type=float, default=1800)
-    p.add_argument("--no-wait-image", action="store_true",
-                   help="do not wait for the image to become active (clouds without a Glance endpoint)")
+    p.add_argument("--timeout", type=float, default=1800,
+                   help="seconds for each phase: boot and setup, snapshot upload")
     a = p.parse_args(argv)
     conn = openstack.connect(cloud=a.cloud) if a.cloud else openstack.connect()
     c = conn.compute
@@ -66,15 +67,28 @@ def main(argv=None) -> int:
             if time.time() > deadline:
                 raise SystemExit("timed out waiting for the worker setup")
             time.sleep(5)
+        print("worker setup done; stopping the builder for a consistent snapshot", file=sys.stderr)
         c.stop_server(server)
         c.wait_for_server(server, status="SHUTOFF", wait=600, interval=2)
-        image = c.create_server_image(server, a.name, metadata={"qmroct-worker": "1"},
-                                      wait=not a.no_wait_image, timeout=int(a.timeout))
+        # createImage returns at once with the image queued; the hypervisor uploads the disk and
+        # Glance marks the image active only then: booting workers from it before would fail
+        image = c.create_server_image(server, a.name, metadata={"qmroct-worker": "1"})
+        print(f"snapshot {image.id} requested ({image.status}); waiting until it is active",
+              file=sys.stderr)
+        try:
+            image = conn.wait_for_image(image, timeout=a.timeout)
+        except BaseException:
+            try:  # a half-uploaded snapshot is useless: do not leave it behind
+                conn.image.delete_image(image.id, ignore_missing=True)
+            except Exception as e:
+                print(f"could not delete the unfinished image {image.id}: {e}", file=sys.stderr)
+            raise
         print(image.id)
         return 0
     finally:
         c.delete_server(server)
         c.wait_for_delete(server, wait=600, interval=2)
+        print(f"builder server {server.id} deleted", file=sys.stderr)
 
 
 if __name__ == "__main__":

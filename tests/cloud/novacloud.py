@@ -23,7 +23,9 @@ tests/cloud/README.md.
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import re
 import os
 import shutil
 import signal
@@ -34,6 +36,7 @@ import tempfile
 import threading
 import time
 import types
+import uuid as uuid_mod
 import warnings
 
 os.environ.setdefault("OS_NOVA_DISABLE_EVENTLET_PATCHING", "")
@@ -42,8 +45,10 @@ import nova.tests.functional  # noqa: E402,F401  (eventlet monkey patching)
 import eventlet  # noqa: E402
 import eventlet.wsgi  # noqa: E402
 from nova import exception  # noqa: E402
+from nova.image import glance as nova_glance  # noqa: E402
 from nova.tests.functional import integrated_helpers  # noqa: E402
 from nova.virt import fake as nova_fake  # noqa: E402
+from neutronclient.common import exceptions as neutron_exc  # noqa: E402
 
 CONTROL_HELP = {
     "boot_delay": "seconds spawn() sleeps (server stays BUILD/spawning)",
@@ -55,6 +60,8 @@ CONTROL_HELP = {
     "ssh_start_delay": "seconds between ACTIVE and sshd accepting connections (slow SSH)",
     "kill": "list of server ids: kill their sshd and every process started through it (Nova still says ACTIVE)",
     "hang": "list of server ids: SIGSTOP their sshd and sessions (a hung VM)",
+    "snapshot_delay": "seconds a snapshot's upload takes (the image stays queued, Nova shows SAVING)",
+    "add_security_groups": "list of {name, project_id}: security groups the Neutron fixture knows",
 }
 
 STATE = {
@@ -65,12 +72,14 @@ STATE = {
     "slow_spawn_delay": 0.0,
     "refuse_ssh": 0,
     "ssh_start_delay": 0.0,
+    "snapshot_delay": 0.0,
     "spawned": 0,
     "destroyed": 0,
 }
 INSTANCES: dict[str, dict] = {}
 LOCK = threading.Lock()
 BASE_DIR = None  # set in main()
+CLOUD = None  # the Cloud test case, set in main()
 SSH_PORT = 2222
 SSHD = "/usr/sbin/sshd"
 _ADDR_COUNTER = [0]
@@ -265,6 +274,20 @@ class SshFakeDriver(nova_fake.FakeDriver):
             "Cloud-init finished\n"
         )
 
+    def snapshot(self, context, instance, image_id, update_task_state):
+        """Upload the image as a real driver does: Nova's API created the image record
+        (queued, see _queued_snapshots); the image becomes active only when the driver's
+        upload through Nova's image API is done, after ``snapshot_delay`` seconds."""
+        super().snapshot(context, instance, image_id, update_task_state)
+        delay = float(STATE["snapshot_delay"])
+        if delay:
+            time.sleep(delay)
+        data = f"fake disk of {instance.uuid}\n".encode()
+        nova_glance.API().update(
+            context, image_id,
+            {"status": "active", "size": len(data), "disk_format": "raw", "container_format": "bare"},
+            data=io.BytesIO(data), purge_props=False)
+
     def destroy(self, context, instance, network_info, block_device_info=None,
                 destroy_disks=True, destroy_secrets=True):
         delay = float(STATE["delete_delay"])
@@ -319,6 +342,96 @@ class Cloud(integrated_helpers._IntegratedTestBase):
         super().setUp()
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         self.flags(response_validation="warn", group="api")
+        _find_resource_for(self.neutron)
+        _ports_keep_security_groups(self.neutron)
+        _default_group_per_project(self.neutron)
+        _queued_snapshots(self.glance)
+
+
+def _find_resource_for(neutron) -> None:
+    """Give Nova's NeutronFixture the neutronclient lookup Nova uses for security group names.
+
+    Nova resolves every requested group other than 'default' with neutronclient's
+    ``find_resource`` (compute.api._check_requested_secgroups -> security_group_api.validate_name);
+    the fixture lacks it, so any other name gave a 500 (AttributeError) instead of Nova's own
+    400 "Security group ... not found". Same semantics as neutronclient: by id, else by name
+    within the project, NotFound (404) when there is none."""
+
+    def find_resource(resource, name_or_id, project_id=None, cmd_resource=None,
+                      parent_id=None, fields=None):
+        if resource != "security_group":
+            raise neutron_exc.NotFound(message=f"test cloud: no lookup for {resource}")
+        groups = neutron._security_groups.values()
+        for g in groups:
+            if g["id"] == name_or_id:
+                return dict(g)
+        found = [g for g in groups if g["name"] == name_or_id
+                 and (not project_id or g.get("tenant_id") == project_id)]
+        if len(found) > 1:
+            raise neutron_exc.NeutronClientNoUniqueMatch(resource=resource, name=name_or_id)
+        if not found:
+            raise neutron_exc.NotFound(
+                message=f"Unable to find {resource} with name or id '{name_or_id}'")
+        return dict(found[0])
+
+    neutron.find_resource = find_resource
+
+
+def _ports_keep_security_groups(neutron) -> None:
+    """Ports keep the security groups Nova asked for, as in Neutron.
+
+    The fixture's create_port lays its template port (group 'default') over the request, so
+    every server reported only 'default' whatever was requested."""
+    create_port = neutron.create_port
+
+    def create_port_with_groups(body=None):
+        out = create_port(body)
+        requested = ((body or {}).get("port") or {}).get("security_groups")
+        if requested is not None:
+            neutron._ports[out["port"]["id"]]["security_groups"] = list(requested)
+            out["port"]["security_groups"] = list(requested)
+        return out
+
+    neutron.create_port = create_port_with_groups
+
+
+def _default_group_per_project(neutron) -> None:
+    """Every project has a 'default' group, as Neutron creates one on a project's first use.
+
+    The fixture has one 'default' for its own fixed project only, so a server that asked for
+    'default' together with another group failed to build (Nova looks the names up within the
+    server's project) and ended in ERROR after rescheduling."""
+    list_security_groups = neutron.list_security_groups
+
+    def list_with_default(retrieve_all=True, **params):
+        project = params.get("tenant_id") or params.get("project_id")
+        if isinstance(project, str) and not any(
+                g["name"] == "default" and g.get("tenant_id") == project
+                for g in neutron._security_groups.values()):
+            add_security_group(neutron, "default", project)
+        return list_security_groups(retrieve_all, **params)
+
+    neutron.list_security_groups = list_with_default
+
+
+def _queued_snapshots(glance) -> None:
+    """Snapshot image records start 'queued', as in Glance, instead of the fixture's instant
+    'active' (its own comment calls that "mostly a lie"); SshFakeDriver.snapshot uploads them."""
+    create = glance.create
+
+    def create_queued(context, metadata, data=None):
+        if (metadata.get("properties") or {}).get("image_type") == "snapshot" and "status" not in metadata:
+            metadata = dict(metadata, status="queued")
+        return create(context, metadata, data)
+
+    glance.create = create_queued
+
+
+def add_security_group(neutron, name: str, project_id: str) -> dict:
+    sg = {"id": str(uuid_mod.uuid4()), "name": name, "description": "test cloud group",
+          "tenant_id": project_id, "project_id": project_id, "security_group_rules": []}
+    neutron._security_groups[sg["id"]] = sg
+    return sg
 
 
 def _control(environ, start_response):
@@ -337,17 +450,79 @@ def _control(environ, start_response):
                 inst["killed"] = True
         for uuid in req.get("hang", []):
             _signal_instance(uuid, signal.SIGSTOP)
+        for g in req.get("add_security_groups", []):
+            add_security_group(CLOUD.neutron, g["name"], g["project_id"])
     out = {
         "state": dict(STATE),
         "help": CONTROL_HELP,
         "instances": {
             u: {k: v for k, v in i.items() if k != "proc"} for u, i in INSTANCES.items()
         },
+        "security_groups": list(CLOUD.neutron._security_groups.values()) if CLOUD else [],
     }
     data = json.dumps(out).encode()
     start_response("200 OK", [("Content-Type", "application/json"),
                               ("Content-Length", str(len(data)))])
     return [data]
+
+
+def _image_v2(img: dict) -> dict:
+    """An image of the Glance fixture in Glance v2's JSON form (properties at the top level)."""
+    out = {k: v for k, v in img.items() if k not in ("properties", "is_public", "deleted", "deleted_at")}
+    props = dict(img.get("properties") or {})
+    out.update({k: str(v) for k, v in props.items() if k != "owner"})
+    out["owner"] = img.get("owner") or props.get("owner")
+    out["visibility"] = img.get("visibility") or ("private" if out["owner"] else "public")
+    for k in ("created_at", "updated_at"):
+        if hasattr(out.get(k), "isoformat"):
+            out[k] = out[k].strftime("%Y-%m-%dT%H:%M:%SZ")
+    out["self"] = f"/v2/images/{img['id']}"
+    out["file"] = f"/v2/images/{img['id']}/file"
+    out["schema"] = "/v2/schemas/image"
+    return out
+
+
+def _glance(environ, start_response, project: str, admin: bool):
+    """A read-only Glance v2 image API over Nova's GlanceFixture (the images Nova itself uses),
+    so clients can wait for a snapshot the way they do on a real cloud (GET /v2/images/{id})."""
+    from urllib.parse import parse_qs
+
+    path = environ.get("PATH_INFO", "")[len("/image"):].rstrip("/")
+    method = environ["REQUEST_METHOD"]
+
+    def reply(status, obj=None):
+        data = json.dumps(obj, default=str).encode() if obj is not None else b""
+        start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+        return [data]
+
+    def visible(img):
+        v = _image_v2(img)
+        return admin or v["visibility"] in ("public", "community") or v["owner"] == project
+
+    host = environ.get("HTTP_HOST", "127.0.0.1")
+    if path == "" and method == "GET":
+        return reply("300 Multiple Choices", {"versions": [{
+            "id": "v2.16", "status": "CURRENT",
+            "links": [{"rel": "self", "href": f"http://{host}/image/v2/"}]}]})
+    images = CLOUD.glance.images
+    if path == "/v2/images" and method == "GET":
+        q = parse_qs(environ.get("QUERY_STRING", ""))
+        out = [_image_v2(i) for i in images.values() if visible(i)]
+        for key in ("name", "status", "visibility", "owner"):
+            if key in q:
+                out = [i for i in out if str(i.get(key)) == q[key][0]]
+        return reply("200 OK", {"images": out, "first": "/v2/images", "schema": "/v2/schemas/images"})
+    m = re.fullmatch(r"/v2/images/([^/]+)", path)
+    if m:
+        img = images.get(m.group(1))
+        if img is None or not visible(img):
+            return reply("404 Not Found", {"message": f"No image found with ID {m.group(1)}"})
+        if method == "GET":
+            return reply("200 OK", _image_v2(img))
+        if method == "DELETE":
+            CLOUD.glance.delete(None, img["id"])
+            return reply("204 No Content")
+    return reply("404 Not Found", {"message": f"test cloud: {method} {path} not served"})
 
 
 def identity_filter(app):
@@ -366,6 +541,8 @@ def identity_filter(app):
                 start_response("403 Forbidden", [("Content-Type", "text/plain")])
                 return [b"admin only"]
             return _control(environ, start_response)
+        if environ.get("PATH_INFO", "").startswith("/image"):
+            return _glance(environ, start_response, project, "admin" in roles.split(","))
         environ["HTTP_X_AUTH_USER"] = user
         environ["HTTP_X_USER_ID"] = user
         environ["HTTP_X_AUTH_PROJECT_ID"] = project
@@ -377,7 +554,7 @@ def identity_filter(app):
 
 
 def main(argv=None) -> None:
-    global BASE_DIR, SSH_PORT
+    global BASE_DIR, SSH_PORT, CLOUD
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--port", type=int, default=18774, help="API port on 127.0.0.1 (0: pick one)")
     p.add_argument("--ssh-port", type=int, default=2222, help="sshd port on every instance address")
@@ -404,7 +581,7 @@ def main(argv=None) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
 
-    cloud = Cloud()
+    cloud = CLOUD = Cloud()
     cloud.setUp()
     app = identity_filter(cloud.api_fixture.app())
     sock = eventlet.listen(("127.0.0.1", args.port), reuse_port=False)
@@ -413,7 +590,8 @@ def main(argv=None) -> None:
     if args.ready_file:
         tmp = args.ready_file + ".tmp"
         with open(tmp, "w") as f:
-            json.dump({"endpoint": endpoint, "pid": os.getpid(), "state_dir": BASE_DIR,
+            json.dump({"endpoint": endpoint, "image_endpoint": f"http://127.0.0.1:{port}/image",
+                       "pid": os.getpid(), "state_dir": BASE_DIR,
                        "ssh_port": SSH_PORT}, f)
         os.replace(tmp, args.ready_file)
     print(f"nova test cloud serving {endpoint} (ssh port {SSH_PORT}, state {BASE_DIR})", flush=True)
