@@ -107,7 +107,7 @@ class XnatArchive(Archive):
         resource_label: str = "QMROCT",
         history: bool = True,
         pipeline_prefix: str = "qmroct",
-        chunk_size: int = 1 << 20,  # bytes per read; 1 MiB stays in a core's cache (benchmarks/xnat)
+        chunk_size: int = 1 << 20,  # bytes per read: 1 MiB measured cheapest per byte (benchmarks/xnat)
         download_threads: int = 2,
         netrc_file: str | None = None,
         tokens: bool = True,
