@@ -1,15 +1,23 @@
 """Download throughput: one session through qmroct's XNAT backend vs raw loopback HTTP.
 
-    .venv/bin/python benchmarks/xnat/bench_download.py [--mib 128] [--files 8] [--repeat 3]
+    .venv/bin/python benchmarks/xnat/bench_download.py [--mib 256] [--files 8] [--repeat 7]
 
 In one run it builds a session of ``--files`` files (``--mib`` MiB in all) in
-the XNAT test server, then alternates, ``--repeat`` times each:
+the XNAT test server, then alternates, ``--repeat`` times each (the order of
+the kinds rotates from one repetition to the next, so none always runs right
+after another's disk writes):
 
 - xnat: ``XnatArchive.fetch`` of the discovered session (pyxnat session with
   basic auth, streamed GETs, MD5 + size verification, files written to disk);
 - raw: the same bytes from the same disk files, served by a bare
   ``http.server`` handler with ``sendfile`` and read by ``http.client`` into
-  files on disk (no auth, no checks): the loopback HTTP ceiling.
+  files on disk the way the backend reads (``readinto`` one reused buffer of
+  the same size; no auth, no checks): the loopback HTTP ceiling.
+- raw_parallel: the same with ``--threads`` connections (the backend's concurrency);
+- raw_parallel_md5: raw_parallel that also hashes each file with MD5: the
+  ceiling of any verified download on this machine, what qmroct's own
+  overhead is measured against;
+- xnat_no_md5: the backend with the digests blanked (size check only).
 
 Prints one JSON line per measurement and a summary with the ratio (target >= 50 %).
 Everything stays on 127.0.0.1 and stops by itself.
@@ -18,6 +26,7 @@ Everything stays on 127.0.0.1 and stops by itself.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import http.client
 import json
 import os
@@ -65,38 +74,47 @@ def raw_server(files: dict[str, Path]) -> ThreadingHTTPServer:
     return httpd
 
 
-def raw_fetch_parallel(port: int, names: list[str], dest: Path, chunk: int, threads: int) -> int:
+def raw_fetch_parallel(port: int, names: list[str], dest: Path, chunk: int, threads: int,
+                       md5: bool = False) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
     groups = [names[i::threads] for i in range(threads)]
     with ThreadPoolExecutor(threads) as pool:
-        return sum(pool.map(lambda g: raw_fetch(port, g, dest, chunk), groups))
+        return sum(pool.map(lambda g: raw_fetch(port, g, dest, chunk, md5), groups))
 
 
-def raw_fetch(port: int, names: list[str], dest: Path, chunk: int) -> int:
+def raw_fetch(port: int, names: list[str], dest: Path, chunk: int, md5: bool = False) -> int:
+    # the same read loop as the backend's (one reused buffer, no bytes per read),
+    # so the ceiling is not lowered by a sloppier client than the one measured
     conn = http.client.HTTPConnection("127.0.0.1", port)
+    view = memoryview(bytearray(chunk))
     total = 0
     for name in names:
         conn.request("GET", "/" + name)
         response = conn.getresponse()
+        hasher = hashlib.md5() if md5 else None
         with open(dest / name.replace("/", "_"), "wb") as out:
-            while True:
-                block = response.read(chunk)
-                if not block:
-                    break
-                out.write(block)
-                total += len(block)
+            while n := response.readinto(view):
+                if hasher:
+                    hasher.update(view[:n])
+                out.write(view[:n])
+                total += n
+        if hasher:
+            hasher.hexdigest()
     conn.close()
     return total
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mib", type=int, default=128, help="session size in MiB")
+    # 256 MiB: one measurement lasts 0.15 to 1 s, so a scheduler hiccup of the
+    # shared machine does not decide it
+    parser.add_argument("--mib", type=int, default=256, help="session size in MiB")
     parser.add_argument("--files", type=int, default=8, help="number of files (2 per scan)")
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2, help="parallel downloads (qmroct's download_threads)")
-    parser.add_argument("--chunk", type=int, default=4 << 20, help="client read size in bytes (both clients)")
+    parser.add_argument("--chunk", type=int, default=None,
+                        help="client read size in bytes, both clients (default: the backend's chunk_size)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="qmroct-bench-"))
@@ -106,6 +124,11 @@ def main() -> None:
     import pyxnat
 
     from qmroct.archive.xnat import XnatArchive
+
+    if args.chunk is None:
+        import inspect
+
+        args.chunk = inspect.signature(XnatArchive).parameters["chunk_size"].default
 
     try:
         with XnatTestServer(work / "xnat", users={"bench": password}, schema_dir=None) as server:
@@ -142,12 +165,15 @@ def main() -> None:
 
             unhashed = replace(session, scans=tuple(replace(sc, files=tuple(replace(f, checksum="") for f in sc.files))
                                                     for sc in session.scans))
-            results = {"xnat": [], "raw": [], "raw_parallel": [], "xnat_no_md5": []}
+            results = {"xnat": [], "raw": [], "raw_parallel": [], "xnat_no_md5": [], "raw_parallel_md5": []}
+            cpu = {kind: [] for kind in results}
+            kinds = list(results)
+            load_start = os.getloadavg()  # the machine is shared: say how busy it was
             for rep in range(args.repeat):
-                for kind in ("raw", "raw_parallel", "xnat", "xnat_no_md5"):
+                for kind in kinds[rep % len(kinds):] + kinds[:rep % len(kinds)]:
                     dest = work / f"out-{kind}-{rep}"
                     dest.mkdir()
-                    start = time.perf_counter()
+                    start, cpu_start = time.perf_counter(), time.process_time()
                     if kind in ("xnat", "xnat_no_md5"):
                         got = archive.fetch(session if kind == "xnat" else unhashed, dest)
                         nbytes = sum(p.stat().st_size for paths in got.values() for p in paths)
@@ -155,28 +181,30 @@ def main() -> None:
                         nbytes = raw_fetch(raw.server_address[1], sorted(files), dest, args.chunk)
                     else:
                         nbytes = raw_fetch_parallel(raw.server_address[1], sorted(files), dest, args.chunk,
-                                                    args.threads)
+                                                    args.threads, md5=kind == "raw_parallel_md5")
                     seconds = time.perf_counter() - start
+                    # client and both servers live in this process: its CPU time is the
+                    # whole transfer's, and unlike MB/s it hardly moves with the machine's load
+                    cpu_ns = (time.process_time() - cpu_start) / nbytes * 1e9
                     assert nbytes == total, (kind, nbytes, total)
                     mbps = nbytes / seconds / 1e6
                     results[kind].append(mbps)
+                    cpu[kind].append(cpu_ns)
                     print(json.dumps({"kind": kind, "rep": rep, "bytes": nbytes, "seconds": round(seconds, 3),
-                                      "MB_per_s": round(mbps, 1)}), flush=True)
+                                      "MB_per_s": round(mbps, 1), "cpu_ns_per_byte": round(cpu_ns, 2)}), flush=True)
                     shutil.rmtree(dest)
             raw.shutdown()
             raw.server_close()
             archive.close()
             xnat_mb, raw_mb = statistics.median(results["xnat"]), statistics.median(results["raw"])
             rawp_mb = statistics.median(results["raw_parallel"])
-            import hashlib
-
             sample = next(iter(files.values())).read_bytes()
             start = time.perf_counter()
             hashlib.md5(sample).hexdigest()
             md5_mb = len(sample) / (time.perf_counter() - start) / 1e6
             pairs = [x / r for x, r in zip(results["xnat"], results["raw"])]
             pairs_p = [x / r for x, r in zip(results["xnat"], results["raw_parallel"])]
-            print(json.dumps({"summary": True, "session_MiB": args.mib, "files": args.files,
+            print(json.dumps({"summary": True, "session_MiB": args.mib, "files": args.files, "chunk": args.chunk,
                               "repeat": args.repeat, "threads": args.threads,
                               "xnat_MB_per_s_median": round(xnat_mb, 1),
                               "raw_MB_per_s_median": round(raw_mb, 1),
@@ -186,7 +214,13 @@ def main() -> None:
                               "ratio_vs_raw_parallel": round(xnat_mb / rawp_mb, 3),
                               "paired_ratio_vs_raw_parallel_median": round(statistics.median(pairs_p), 3),
                               "xnat_no_md5_MB_per_s_median": round(statistics.median(results["xnat_no_md5"]), 1),
+                              "raw_parallel_md5_MB_per_s_median": round(statistics.median(results["raw_parallel_md5"]),
+                                                                        1),
+                              "ratio_vs_raw_parallel_md5": round(
+                                  xnat_mb / statistics.median(results["raw_parallel_md5"]), 3),
                               "md5_MB_per_s_one_core": round(md5_mb, 1),
+                              "cpu_ns_per_byte_median": {k: round(statistics.median(v), 2) for k, v in cpu.items()},
+                              "load_average_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
                               "target_ratio": 0.5}), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)

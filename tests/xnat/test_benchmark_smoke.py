@@ -19,5 +19,5 @@ def test_download_benchmark_runs():
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     summary = lines[-1]
     assert summary["summary"] and summary["xnat_MB_per_s_median"] > 0 and summary["raw_MB_per_s_median"] > 0
-    assert {line["kind"] for line in lines[:-1]} == {"raw", "raw_parallel", "xnat", "xnat_no_md5"}
+    assert {line["kind"] for line in lines[:-1]} == {"raw", "raw_parallel", "xnat", "xnat_no_md5", "raw_parallel_md5"}
     assert all(line["bytes"] == 8 << 20 for line in lines[:-1])
