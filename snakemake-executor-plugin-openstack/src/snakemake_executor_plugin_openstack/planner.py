@@ -19,7 +19,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-import pulp
 
 from .quota import Flavor, Resources, how_many_fit, slots
 
@@ -56,6 +55,8 @@ class Plan:
 
 def plan_boots(req: PlanRequest, time_limit: float = 1.0) -> Plan:
     """Solve the boot plan; after ``time_limit`` seconds CBC returns its best plan so far."""
+    import pulp  # here, not at module level: every Snakemake start imports this plugin
+
     if req.work_seconds <= 0:
         return Plan({}, 0.0, "no work")
     W = float(req.work_seconds)
