@@ -41,6 +41,8 @@ import warnings
 
 os.environ.setdefault("OS_NOVA_DISABLE_EVENTLET_PATCHING", "")
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from procs import descendants  # noqa: E402  (shared with the executor tests)
 import nova.tests.functional  # noqa: E402,F401  (eventlet monkey patching)
 import eventlet  # noqa: E402
 import eventlet.wsgi  # noqa: E402
@@ -126,29 +128,8 @@ def _processes_of(uuid: str) -> list[int]:
     if inst and inst.get("proc") is not None:
         pids.append(inst["proc"].pid)
         # per-connection sshd children do not carry the SetEnv variable
-        pids.extend(_descendants(inst["proc"].pid))
+        pids.extend(descendants(inst["proc"].pid))
     return sorted(set(pids))
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                stat = f.read()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(d))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        for c in children.get(p, []):
-            out.append(c)
-            todo.append(c)
-    return out
 
 
 def _signal_instance(uuid: str, sig: int) -> int:

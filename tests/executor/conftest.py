@@ -69,3 +69,8 @@ def project(nova_cloud, tmp_path, request):
     for s in p.servers():
         p.conn.compute.delete_server(s)
 
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

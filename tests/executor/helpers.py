@@ -14,10 +14,15 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 import uuid
 from pathlib import Path
 
+from snakemake_executor_plugin_openstack import cloud as cl
+from snakemake_executor_plugin_openstack.pool import Pool, PoolConfig, PoolJob
+from snakemake_executor_plugin_openstack.ssh import JobIO
+from tests.cloud.procs import descendants
 
 REPO = Path(__file__).resolve().parents[2]
 NOVA_PY = Path(os.environ.get("NOVA_VENV", REPO / ".venv-nova")) / "bin" / "python"
@@ -210,26 +215,6 @@ def free_port(address: str) -> int:
     return port
 
 
-def descendants(pid: int) -> list[int]:
-    """All processes below ``pid`` (sshd's per-connection children leave its process group)."""
-    children: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(d))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
 class Bastion:
     """A jump host: a real OpenSSH sshd on a loopback address of its own (not the test cloud's
     127.42.*), with its own host key, HOME and authorized_keys, logging at DEBUG1 to a file so
@@ -312,3 +297,54 @@ class Bastion:
         self.kill_sessions()
         self.proc.kill()
         self.proc.wait(10)
+
+
+# ---------------------------------------------------------------- pool without Snakemake
+def make_pool(project, network: str = "none", **kw) -> Pool:
+    adapter = cl.CloudAdapter(project.conn, network=network)
+    pub = (project.key.parent / (project.key.name + ".pub")).read_text()
+    adapter.ensure_keypair("k-" + project.name, pub)
+    cfg = dict(
+        image_id=IMAGE, flavors=[adapter.find_flavor("m1.medium")], keypair="k-" + project.name,
+        private_key=str(project.key), ssh_user=getpass.getuser(),
+        ssh_port=project.cloud.ssh_port, max_servers=2, expected_boot_seconds=3,
+        launch_timeout=60, boot_timeout=30, status_log_interval=0, idle_timeout=120,
+    )
+    cfg.update(kw)
+    logs = []
+    pool = Pool(PoolConfig(**cfg), adapter, lambda lvl, msg: logs.append(f"{lvl}: {msg}"))
+    pool.logs = logs
+    return pool
+
+
+def job(n: int, cmd: str, wd) -> PoolJob:
+    out = f"out/{n}.txt"
+    io_ = JobIO(job_key=str(n), command=f"mkdir -p out && {cmd} && echo job{n} > {out}", env={},
+                inputs=[], outputs=[out], logs=[], local_log=str(wd / f"log/{n}.log"))
+    return PoolJob(key=str(n), name=f"job{n}", kind="t", cores=1, mem_mb=500, est_seconds=5.0, io=io_)
+
+
+def wait(pred, timeout, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def finish(pool: Pool, project):
+    pool.shutdown(timeout=120)
+    assert project.servers() == []
+
+
+def submit_and_wait(pool: Pool, jobs: list[PoolJob], timeout: float, what: str = "jobs to finish") -> float:
+    """Start the pool, hand it the jobs, wait until every one is finished (done or failed);
+    returns the seconds from the first submission."""
+    pool.start()
+    t0 = time.time()
+    for j in jobs:
+        pool.submit(j)
+    wait(lambda: all(j.finished for j in jobs), timeout, what)
+    return time.time() - t0
+

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from tests.executor.helpers import Bastion, make_workdir, run_snakemake, run_summary
-from tests.executor.test_cloud_pool import finish, in_tmp, job, make_pool, wait  # noqa: F401  (fixture)
+from tests.executor.helpers import Bastion, finish, job, make_pool, make_workdir, run_snakemake, run_summary, \
+    submit_and_wait, wait
 from snakemake_executor_plugin_openstack.pool import JobState
 from snakemake_executor_plugin_openstack.ssh import VMLost
 
@@ -40,12 +40,9 @@ def test_jobs_run_through_the_bastion(project, nova_cloud, bastion, in_tmp):
     kh.write_text(bastion.known_hosts_line())
     pool = make_pool(project, max_servers=2, jump_host=f"{getpass.getuser()}@{bastion.address}:{bastion.port}",
                      jump_host_known_hosts=str(kh))
-    pool.start()
     jobs = [job(i, "sleep 1", in_tmp) for i in range(4)]
-    for j in jobs:
-        pool.submit(j)
     try:
-        wait(lambda: all(j.finished for j in jobs), 90, "jobs to finish")
+        submit_and_wait(pool, jobs, 90, "jobs to finish")
         assert all(j.state == JobState.DONE for j in jobs), [j.error for j in jobs]
         assert (in_tmp / "out/3.txt").read_text() == "job3\n"
         ready = [s for s in pool.servers if s.shell is not None]
@@ -74,11 +71,9 @@ def test_bastion_connections_close_with_their_workers(project, nova_cloud, basti
     kh.write_text(bastion.known_hosts_line())
     pool = make_pool(project, max_servers=1, jump_host=f"{bastion.address}:{bastion.port}",
                      jump_host_known_hosts=str(kh))
-    pool.start()
     j = job(1, "true", in_tmp)
-    pool.submit(j)
     try:
-        wait(lambda: j.finished, 60, "the job")
+        submit_and_wait(pool, [j], 60, "the job")
         assert j.state == JobState.DONE, j.error
         logins = bastion.log_text().count("Accepted publickey")
         assert logins >= 3, logins  # it did retry through the bastion while sshd was not up
@@ -99,14 +94,9 @@ def test_a_wrong_bastion_host_key_stops_the_pool_at_once(project, nova_cloud, ba
     kh.write_text(bastion.known_hosts_line(wrong))  # an impostor, or a bastion whose key changed
     pool = make_pool(project, max_servers=1, boot_timeout=60,
                      jump_host=f"{bastion.address}:{bastion.port}", jump_host_known_hosts=str(kh))
-    pool.start()
     jobs = [job(i, "true", in_tmp) for i in range(2)]
-    t0 = time.time()
-    for j in jobs:
-        pool.submit(j)
     try:
-        wait(lambda: all(j.finished for j in jobs), 45, "jobs to fail")
-        took = time.time() - t0
+        took = submit_and_wait(pool, jobs, 45, "jobs to fail")
         assert took < 30, took  # not after boot_timeout, not after launch retries
         for j in jobs:
             assert j.state == JobState.FAILED

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import getpass
 import os
 import subprocess
 import sys
@@ -11,57 +10,12 @@ import time
 
 import pytest
 
-from tests.executor.helpers import IMAGE
+from tests.executor.helpers import IMAGE, finish, job, make_pool, submit_and_wait, wait  # noqa: F401
 from snakemake_executor_plugin_openstack import cloud as cl
 from snakemake_executor_plugin_openstack import reaper
-from snakemake_executor_plugin_openstack.pool import JobState, Pool, PoolConfig, PoolJob
-from snakemake_executor_plugin_openstack.ssh import JobIO
+from snakemake_executor_plugin_openstack.pool import JobState
 
 pytestmark = pytest.mark.cloud
-
-
-def make_pool(project, network: str = "none", **kw) -> Pool:
-    adapter = cl.CloudAdapter(project.conn, network=network)
-    pub = (project.key.parent / (project.key.name + ".pub")).read_text()
-    adapter.ensure_keypair("k-" + project.name, pub)
-    cfg = dict(
-        image_id=IMAGE, flavors=[adapter.find_flavor("m1.medium")], keypair="k-" + project.name,
-        private_key=str(project.key), ssh_user=getpass.getuser(),
-        ssh_port=project.cloud.ssh_port, max_servers=2, expected_boot_seconds=3,
-        launch_timeout=60, boot_timeout=30, status_log_interval=0, idle_timeout=120,
-    )
-    cfg.update(kw)
-    logs = []
-    pool = Pool(PoolConfig(**cfg), adapter, lambda lvl, msg: logs.append(f"{lvl}: {msg}"))
-    pool.logs = logs
-    return pool
-
-
-def job(n: int, cmd: str, wd) -> PoolJob:
-    out = f"out/{n}.txt"
-    io_ = JobIO(job_key=str(n), command=f"mkdir -p out && {cmd} && echo job{n} > {out}", env={},
-                inputs=[], outputs=[out], logs=[], local_log=str(wd / f"log/{n}.log"))
-    return PoolJob(key=str(n), name=f"job{n}", kind="t", cores=1, mem_mb=500, est_seconds=5.0, io=io_)
-
-
-def wait(pred, timeout, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-def finish(pool: Pool, project):
-    pool.shutdown(timeout=120)
-    assert project.servers() == []
 
 
 def test_quota_403_at_create_shrinks_pool_then_recovers(project, nova_cloud, in_tmp):
@@ -98,12 +52,9 @@ def test_quota_error_after_burst_of_creates(project, nova_cloud, in_tmp):
     pool = make_pool(project, max_servers=3, quota_cache_seconds=3600)
     pool._budget()
     project.set_quota(instances=1)
-    pool.start()
     jobs = [job(i, "sleep 1", in_tmp) for i in range(4)]
-    for j in jobs:
-        pool.submit(j)
     try:
-        wait(lambda: all(j.finished for j in jobs), 120, "jobs to finish")
+        submit_and_wait(pool, jobs, 120, "jobs to finish")
         assert all(j.state == JobState.DONE for j in jobs), [j.error for j in jobs]
         st = pool.stats
         assert st.quota_rejections >= 1
@@ -118,11 +69,9 @@ def test_quota_error_after_burst_of_creates(project, nova_cloud, in_tmp):
 def test_slow_ssh_after_active_is_waited_for(project, nova_cloud, in_tmp):
     nova_cloud.control(ssh_start_delay=3)
     pool = make_pool(project, max_servers=1, boot_timeout=20)
-    pool.start()
     j = job(1, "true", in_tmp)
-    pool.submit(j)
     try:
-        wait(lambda: j.finished, 60, "the job")
+        submit_and_wait(pool, [j], 60, "the job")
         assert j.state == JobState.DONE, j.error
         assert pool.stats.boot_failures == 0
         assert pool.stats.boot_seconds[0] >= 3.0
@@ -164,7 +113,7 @@ def test_reaper_deletes_only_dead_runs_of_this_tool(project, nova_cloud, monkeyp
     dead.wait()
     expired = _tool_server(project, "expired", **{cl.MD_EXPIRES: str(int(time.time()) - 5)})
     crashed = _tool_server(project, "crashed", **{cl.MD_PID: str(dead.pid)})
-    alive = _tool_server(project, "alive")  # this process, fresh lease
+    _tool_server(project, "alive")  # this process, fresh lease: must survive
     foreign = project.conn.compute.create_server(name="foreign", image_id=IMAGE, flavor_id="1",
                                                  networks="none", metadata={cl.MD_EXPIRES: "0"})
     project.conn.compute.wait_for_server(foreign, interval=0.3, wait=60)
@@ -187,12 +136,9 @@ def test_reap_console_script_exists():
 
 def test_idle_servers_retire_down_to_keep_warm_and_recycle(project, nova_cloud, in_tmp):
     pool = make_pool(project, max_servers=2, idle_timeout=1.0, keep_warm=1, max_jobs_per_server=2)
-    pool.start()
     jobs = [job(i, "sleep 1", in_tmp) for i in range(6)]
-    for j in jobs:
-        pool.submit(j)
     try:
-        wait(lambda: all(j.finished for j in jobs), 120, "jobs to finish")
+        submit_and_wait(pool, jobs, 120, "jobs to finish")
         assert all(j.state == JobState.DONE for j in jobs), [j.error for j in jobs]
         # a server runs at most 2 submissions, then it is replaced
         assert max(pool.stats.per_server.values()) <= 2 and pool.stats.servers_created >= 3

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from tests.executor.helpers import NEUTRON_NETWORK, make_workdir, run_snakemake
-from tests.executor.test_cloud_pool import finish, in_tmp, job, make_pool, wait  # noqa: F401  (fixture)
+from tests.executor.helpers import NEUTRON_NETWORK, finish, job, make_pool, make_workdir, run_snakemake, \
+    submit_and_wait
 from snakemake_executor_plugin_openstack.pool import JobState
 
 pytestmark = pytest.mark.cloud
@@ -21,11 +21,9 @@ def test_servers_carry_the_requested_security_groups(project, nova_cloud, in_tmp
     nova_cloud.control(add_security_groups=[{"name": "qmroct-workers", "project_id": project.name}])
     pool = make_pool(project, network=NEUTRON_NETWORK, max_servers=1,
                      security_groups=["qmroct-workers", "default"])
-    pool.start()
     j = job(1, "true", in_tmp)
-    pool.submit(j)
     try:
-        wait(lambda: j.finished, 60, "the job")
+        submit_and_wait(pool, [j], 60, "the job")
         assert j.state == JobState.DONE, j.error
         (server,) = project.servers()
         got = project.conn.compute.get_server(server.id).security_groups
@@ -36,14 +34,10 @@ def test_servers_carry_the_requested_security_groups(project, nova_cloud, in_tmp
 
 def test_unknown_security_group_fails_at_once_and_names_the_group(project, nova_cloud, in_tmp):
     pool = make_pool(project, max_servers=2, security_groups=["default", "no-such-group"])
-    pool.start()
     jobs = [job(i, "true", in_tmp) for i in range(3)]
-    t0 = time.time()
-    for j in jobs:
-        pool.submit(j)
     try:
-        wait(lambda: all(j.finished for j in jobs), 30, "jobs to fail")
-        assert time.time() - t0 < 15
+        took = submit_and_wait(pool, jobs, 30, "jobs to fail")
+        assert took < 15
         for j in jobs:
             assert j.state == JobState.FAILED
             assert "security group 'no-such-group' not found" in j.error, j.error

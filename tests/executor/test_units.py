@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import math
-import os
 import subprocess
 import time
 from types import SimpleNamespace
