@@ -109,7 +109,7 @@ def start_history_queue(config: dict[str, Any], manifest_pattern: str, rules: di
     from qmroct.discovery import archive_for
 
     archive = archive_for(config)
-    archive.check()
+    archive.check()  # logs in now: binds the user's own credentials, before the tokens replace them
     _HANDLER = QueuedHistory(archive, manifest_pattern, rules)
     logging.getLogger(SNAKEMAKE_LOGGER).addHandler(_HANDLER)
     return _HANDLER

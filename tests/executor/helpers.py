@@ -51,7 +51,8 @@ class NovaCloud:
 
     def reset(self):
         return self.control(boot_delay=0, delete_delay=0, fail_spawns=0, slow_spawns=0,
-                            slow_spawn_delay=0, refuse_ssh=0, ssh_start_delay=0)
+                            slow_spawn_delay=0, refuse_ssh=0, ssh_start_delay=0, snapshot_delay=0,
+                            boot_from_request=False)
 
     def connect(self, user: str, project: str):
         import openstack

@@ -19,7 +19,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-
 from .quota import Flavor, Resources, how_many_fit, slots
 
 

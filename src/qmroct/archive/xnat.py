@@ -398,12 +398,8 @@ class XnatArchive(Archive):
         self.record_history(session, assessment.algorithm, status, detail=detail, launch_time=launch_time)
 
     def _history_status(self, session: Session, algorithm: str, launch_time: str) -> str | None:
-        response = self.http.get("/data/workflows", params={
-            "format": "json", "wrk:workflowData/id": session.id,
-            "wrk:workflowData/pipeline_name": f"{self.pipeline_prefix} {algorithm}",
-            "wrk:workflowData/launch_time": launch_time}, what=f"history of {session.key}")
-        items = response.json().get("items", [])
-        return items[0].get("data_fields", {}).get("status") if items else None
+        rows = self._history_rows(session, algorithm, launch_time)
+        return rows[0].get("status") if rows else None
 
     def _resource_complete(self, base: str, assessment: Assessment) -> bool:
         try:
@@ -501,9 +497,7 @@ class XnatArchive(Archive):
             raise ValueError(f"unknown workflow status {status}")
         if not self.history:
             return None
-        if launch_time and "T" in launch_time:  # ISO time, e.g. the result's provenance start_time
-            launch_time = _xnat_time(dt.datetime.fromisoformat(launch_time.replace("Z", "+00:00")))
-        launch_time = launch_time or _xnat_time(dt.datetime.now())
+        launch_time = _history_key(launch_time) if launch_time else _xnat_time(dt.datetime.now())
         params = {
             "wrk:workflowData/id": session.id,
             "wrk:workflowData/pipeline_name": f"{self.pipeline_prefix} {algorithm}",
@@ -526,18 +520,24 @@ class XnatArchive(Archive):
         to Running instead of opening a second one."""
         if not self.history:
             return None
-        response = self.http.get("/data/workflows", params={
-            "format": "json", "wrk:workflowData/id": session.id,
-            "wrk:workflowData/pipeline_name": f"{self.pipeline_prefix} {algorithm}"},
-            what=f"history of {session.key}")
-        rows = [item.get("data_fields", {}) for item in response.json().get("items", [])]
+        rows = self._history_rows(session, algorithm)
         queued = sorted(str(r["launch_time"]) for r in rows if r.get("status") == "Queued" and r.get("launch_time"))
         return queued[-1] if queued else None
 
     def history_entries(self, session: Session) -> list[dict[str, Any]]:
         """The session's workflow entries (what XNAT shows as History)."""
-        response = self.http.get("/data/workflows", params={"format": "json", "wrk:workflowData/id": session.id},
-                                 what=f"history of {session.key}")
+        return self._history_rows(session)
+
+    def _history_rows(self, session: Session, algorithm: str | None = None,
+                      launch_time: str | None = None) -> list[dict[str, Any]]:
+        """The session's History rows, narrowed to one algorithm (and one run) by
+        XNAT's own query fields."""
+        params = {"format": "json", "wrk:workflowData/id": session.id}
+        if algorithm is not None:
+            params["wrk:workflowData/pipeline_name"] = f"{self.pipeline_prefix} {algorithm}"
+        if launch_time is not None:
+            params["wrk:workflowData/launch_time"] = launch_time
+        response = self.http.get("/data/workflows", params=params, what=f"history of {session.key}")
         return [item["data_fields"] for item in response.json().get("items", [])]
 
 
@@ -583,15 +583,20 @@ def _xnat_time(moment: dt.datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
 
 
+def _history_key(launch_time: str) -> str:
+    """A History row's launch time in XNAT's spelling: ISO times (a result's
+    provenance) are converted, XNAT's own (a row XNAT listed) pass as they are."""
+    if "T" not in launch_time:
+        return launch_time
+    return _xnat_time(dt.datetime.fromisoformat(launch_time.replace("Z", "+00:00")))
+
+
 def _launch_time(assessment: Assessment) -> str:
     """The History row's key: the Queued row the job claimed, else the job's start."""
     provenance = assessment.provenance or {}
-    claimed = str(provenance.get("history_launch_time") or "")
-    if claimed and "T" not in claimed:
-        return claimed  # already XNAT's own spelling, as XNAT listed it
-    start = claimed or str(provenance.get("start_time") or "")
+    key = str(provenance.get("history_launch_time") or provenance.get("start_time") or "")
     try:
-        return _xnat_time(dt.datetime.fromisoformat(start.replace("Z", "+00:00")))
+        return _history_key(key) if key else _xnat_time(dt.datetime.now())
     except ValueError:
         return _xnat_time(dt.datetime.now())
 
