@@ -13,6 +13,7 @@ import json
 import math
 import re
 import xml.etree.ElementTree as ET
+from datetime import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,22 @@ ET.register_namespace("xsi", XSI_NS)
 ET.register_namespace("prov", PROV_NS)
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})?$")
+
+
+def xsd_datetime(value: Any) -> str | None:
+    """An ISO 8601 time as ``xs:dateTime`` wants it, or None when it is not one.
+
+    Offsets come in both ISO forms (``+0000`` from ``strftime('%z')``, ``+00:00``,
+    ``Z``); xs:dateTime accepts only the extended one, so the value is re-written.
+    """
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    spec = "microseconds" if moment.microsecond else "seconds"
+    return moment.isoformat(timespec=spec)
 
 
 def assessment_label(session_label: str, algorithm: str) -> str:
@@ -155,9 +171,13 @@ class Assessment:
         """
         p = lambda tag: f"{{{PROV_NS}}}{tag}"  # noqa: E731
         prov = self.provenance or {}
-        timestamp = str(prov.get("end_time") or prov.get("start_time") or "")
-        if not _DATETIME.match(timestamp):
-            return
+        timestamp = xsd_datetime(prov.get("end_time") or prov.get("start_time"))
+        if timestamp is None:
+            # Never drop the block silently: an assessor without provenance cannot be cited.
+            raise ValueError(
+                f"assessment {self.label}: provenance has no ISO 8601 end_time or start_time "
+                f"(got {prov.get('end_time')!r}, {prov.get('start_time')!r})"
+            )
         process = ET.SubElement(root, f"{{{XNAT_NS}}}provenance")
         step = ET.SubElement(process, p("processStep"))
         ET.SubElement(

@@ -19,6 +19,7 @@ import shutil
 import socket
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,9 @@ RESULT_SCHEMA = "qmroct.kqi/1"
 
 
 def now_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    """Local time with its UTC offset in ISO 8601 extended form (``+01:00``, not ``+0100``):
+    the form ``xs:dateTime`` accepts, so XNAT's provenance block can carry it unchanged."""
+    return datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 def _snakemake_version() -> str:
