@@ -121,3 +121,12 @@ def test_oct_converter_rescaled_dicoms_are_flagged(tmp_path):
     ours = tmp_path / "ours.dcm"
     write_opt_dicom(ours, volume, spacing_mm=truth.spacing_mm, patient_id="P", study_id="S", series_number=1)
     assert read_scan(ours).intensity == "linear"
+
+
+def test_demo_archive_extends_by_session_index_and_never_overwrites(tmp_path):
+    first = build_demo_archive(tmp_path, sessions=2, seed=1, shape=(3, 128, 64), scans_per_session=1)
+    assert first == ["SUBJ001_V1", "SUBJ001_V2"]
+    more = build_demo_archive(tmp_path, sessions=1, seed=1, shape=(3, 128, 64), scans_per_session=1, start=3)
+    assert more == ["SUBJ002_V1"]
+    with pytest.raises(ValueError, match="already has session.*SUBJ001_V2"):
+        build_demo_archive(tmp_path, sessions=2, seed=1, shape=(3, 128, 64), scans_per_session=1, start=2)

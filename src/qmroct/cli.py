@@ -29,15 +29,19 @@ def _shape(text: str) -> tuple[int, int, int]:
 def cmd_demo_archive(args: argparse.Namespace) -> int:
     from qmroct.synth.demo import build_demo_archive
 
-    labels = build_demo_archive(
-        Path(args.out),
-        sessions=args.sessions,
-        seed=args.seed,
-        project=args.project,
-        shape=args.shape,
-        scans_per_session=args.scans,
-        start=args.start,
-    )
+    try:
+        labels = build_demo_archive(
+            Path(args.out),
+            sessions=args.sessions,
+            seed=args.seed,
+            project=args.project,
+            shape=args.shape,
+            scans_per_session=args.scans,
+            start=args.start,
+        )
+    except ValueError as exc:
+        print(f"qmroct demo-archive: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {len(labels)} sessions to {Path(args.out) / 'archive'} (ground truth in {Path(args.out) / 'truth'})")
     return 0
 
@@ -88,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--project", default="DEMO", help="project name")
     demo.add_argument("--shape", type=_shape, default=(49, 496, 512), help="BSCANSxDEPTHxWIDTH (default 49x496x512)")
     demo.add_argument("--scans", type=int, default=2, help="scans per session (alternating OD/OS)")
-    demo.add_argument("--start", type=int, default=1, help="number of the first session (to extend an archive)")
+    demo.add_argument("--start", type=int, default=1, help="index of the first session to write, 1-based, two visits per subject "
+                      "(index 7 is SUBJ004_V1); to extend an archive, one past the last index in use")
     demo.set_defaults(func=cmd_demo_archive)
 
     check = sub.add_parser("check-config", help="validate a config file and the algorithms it declares")

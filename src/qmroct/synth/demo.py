@@ -46,18 +46,31 @@ def build_demo_archive(
 ) -> list[str]:
     """Create (or extend) a demo archive; returns the labels of the sessions written.
 
-    ``start`` numbers the first session, so an archive can be extended with new
-    sessions without touching the existing ones.
+    ``start`` is the running index of the first session written (1-based, two visits per
+    subject: index k is subject ``(k + 1) // 2``, visit ``V1`` or ``V2``), so an archive can be
+    extended with new sessions without touching the existing ones. An index whose session
+    already exists is refused: extending must never overwrite a session (and its assessors).
     """
     out = Path(out)
+    if start < 1:
+        raise ValueError(f"start must be 1 or more (the index of the first session), got {start}")
     archive = DirectoryArchive(out / "archive")
+    existing = [
+        k for k in range(start, start + sessions)
+        if (out / "archive" / project / "subjects" / _subject(k) / "experiments" / _label(k)).exists()
+    ]
+    if existing:
+        taken = ", ".join(_label(k) for k in existing)
+        raise ValueError(
+            f"{out / 'archive'} already has session(s) {taken}; choose --start past the last "
+            f"session index in use (session index k is {_label(1)} for k=1, {_label(3)} for k=3)"
+        )
     rng = np.random.default_rng(seed)
     labels = []
     # Draw every session's parameters up front so session k is the same whatever ``sessions`` is.
     for k in range(start, start + sessions):
         session_rng = np.random.default_rng([seed, k])
-        subject = f"SUBJ{(k + 1) // 2:03d}"
-        label = f"{subject}_V{(k + 1) % 2 + 1}"
+        subject, label = _subject(k), _label(k)
         scans = []
         for s in range(scans_per_session):
             laterality = ("OD", "OS")[s % 2]
@@ -98,6 +111,15 @@ def build_demo_archive(
         tmp.rmdir()
     del rng
     return labels
+
+
+def _subject(k: int) -> str:
+    return f"SUBJ{(k + 1) // 2:03d}"
+
+
+def _label(k: int) -> str:
+    """Session index k (1-based) -> label: two visits per subject."""
+    return f"{_subject(k)}_V{(k + 1) % 2 + 1}"
 
 
 def _fit_depth(params: SynthParams) -> SynthParams:
