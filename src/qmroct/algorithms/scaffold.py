@@ -58,13 +58,21 @@ output files go into workdir and are listed in "files".
 import numpy as np
 
 
+# Values normalised to 0-100 (meta["intensity"] == "rescaled100", e.g. oct-converter's
+# DICOM writer) have lost the device's scale: say so on every noise-like KQI.
+RESCALED_NOTE = "measured on rescaled 0-100 values: not a device noise level"
+
+
 def compute(volume, meta, params, workdir):
     rows = int(params.get("rows", 32))
     top = volume[:, :rows, :].astype(np.float64)
     per_bscan = top.std(axis=(1, 2), ddof=1)
+    sigma = {{"value": float(np.median(per_bscan)), "unit": "intensity", "per_bscan": per_bscan.tolist()}}
+    if meta.get("intensity") == "rescaled100":
+        sigma["note"] = RESCALED_NOTE
     return {{
         "kqis": {{
-            "background_sigma": {{"value": float(np.median(per_bscan)), "unit": "intensity", "per_bscan": per_bscan.tolist()}},
+            "background_sigma": sigma,
             "mean_intensity": {{"value": float(volume.mean(dtype=np.float64)), "unit": "intensity"}},
         }},
         "files": [],
@@ -91,6 +99,10 @@ function result = {name}_kqi(vol, meta, params, outdir)
   end
   result.kqis.background_sigma = struct('value', median(per), 'unit', 'intensity');
   result.kqis.background_sigma.per_bscan = per;
+  % values normalised to 0-100 have lost the device's scale: say so on noise-like KQIs
+  if isfield(meta, 'intensity') && strcmp(meta.intensity, 'rescaled100')
+    result.kqis.background_sigma.note = 'measured on rescaled 0-100 values: not a device noise level';
+  end
   result.kqis.mean_intensity = struct('value', mean(vol(:)), 'unit', 'intensity');
   result.notes = {{}};
 end
@@ -158,6 +170,16 @@ int main(int argc, char **argv) {{
     if (!v || fread(v, sizeof(float), count, f) != count) return fail("truncated data in", argv[1]);
     fclose(f);
 
+    /* values normalised to 0-100 have lost the device's scale: say so on noise-like KQIs */
+    int rescaled = 0;
+    FILE *mf = fopen(argv[2], "rb");
+    if (mf) {{
+        char mbuf[65536];
+        size_t mn = fread(mbuf, 1, sizeof mbuf - 1, mf);
+        fclose(mf);
+        mbuf[mn] = 0;
+        rescaled = strstr(mbuf, "\"rescaled100\"") != NULL;
+    }}
     long rows = json_int(argv[3], "rows", 32);
     if (rows < 2) rows = 2;
     if (rows > nz) rows = nz;
@@ -188,7 +210,8 @@ int main(int argc, char **argv) {{
     if (!o) return fail("cannot write", out);
     fprintf(o, "{{\"kqis\": {{\"background_sigma\": {{\"value\": %.10g, \"unit\": \"intensity\", \"per_bscan\": [", median);
     for (long b = 0; b < nb; b++) fprintf(o, "%s%.10g", b ? ", " : "", per[b]);
-    fprintf(o, "]}}, \"mean_intensity\": {{\"value\": %.10g, \"unit\": \"intensity\"}}}}, \"files\": [], \"notes\": []}}\n",
+    fprintf(o, "]%s}}, \"mean_intensity\": {{\"value\": %.10g, \"unit\": \"intensity\"}}}}, \"files\": [], \"notes\": []}}\n",
+            rescaled ? ", \"note\": \"measured on rescaled 0-100 values: not a device noise level\"" : "",
             total / (double)count);
     fclose(o);
     return 0;
