@@ -54,6 +54,13 @@ def test_semantic_errors_name_the_key():
     validate_schema(config)
     with pytest.raises(ConfigError, match="algorithms/noise/version: pinned"):
         check_config(config, REPO)
+    config = _config(algorithms={"noise": {"params": {"kk": 3.5, "k": 3.0}}}, studies={})
+    validate_schema(config)
+    with pytest.raises(ConfigError, match=r"algorithms/noise/params: unknown key\(s\) kk; .*declares: .*\bk\b"):
+        check_config(config, REPO)
+    config = _config(algorithms={"noise": {"params": {"k": 3.0}}}, studies={})
+    validate_schema(config)
+    assert check_config(config, REPO).algorithm_params("noise") == {"k": 3.0}
     config = _config(studies={"t": {"criteria": ["noise.snr_db >= lots"]}})
     validate_schema(config)
     with pytest.raises(ConfigError, match="studies/t/criteria: cannot parse"):

@@ -82,6 +82,13 @@ def check_config(config: dict[str, Any], workflow_dir: Path | str = ".") -> Sett
             raise ConfigError(
                 f"config.yaml: algorithms/{name}/version: pinned {pin!r} but {name}'s manifest says {algo.version!r}"
             )
+        # A misspelt key would otherwise be ignored and recompute everything with the defaults.
+        unknown_params = sorted(set((entry or {}).get("params") or {}) - set(algo.default_params))
+        if unknown_params:
+            raise ConfigError(
+                f"config.yaml: algorithms/{name}/params: unknown key(s) {', '.join(unknown_params)}; "
+                f"{name}'s manifest declares: {', '.join(sorted(algo.default_params)) or 'no params'}"
+            )
         algorithms[name] = algo
 
     kqis = {name: {k.name for k in algo.kqis} for name, algo in algorithms.items()}
