@@ -1,3 +1,6 @@
 """qmroct: quality management for retinal OCT archives."""
 
-__version__ = "0.1.0"
+from qmroct.provenance.identity import qmroct_version as _qmroct_version
+
+# From the installed metadata (pyproject.toml is the one place the version is written).
+__version__ = _qmroct_version()

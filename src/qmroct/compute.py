@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import qmroct
+from qmroct.algorithms.manifest import code_files
 from qmroct.archive.base import Archive, Session
+from qmroct.provenance.identity import algorithm_environment, git_state
 from qmroct.staging import stage_session
 
 RESULT_SCHEMA = "qmroct.kqi/1"
@@ -46,12 +48,19 @@ def _snakemake_version() -> str:
 
 
 def algorithm_identity(algo, params: dict[str, Any]) -> dict[str, Any]:
-    """What makes a result what it is: used as Snakemake params, so a change reruns."""
+    """What makes a result what it is: used as Snakemake params, so a change reruns.
+
+    ``pipeline_checksum`` covers qmroct's own code between the archive and the KQI file
+    (qmroct.provenance.identity); package versions are recorded in the result instead.
+    """
+    from qmroct.provenance.identity import cached_pipeline_checksum
+
     return {
         "name": algo.name,
         "version": str(algo.version),
         "runtime": algo.runtime,
         "code_checksum": algo.code_checksum,
+        "pipeline_checksum": cached_pipeline_checksum(algo.runtime),
         "params": params,
     }
 
@@ -119,6 +128,9 @@ def compute_session(
             "python": platform.python_version(),
             "qmroct_version": qmroct.__version__,
             "snakemake_version": _snakemake_version(),
+            # Recorded, not an identity: drift shows in the report, freeze refuses a mix.
+            "environment": algorithm_environment(algo, [p for _, p in code_files(algo.path, algo.shared)]),
+            "git": git_state(algo.path),
             "start_time": start,
             "end_time": now_iso(),
             "elapsed_s": round(time.monotonic() - t0, 3),

@@ -80,7 +80,7 @@ def test_checksum_covers_files_and_shared_code(tmp_path):
     (root / "noise" / "__pycache__").mkdir(exist_ok=True)
     (root / "noise" / "__pycache__" / "x.pyc").write_bytes(b"junk")
     assert load_algorithm("noise", [root]).code_checksum == before["noise"]  # __pycache__ ignored
-    (root / "noise" / "README.txt").write_text("a new file changes the code")
+    (root / "noise" / "table.csv").write_text("a new data file changes the code")  # docs do not
     assert load_algorithm("noise", [root]).code_checksum != before["noise"]
     assert load_algorithm("layers", [root]).code_checksum == before["layers"]
     with open(root / "_shared" / "octseg.py", "a") as fh:

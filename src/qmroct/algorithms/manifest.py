@@ -17,6 +17,11 @@ MANIFEST = "algorithm.yaml"
 SHARED_DIR = "_shared"
 IGNORED_DIRS = {"__pycache__", ".pytest_cache", ".ipynb_checkpoints"}
 IGNORED_SUFFIXES = {".pyc", ".pyo"}
+# Not what runs: the algorithm's own tests and docs. Editing them must not recompute every
+# session (issue 16), so they are outside the code checksum and do not travel with jobs.
+NOT_CODE_DIRS = {"tests", "test", "docs", "doc"}
+NOT_CODE_SUFFIXES = {".md", ".rst"}
+NOT_CODE_NAMES = {"conftest.py", "LICENSE", "LICENSE.txt", "README", "README.txt"}
 
 DEFAULT_RESOURCES = {"threads": 1, "mem_mb": 1024, "runtime_s": 10.0}
 DEFAULT_FUNCTION = {"python": "compute", "octave": None, "executable": None}
@@ -122,6 +127,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         if kqi not in names:
             raise ManifestError(path, f"threshold for undeclared KQI {kqi!r} (declared: {', '.join(names)})")
         parse_threshold(text)
+    _check_confined(path, folder, doc)
     entry = folder / doc["entry"]
     if doc["runtime"] == "python" and not entry.is_file():
         raise ManifestError(path, f"entry {doc['entry']!r} not found in {folder}")
@@ -130,7 +136,52 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     for shared in doc.get("shared") or []:
         if not (folder.parent / SHARED_DIR / shared).is_file():
             raise ManifestError(path, f"shared file {SHARED_DIR}/{shared} not found next to {folder}")
+    for data in doc.get("data") or []:
+        if not (folder / data).is_file():
+            raise ManifestError(path, f"data file {data!r} not found (relative to {folder})")
     return doc
+
+
+def _inside(path: Path, root: Path) -> bool:
+    path, root = path.resolve(), root.resolve()
+    return path == root or root in path.parents
+
+
+def _check_confined(manifest: Path, folder: Path, doc: dict[str, Any]) -> None:
+    """Every path the manifest names must resolve inside the algorithm's folder or the
+    shared folder: code outside both escapes the code checksum, so editing it would leave
+    stale KQIs under an unchanged identity. Symlinks are resolved before the check."""
+    shared_root = folder.parent / SHARED_DIR
+    checks = [("entry", doc["entry"], folder, (folder,))]
+    checks += [("shared", s, shared_root, (shared_root,)) for s in doc.get("shared") or []]
+    checks += [("data", d, folder, (folder, shared_root)) for d in doc.get("data") or []]
+    for key, rel, base, allowed in checks:
+        target = base / rel
+        if Path(rel).is_absolute() or not any(_inside(target, root) for root in allowed):
+            where = " or ".join(str(root) for root in allowed)
+            raise ManifestError(manifest, f"{key} {rel!r} resolves to {target.resolve()}, outside {where}")
+
+
+def shared_names(folder: Path, doc: dict[str, Any]) -> list[str]:
+    """Declared shared code plus data files that live in the shared folder, as names
+    relative to it: everything outside the algorithm's folder that its checksum covers."""
+    shared_root = (folder.parent / SHARED_DIR).resolve()
+    names = list(doc.get("shared") or [])
+    for data in doc.get("data") or []:
+        target = (folder / data).resolve()
+        if shared_root in target.parents:
+            names.append(target.relative_to(shared_root).as_posix())
+    return sorted(set(names))
+
+
+def is_code(rel: Path) -> bool:
+    """Whether a file of an algorithm folder is part of what runs (see NOT_CODE_*)."""
+    if any(part in NOT_CODE_DIRS for part in rel.parts[:-1]):
+        return False
+    if rel.suffix in NOT_CODE_SUFFIXES or rel.name in NOT_CODE_NAMES or rel.suffix in IGNORED_SUFFIXES:
+        return False
+    stem = rel.stem
+    return not (rel.suffix in {".py", ".m"} and (stem.startswith("test_") or stem.endswith("_test")))
 
 
 def kqi_specs(doc: dict[str, Any]) -> list[KQISpec]:
@@ -150,15 +201,17 @@ def kqi_specs(doc: dict[str, Any]) -> list[KQISpec]:
 
 
 def code_files(folder: Path, shared: Iterable[str] = ()) -> list[tuple[str, Path]]:
-    """(relative name, path) of every file that makes up the algorithm's code, sorted."""
+    """(relative name, path) of every file that makes up the algorithm's code, sorted:
+    the folder without its tests and docs (:func:`is_code`), plus the shared files."""
     files: list[tuple[str, Path]] = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if d not in IGNORED_DIRS)
         for fn in filenames:
             p = Path(dirpath) / fn
-            if p.suffix in IGNORED_SUFFIXES:
+            rel = p.relative_to(folder)
+            if not is_code(rel):
                 continue
-            files.append((p.relative_to(folder).as_posix(), p))
+            files.append((rel.as_posix(), p))
     for s in shared:
         files.append((f"{SHARED_DIR}/{s}", folder.parent / SHARED_DIR / s))
     return sorted(files)

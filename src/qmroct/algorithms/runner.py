@@ -9,6 +9,12 @@ the manifest (every declared KQI present with its unit, nothing undeclared,
 values inside the declared valid range). Anything else is an
 :class:`AlgorithmFailure` carrying the stderr tail, distinct from a scan that
 merely *fails QC* (a KQI value beyond a threshold).
+
+Every runtime runs in a child process (:mod:`qmroct.algorithms.child`) with a
+wall-clock limit (:meth:`Algorithm.time_limit`: the manifest's ``runtime_s``
+times a factor, never below a floor) and its output captured, capped; a
+crash, a signal, a timeout or an exit without output is an
+:class:`AlgorithmFailure` naming the cause, never the caller's crash.
 """
 
 from __future__ import annotations
@@ -18,9 +24,8 @@ import json
 import math
 import os
 import shutil
-import signal
-import subprocess
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -28,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from qmroct.algorithms.child import Outcome, describe_exit, run_command, run_forked
 from qmroct.algorithms.manifest import (
     DEFAULT_FUNCTION,
     DEFAULT_RESOURCES,
@@ -36,21 +42,33 @@ from qmroct.algorithms.manifest import (
     find_algorithm_dir,
     kqi_specs,
     read_manifest,
+    shared_names,
 )
 from qmroct.algorithms.schema import validate_output
 
 OUTPUT_NAME = "kqi.json"
+# Written by a Python child whose algorithm raised: the exact reason for the parent.
+FAILURE_NAME = "_failure.json"
 STDERR_TAIL_LINES = 40
+STDERR_TAIL_CHARS = 4000
+# Wall-clock limit of one call: max(MIN_TIMEOUT_S, TIMEOUT_FACTOR x the manifest's
+# runtime_s). The floor keeps tiny runtime_s values from timing out on a loaded
+# machine; config.yaml's algorithm_limits sets both (defaults in the schema agree).
+TIMEOUT_FACTOR = 10.0
+MIN_TIMEOUT_S = 60.0
+# Of an algorithm's stdout+stderr, the first and the last OUTPUT_KEEP bytes are kept.
+OUTPUT_KEEP = 64 * 1024
 OCTAVE_SUPPORT = Path(__file__).resolve().parent / "octave"
 
 
 class AlgorithmFailure(RuntimeError):
     """The algorithm did not produce a valid result (crash, exit != 0, timeout, bad output)."""
 
-    def __init__(self, message: str, stderr_tail: str = "") -> None:
+    def __init__(self, message: str, stderr_tail: str = "", output: str = "") -> None:
         super().__init__(message)
         self.message = message
         self.stderr_tail = stderr_tail
+        self.output = output  # the call's whole stdout+stderr, capped (for the job log)
 
     def __str__(self) -> str:
         if self.stderr_tail:
@@ -58,8 +76,8 @@ class AlgorithmFailure(RuntimeError):
         return self.message
 
 
-def _tail(text: str, lines: int = STDERR_TAIL_LINES) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
+def _tail(text: str, lines: int = STDERR_TAIL_LINES, chars: int = STDERR_TAIL_CHARS) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])[-chars:]
 
 
 def jsonable(obj: Any) -> Any:
@@ -96,7 +114,7 @@ class Algorithm:
         self.function: str | None = doc.get("function") or DEFAULT_FUNCTION[self.runtime]
         self.description: str = doc.get("description", "")
         self.input_format: str = doc.get("input_format", "npy")
-        self.shared: list[str] = list(doc.get("shared") or [])
+        self.shared: list[str] = shared_names(self.path, doc)  # shared code and shared data
         self.kqis: list[KQISpec] = kqi_specs(doc)
         self.thresholds: dict[str, str] = dict(doc.get("thresholds") or {})
         res = dict(DEFAULT_RESOURCES)
@@ -113,6 +131,16 @@ class Algorithm:
     def kqi_names(self) -> list[str]:
         return [k.name for k in self.kqis]
 
+    def time_limit(self, factor: float | None = None, floor: float | None = None) -> float:
+        """Wall-clock limit of one call, in seconds: max(floor, factor x manifest runtime_s)."""
+        factor = TIMEOUT_FACTOR if factor is None else float(factor)
+        floor = MIN_TIMEOUT_S if floor is None else float(floor)
+        return max(floor, factor * self.resources["runtime_s"])
+
+    @property
+    def _module_name(self) -> str:
+        return f"qmroct_algorithm_{self.name}_{self.code_checksum[7:19]}"
+
     # ------------------------------------------------------------------ run
     def run(
         self,
@@ -122,14 +150,20 @@ class Algorithm:
         workdir: Path,
         timeout: float | None = None,
         *,
-        isolate: bool | None = None,
+        isolate: bool = True,
         mcr_root: str | Path | None = None,
+        output_keep: int = OUTPUT_KEEP,
     ) -> dict[str, Any]:
         """Compute the KQIs of one staged scan.
 
-        Returns ``{"kqis": {name: {"value", "unit", "per_bscan"}}, "files": [Path], "notes": [str]}``.
-        Python algorithms run in-process unless ``isolate`` is true or a
-        ``timeout`` is given (a timeout can only be enforced on a subprocess).
+        Returns ``{"kqis": {name: {"value", "unit", "per_bscan"}}, "files": [Path],
+        "notes": [str], "info": {}, "elapsed_s": float, "output": str}``; ``output``
+        is what the algorithm printed (stdout and stderr), its first and last
+        ``output_keep`` bytes. Every runtime runs in a child process, killed with
+        its process group after ``timeout`` seconds (default :meth:`time_limit`).
+        ``isolate=False`` calls a Python algorithm inside this process instead:
+        for trusted code that shares in-process caches (the benchmark), with no
+        time limit and no output capture, and a crash is the caller's crash.
         """
         volume_path = Path(volume_path).resolve()
         workdir = Path(workdir).resolve()
@@ -138,70 +172,84 @@ class Algorithm:
             raise AlgorithmFailure(f"{self.name}: input volume {volume_path} does not exist")
         merged = {**self.default_params, **(params or {})}
         output = workdir / OUTPUT_NAME
-        if output.exists():
-            output.unlink()
-        if isolate is None:
-            isolate = timeout is not None
+        output.unlink(missing_ok=True)
+        (workdir / FAILURE_NAME).unlink(missing_ok=True)
+        limit = self.time_limit() if timeout is None else float(timeout)
         start = time.monotonic()
+        captured = ""
+        if self.runtime == "python" and not isolate:
+            self._run_inprocess(volume_path, meta, merged, workdir)
+        else:
+            outcome = self._run_child(volume_path, meta, merged, workdir, limit, mcr_root, output_keep)
+            captured = outcome.output
+            self._judge(outcome, limit, workdir)
+        try:
+            result = self._read_output(output, workdir, _tail(captured))
+        except AlgorithmFailure as exc:
+            exc.output = captured
+            raise
+        result["elapsed_s"] = round(time.monotonic() - start, 4)
+        result["output"] = captured
+        return result
+
+    def _run_child(
+        self, volume_path: Path, meta: dict, params: dict, workdir: Path, limit: float, mcr_root, keep: int
+    ) -> Outcome:
+        if self.runtime == "python" and hasattr(os, "fork") and threading.active_count() == 1:
+            entry, function = self.path / self.entry, self.function or "compute"
+            return run_forked(
+                lambda: python_child(self.name, entry, function, volume_path, meta, params, workdir, self._module_name),
+                limit,
+                keep,
+            )
         staged: list[Path] = []
         try:
-            if self.runtime == "python" and not isolate:
-                self._run_inprocess(volume_path, meta, merged, workdir)
-            else:
-                input_path = volume_path
-                if self.input_format == "mat":
-                    input_path = self._stage_mat(volume_path, workdir)
-                    staged.append(input_path)
-                meta_path = workdir / "_meta.json"
-                params_path = workdir / "_params.json"
-                meta_path.write_text(json.dumps(jsonable(meta), indent=1))
-                params_path.write_text(json.dumps(jsonable(merged), indent=1))
-                staged += [meta_path, params_path]
-                cmd = self._command(input_path, meta_path, params_path, workdir, mcr_root)
-                self._run_subprocess(cmd, workdir, timeout)
+            input_path = volume_path
+            if self.input_format == "mat" and self.runtime != "python":
+                input_path = self._stage_mat(volume_path, workdir)
+                staged.append(input_path)
+            meta_path = workdir / "_meta.json"
+            params_path = workdir / "_params.json"
+            meta_path.write_text(json.dumps(jsonable(meta), indent=1))
+            params_path.write_text(json.dumps(jsonable(params), indent=1))
+            staged += [meta_path, params_path]
+            cmd = self._command(input_path, meta_path, params_path, workdir, mcr_root)
+            try:
+                return run_command(cmd, workdir, self._child_env(), limit, keep)
+            except OSError as exc:
+                raise AlgorithmFailure(f"{self.name}: cannot start {cmd[0]}: {exc}") from exc
         finally:
             for p in staged:
                 p.unlink(missing_ok=True)
-        result = self._read_output(output, workdir)
-        result["elapsed_s"] = round(time.monotonic() - start, 4)
-        return result
+
+    def _judge(self, outcome: Outcome, limit: float, workdir: Path) -> None:
+        """An AlgorithmFailure naming how the child ended, unless it exited 0 with its output."""
+        tail = _tail(outcome.output)
+        reported = _read_reported_failure(workdir / FAILURE_NAME)
+        if outcome.timed_out:
+            raise AlgorithmFailure(f"{self.name}: timed out after {limit:g} s", tail, outcome.output)
+        if outcome.returncode == 1 and reported:
+            raise AlgorithmFailure(reported["message"], reported.get("detail") or tail, outcome.output)
+        if outcome.returncode != 0:
+            raise AlgorithmFailure(f"{self.name}: {describe_exit(outcome.returncode)}", tail, outcome.output)
+        if not (workdir / OUTPUT_NAME).is_file():
+            raise AlgorithmFailure(
+                f"{self.name}: exited 0 without writing its output ({OUTPUT_NAME})", tail, outcome.output
+            )
+
+    def _child_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        threads = str(self.resources["threads"])
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.setdefault(var, threads)
+        return env
 
     # -------------------------------------------------------- python runtime
-    def _load_module(self):
-        entry = self.path / self.entry
-        modname = f"qmroct_algorithm_{self.name}_{self.code_checksum[7:19]}"
-        module = sys.modules.get(modname)
-        if module is None:
-            spec = importlib.util.spec_from_file_location(modname, entry)
-            if spec is None or spec.loader is None:
-                raise AlgorithmFailure(f"{self.name}: cannot import {entry}")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[modname] = module
-            try:
-                spec.loader.exec_module(module)
-            except BaseException as exc:
-                sys.modules.pop(modname, None)
-                raise AlgorithmFailure(f"{self.name}: importing {entry.name} failed: {exc!r}", _tail(traceback.format_exc())) from exc
-        fn = getattr(module, self.function or "compute", None)
-        if not callable(fn):
-            raise AlgorithmFailure(f"{self.name}: {entry.name} has no function {self.function!r}")
-        return fn
-
     def _run_inprocess(self, volume_path: Path, meta: dict, params: dict, workdir: Path) -> None:
-        fn = self._load_module()
-        try:
-            volume = np.load(volume_path, allow_pickle=False)
-        except Exception as exc:  # corrupt staging is an input problem, reported the same way
-            raise AlgorithmFailure(f"{self.name}: cannot read input volume {volume_path}: {exc}") from exc
-        try:
-            result = fn(volume, dict(meta), dict(params), workdir)
-        except Exception as exc:
-            raise AlgorithmFailure(f"{self.name}: {type(exc).__name__}: {exc}", _tail(traceback.format_exc())) from exc
-        try:
-            text = json.dumps(jsonable(result), allow_nan=False, indent=1)
-        except (TypeError, ValueError) as exc:
-            raise AlgorithmFailure(f"{self.name}: result is not JSON-serialisable: {exc}") from exc
-        (workdir / OUTPUT_NAME).write_text(text)
+        call_python(
+            self.name, self.path / self.entry, self.function or "compute",
+            volume_path, meta, params, workdir, self._module_name,
+        )
 
     # ----------------------------------------------------- external runtimes
     def _stage_mat(self, volume_path: Path, workdir: Path) -> Path:
@@ -249,39 +297,8 @@ class Algorithm:
             return [str(exe), str(root), *args]
         return [str(exe), *args]
 
-    def _run_subprocess(self, cmd: list[str], workdir: Path, timeout: float | None) -> None:
-        env = dict(os.environ)
-        threads = str(self.resources["threads"])
-        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-            env.setdefault(var, threads)
-        stderr_path = workdir / "_stderr.log"
-        stdout_path = workdir / "_stdout.log"
-        with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-            try:
-                proc = subprocess.Popen(cmd, cwd=workdir, stdout=out, stderr=err, env=env, start_new_session=True)
-            except OSError as exc:
-                raise AlgorithmFailure(f"{self.name}: cannot start {cmd[0]}: {exc}") from exc
-            try:
-                rc = proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait()
-                tail = _tail(stderr_path.read_text(errors="replace"))
-                raise AlgorithmFailure(f"{self.name}: timed out after {timeout} s", tail) from None
-        stderr = stderr_path.read_text(errors="replace")
-        stdout_path.unlink(missing_ok=True)
-        stderr_path.unlink(missing_ok=True)
-        if rc != 0:
-            raise AlgorithmFailure(f"{self.name}: exited with status {rc}", _tail(stderr))
-        self._last_stderr = stderr
-
     # ------------------------------------------------------------ validation
-    def _read_output(self, output: Path, workdir: Path) -> dict[str, Any]:
-        stderr = _tail(getattr(self, "_last_stderr", "") or "")
-        self._last_stderr = ""
+    def _read_output(self, output: Path, workdir: Path, stderr: str = "") -> dict[str, Any]:
         if not output.is_file():
             raise AlgorithmFailure(f"{self.name}: no output file {OUTPUT_NAME} was written", stderr)
         try:
@@ -344,3 +361,83 @@ def load_algorithm(
     available names) or :class:`~qmroct.algorithms.manifest.ManifestError`.
     """
     return Algorithm(find_algorithm_dir(name, search_paths), mcr_root=mcr_root)
+
+
+def _read_reported_failure(path: Path) -> dict[str, Any] | None:
+    """The reason a Python child wrote before exiting 1 (see :func:`python_child`)."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    finally:
+        path.unlink(missing_ok=True)
+    return doc if isinstance(doc, dict) and isinstance(doc.get("message"), str) else None
+
+
+def call_python(
+    name: str,
+    entry: Path,
+    function: str,
+    volume_path: Path,
+    meta: dict,
+    params: dict,
+    workdir: Path,
+    module_name: str,
+) -> None:
+    """Import ``entry`` (once per process), call ``function`` and write ``kqi.json``."""
+    module = sys.modules.get(module_name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(module_name, entry)
+        if spec is None or spec.loader is None:
+            raise AlgorithmFailure(f"{name}: cannot import {entry}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            sys.modules.pop(module_name, None)
+            raise AlgorithmFailure(
+                f"{name}: importing {Path(entry).name} failed: {exc!r}", _tail(traceback.format_exc())
+            ) from exc
+    fn = getattr(module, function, None)
+    if not callable(fn):
+        raise AlgorithmFailure(f"{name}: {Path(entry).name} has no function {function!r}")
+    try:
+        volume = np.load(volume_path, allow_pickle=False)
+    except Exception as exc:  # corrupt staging is an input problem, reported the same way
+        raise AlgorithmFailure(f"{name}: cannot read input volume {volume_path}: {exc}") from exc
+    try:
+        result = fn(volume, dict(meta), dict(params), Path(workdir))
+    except Exception as exc:
+        raise AlgorithmFailure(f"{name}: {type(exc).__name__}: {exc}", _tail(traceback.format_exc())) from exc
+    try:
+        text = json.dumps(jsonable(result), allow_nan=False, indent=1)
+    except (TypeError, ValueError) as exc:
+        raise AlgorithmFailure(f"{name}: result is not JSON-serialisable: {exc}") from exc
+    (Path(workdir) / OUTPUT_NAME).write_text(text)
+
+
+def python_child(
+    name: str,
+    entry: Path,
+    function: str,
+    volume_path: Path,
+    meta: dict,
+    params: dict,
+    workdir: Path,
+    module_name: str,
+) -> int:
+    """The body of a Python algorithm's child process; returns its exit status.
+
+    An exception in the algorithm becomes exit status 1 plus ``_failure.json``
+    with the runner's exact reason (the traceback also goes to the output, so
+    the job log shows it). ``sys.exit``/``os._exit``/signals are left to the
+    caller: they end the child, and the parent names them.
+    """
+    try:
+        call_python(name, entry, function, volume_path, meta, params, workdir, module_name)
+    except AlgorithmFailure as exc:
+        (Path(workdir) / FAILURE_NAME).write_text(json.dumps({"message": exc.message, "detail": exc.stderr_tail}))
+        print(exc.stderr_tail or exc.message, file=sys.stderr)
+        return 1
+    return 0

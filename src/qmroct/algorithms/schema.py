@@ -44,6 +44,14 @@ KQI_OUTPUT_SCHEMA: dict[str, Any] = {
     },
 }
 
+# Absolute and relative: |a - b| <= max(abs, rel * max(|a|, |b|)). Unset: exact for
+# integers, 1e-9 relative for floats (qmroct.provenance.rerun).
+_TOLERANCE = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"abs": {"type": "number", "minimum": 0}, "rel": {"type": "number", "minimum": 0}},
+}
+
 _THRESHOLD_PATTERN = r"^\s*(>=|<=|>|<|==)\s*-?[0-9.]+([eE][-+]?[0-9]+)?\s*$"
 
 MANIFEST_SCHEMA: dict[str, Any] = {
@@ -62,6 +70,11 @@ MANIFEST_SCHEMA: dict[str, Any] = {
         "citation": {"type": "string"},
         "input_format": {"enum": ["npy", "mat"]},
         "shared": {"type": "array", "items": {"type": "string"}},
+        # Files the code reads (lookup tables, weights), relative to the folder; in the
+        # checksum like the code. They must lie inside the folder or the shared folder.
+        "data": {"type": "array", "items": {"type": "string", "minLength": 1}},
+        # How closely a rerun must reproduce each KQI (qmroct rerun); per-KQI overrides below.
+        "tolerance": _TOLERANCE,
         "params": {"type": "object"},
         "kqis": {
             "type": "array",
@@ -82,6 +95,7 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                     },
                     "description": {"type": "string"},
                     "per_bscan": {"type": "boolean"},
+                    "tolerance": _TOLERANCE,
                 },
             },
         },
