@@ -6,6 +6,8 @@
     qmroct algorithm new|test|list NAME                      write and try an algorithm (docs/algorithms.md)
     qmroct kqi SCAN... [--algorithm NAME]                    KQIs of any scan file, outside the workflow
     qmroct cloud reap [--dry-run]                            delete VMs of crashed runs (docs/openstack.md)
+    qmroct watch [--interval 300] [--once] [-- SNAKEMAKE ARGS]  run the workflow when the archive changes
+    qmroct runs | qmroct status                              run history; health for monitoring (docs/operations.md)
 """
 
 from __future__ import annotations
@@ -81,6 +83,47 @@ def cmd_cloud_reap(reap_args: list[str]) -> int:
     return reap_main(reap_args)
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    import logging
+    import os
+    import shlex
+
+    from qmroct.watch import WatchOptions, watch
+
+    if args.interval <= 0 or args.max_backoff <= 0:
+        raise ValueError("--interval and --max-backoff must be positive (seconds)")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s qmroct watch: %(message)s")
+    os.chdir(args.directory)
+    options = WatchOptions(interval=args.interval, once=args.once, max_backoff=args.max_backoff,
+                           configfile=Path(args.configfile), snakemake_args=list(args.snakemake_args))
+    if args.snakemake:
+        options.snakemake = shlex.split(args.snakemake)
+    return watch(options)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from qmroct.runhistory import list_runs, runs_table
+
+    runs = list_runs(Path(args.directory))
+    if args.last:
+        runs = runs[-args.last:]
+    if args.json:
+        print(json.dumps(runs, indent=1))
+    elif runs:
+        print(runs_table(runs))
+    else:
+        print("no runs recorded yet (results/runs/ is empty)")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from qmroct.status import collect, render
+
+    info, code = collect(Path(args.directory), max_age=args.max_age)
+    print(json.dumps(info, indent=1) if args.json else render(info))
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qmroct", description="Quality management for retinal OCT archives.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -117,6 +160,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reap.add_argument("reap_args", nargs=argparse.REMAINDER, help="options of snakemake-openstack-reap (see --help)")
     reap.set_defaults(func=lambda args: cmd_cloud_reap(args.reap_args))
+
+    watch = sub.add_parser(
+        "watch", help="poll the archive; run the workflow when it changed (docs/operations.md)",
+        description="Arguments after -- go to snakemake unchanged (default: --cores all), "
+                    "e.g. qmroct watch -- --profile openstack")
+    watch.add_argument("--interval", type=float, default=300.0, help="seconds between polls (default 300)")
+    watch.add_argument("--once", action="store_true", help="one check and at most one run (for cron)")
+    watch.add_argument("--max-backoff", type=float, default=3600.0,
+                       help="longest wait between polls of an unreachable archive (default 3600 s)")
+    watch.add_argument("--configfile", default="config.yaml", help="the config the workflow uses")
+    watch.add_argument("--directory", "-d", default=".", help="the workflow folder (default: here)")
+    watch.add_argument("--snakemake", default=None,
+                       help="command that starts snakemake (default: this Python's -m snakemake)")
+    watch.add_argument("snakemake_args", nargs="*", help="after --: arguments for snakemake")
+    watch.set_defaults(func=cmd_watch)
+
+    runs = sub.add_parser("runs", help="the run history (results/runs/), one line per run")
+    runs.add_argument("--last", type=int, default=0, help="only the last N runs")
+    runs.add_argument("--json", action="store_true", help="the summaries as JSON")
+    runs.add_argument("--directory", "-d", default=".", help="the workflow folder (default: here)")
+    runs.set_defaults(func=cmd_runs)
+
+    status = sub.add_parser(
+        "status", help="last run, next poll, open failures; exit 0 healthy, 1 failures, 2 not watching")
+    status.add_argument("--max-age", type=float, default=None,
+                        help="for cron (watch --once): healthy if the last check is at most this many "
+                             "seconds old, even though no watcher is running")
+    status.add_argument("--json", action="store_true", help="machine-readable")
+    status.add_argument("--directory", "-d", default=".", help="the workflow folder (default: here)")
+    status.set_defaults(func=cmd_status)
 
     return parser
 
