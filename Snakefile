@@ -27,9 +27,15 @@ rule all:
 
 from qmroct.archive.xnat_tokens import start_archive_tokens, stop_archive_tokens
 from qmroct.history_queue import start_history_queue, stop_history_queue
+from qmroct.provenance.run_manifest import finish_run, start_run
+from qmroct import runhistory
 
 
 onstart:
+    # results/runs/<run-id>/manifest.json: who, what, with which code and environment
+    start_run(config, workflow)
+    # its "summary" section: trigger, sessions new/changed, jobs, failures (after start_run)
+    runhistory.start_run({f"compute_{name}": name for name in ALGORITHMS})
     # XNAT History: a Queued row for each compute job as it is handed to the
     # executor. Before the tokens: the head keeps its own connection.
     start_history_queue(
@@ -40,12 +46,16 @@ onstart:
 
 
 onsuccess:
+    finish_run(failed=False, algorithms=ALGORITHMS)
+    runhistory.finish_run(config, failed=False)
     stop_history_queue(failed=False)
     stop_archive_tokens()
     wipe_scratch(SCRATCH)
 
 
 onerror:
+    finish_run(failed=True, algorithms=ALGORITHMS)
+    runhistory.finish_run(config, failed=True)
     stop_history_queue(failed=True)
     stop_archive_tokens()
     wipe_scratch(SCRATCH)

@@ -23,6 +23,7 @@ rule aggregate:
 rule report:
     input:
         parquet="results/tables/kqi.parquet",
+        results=all_results,  # algorithm versions and environment drift
         studies="results/tables/studies",
         summaries=summaries,
     output:

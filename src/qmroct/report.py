@@ -121,6 +121,7 @@ def render_report(
     criteria: dict[str, list[tuple[str, str, float]]],
     thumbnails_dir: Path,
     worst_limit: int = 6,
+    versions_section: str = "",
 ) -> str:
     """The complete HTML page. ``criteria``: study -> [(column, text, threshold)]."""
     thresholds: dict[str, list[tuple[str, float]]] = {}
@@ -182,6 +183,9 @@ def render_report(
     parts.append("<h2>KQI distributions</h2>")
     for algorithm, src in distribution_plots(tidy, thresholds):
         parts.append(f"<h3>{html.escape(algorithm)}</h3>{_img(src, algorithm + ' distributions')}")
+
+    if versions_section:  # algorithm versions, drift, run manifest (qmroct.provenance)
+        parts.append(versions_section)
 
     parts.append("<h2>Failures</h2>")
     if failures.empty:

@@ -7,6 +7,7 @@ the steps can be read, tested and reused without Snakemake.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,7 @@ def aggregate_step(snakemake: Any) -> None:
 def report_step(snakemake: Any) -> None:
     import pandas as pd
 
+    from qmroct.provenance.run_manifest import RUN_ID_ENV, versions_html
     from qmroct.report import render_report
 
     settings = _settings(snakemake)
@@ -145,7 +147,10 @@ def report_step(snakemake: Any) -> None:
         path = studies_dir / f"{name}.tsv"
         studies[name] = pd.read_csv(path, sep="\t", dtype={"scan": str}, keep_default_na=True)
     criteria = {name: [(c.column, c.text, c.threshold) for c in s.criteria] for name, s in settings.studies.items()}
-    html = render_report(tidy, studies, criteria, Path("results/thumbnails"), snakemake.params.worst_scans)
+    versions = versions_html([Path(p) for p in snakemake.input.results], os.environ.get(RUN_ID_ENV),
+                             Path(snakemake.output.html).parent)
+    html = render_report(tidy, studies, criteria, Path("results/thumbnails"), snakemake.params.worst_scans,
+                         versions_section=versions)
     Path(snakemake.output.html).parent.mkdir(parents=True, exist_ok=True)
     Path(snakemake.output.html).write_text(html)
     _logger(snakemake, "report").info("report written to %s", snakemake.output.html)

@@ -30,3 +30,25 @@ def archive_copy(tmp_path, small_demo):
 
     shutil.copytree(small_demo / "archive", tmp_path / "archive")
     return DirectoryArchive(tmp_path / "archive")
+
+
+def make_checkout(root: Path) -> str:
+    """Make a workflow copy a git checkout of its own (with qmroct's source, as in the
+    repository) and commit it; returns the commit."""
+    import subprocess
+
+    if not (root / "src" / "qmroct").is_dir():
+        shutil.copytree(REPO / "src" / "qmroct", root / "src" / "qmroct",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / ".gitignore", root / ".gitignore")
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.org", "PATH": "/usr/bin:/bin"}
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True,
+                              text=True, env=env).stdout.strip()
+
+    git("init", "-q", "-b", "main")
+    git("add", "-A")
+    git("commit", "-q", "-m", "workflow")
+    return git("rev-parse", "HEAD")

@@ -191,6 +191,9 @@ def algorithm_environment(algo, code_files: Iterable[Path] = ()) -> dict[str, An
         "executable": sys.executable,
         "qmroct": qmroct_version(),
         "packages": distribution_versions(dists),
+        # The whole environment in one value: equal to the head's run manifest entry when
+        # the worker had the same environment (the full list would bloat every result).
+        "distributions_sha256": distributions_digest(),
     }
     if algo.runtime == "octave":
         env["octave"] = octave_version()
@@ -201,6 +204,14 @@ def algorithm_environment(algo, code_files: Iterable[Path] = ()) -> dict[str, An
     return env
 
 
+@functools.lru_cache(maxsize=None)
+def distributions_digest() -> str:
+    text = "\n".join(installed_distributions())
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
 def environment_key(env: dict[str, Any]) -> dict[str, Any]:
-    """The part of an environment that can change numbers (not paths or the host)."""
-    return {k: v for k, v in env.items() if k not in {"executable"}}
+    """The part of an environment that can change an algorithm's numbers: Python, the
+    packages it and the reading path import, Octave, MATLAB Runtime, qmroct. Not the
+    interpreter's path, nor unrelated packages (a test tool installed later)."""
+    return {k: v for k, v in env.items() if k not in {"executable", "distributions_sha256"}}
