@@ -128,7 +128,8 @@ def read_lock(path: Path) -> LockInfo | None:
         return None
     except (ValueError, TypeError):
         # A torn or foreign file: treat as a lock of nobody (so stale), never crash on it.
-        return LockInfo(pid=-1, start_ticks=None, boot_id=None, host="?", since="?")
+        # (Ours are replaced atomically, so they are never torn.)
+        return LockInfo(pid=-1, start_ticks=None, boot_id=None, host=socket.gethostname(), since="?")
 
 
 def lock_alive(info: LockInfo | None) -> bool:
