@@ -87,7 +87,9 @@ class QueuedHistory(logging.Handler):
                 # run's row is the newest, so it is unclaimed exactly when the claim
                 # a job would make now still returns it.
                 if self.archive.queued_run(session, algorithm) == key:
-                    self.archive.record_history(session, algorithm, "Failed", detail=NOT_RUN, launch_time=key)
+                    self.archive.record_history(
+                        session, algorithm, "Failed", detail=NOT_RUN, launch_time=key
+                    )
                     closed += 1
             except Exception as err:
                 log.warning("History of %s (%s) not closed: %s", session.key, algorithm, err)
@@ -97,14 +99,20 @@ class QueuedHistory(logging.Handler):
 _HANDLER: QueuedHistory | None = None
 
 
-def start_history_queue(config: dict[str, Any], manifest_pattern: str, rules: dict[str, str]) -> QueuedHistory | None:
+def start_history_queue(
+    config: dict[str, Any], manifest_pattern: str, rules: dict[str, str]
+) -> QueuedHistory | None:
     """Snakefile onstart: listen for jobs handed to the executor (XNAT with History only).
 
     Call it before start_archive_tokens: the head keeps its own connection with the
     user's credentials, so the History survives the alias tokens' renewal."""
     global _HANDLER
     archive_config = config.get("archive", {})
-    if archive_config.get("backend") != "xnat" or not archive_config.get("history", True) or _HANDLER is not None:
+    if (
+        archive_config.get("backend") != "xnat"
+        or not archive_config.get("history", True)
+        or _HANDLER is not None
+    ):
         return _HANDLER
     from qmroct.discovery import archive_for
 

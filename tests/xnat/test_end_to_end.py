@@ -253,9 +253,11 @@ def test_workflow_against_xnat(xnat_server, password, pyxnat_interface, tmp_path
     for label in first_two:
         assert assessor_labels(pyxnat_interface, sessions[label]) == [f"{label}_qmroct_envprobe",
                                                                       f"{label}_qmroct_noise"]
-        history = pyxnat_interface._exec(f"/data/workflows?format=json&wrk:workflowData/id={sessions[label]}")
-        items = json.loads(history)["items"]
-        assert sorted((i["data_fields"]["pipeline_name"], i["data_fields"]["status"]) for i in items) == [
+        # the listing XNAT offers (WorkflowsRestlet), as the client reads it
+        history = pyxnat_interface._exec(f"/data/services/workflows/qmroct?experiment={sessions[label]}"
+                                         "&display=ALL&format=json")
+        items = json.loads(history)["ResultSet"]["Result"]
+        assert sorted((i["pipeline_name"], i["status"]) for i in items) == [
             ("qmroct envprobe", "Complete"), ("qmroct noise", "Complete")]
         # one row per run, moved through Queued (head, at hand-off), Running (job), Complete (write-back)
         runs = history_runs(xnat_server, sessions[label])

@@ -590,11 +590,14 @@ class XnatHandler(BaseHTTPRequestHandler):
                 experiment = None
             if experiment is not None:
                 fields.setdefault("ExternalID", experiment["project"])
-                fields.setdefault("data_type", experiment["xsi_type"])
             existing = store.workflows(data_id=fields["id"], pipeline_name=fields["pipeline_name"],
                                        launch_time=fields["launch_time"])
             if existing and existing[0]["create_user"] != self.user:
-                raise HttpError(403, "You do not have permission to modify this workflow")
+                raise HttpError(403, "You are not allowed to make changes to this workflow.")
+            if not existing and not fields.get("data_type"):
+                # WorkflowResource.handlePut: a new row needs all four
+                raise HttpError(400, "Id, launch_time, data_type and pipeline_name are all required "
+                                     "(scan_id may be specified when appropriate but is not required).")
             number, created = store.put_workflow(fields, self.user)
             return self.send_text(200, str(number))
         if wid:
@@ -602,23 +605,41 @@ class XnatHandler(BaseHTTPRequestHandler):
             if not rows:
                 raise HttpError(404, "Unable to find the specified workflow.")
             return self.send_json({"items": [self.workflow_item(rows[0])]})
+        # WorkflowResource.represent -> WorkflowUtils.getUniqueWorkflow: exactly one row,
+        # matched on all three keys; fewer keys match nothing (a null criterion)
         fields = self.workflow_fields()
-        filters = {}
-        for name, column in (("id", "data_id"), ("pipeline_name", "pipeline_name"),
-                             ("launch_time", "launch_time"), ("status", "status")):
-            if name in fields:
-                filters[column] = fields[name]
-        rows = store.workflows(**filters)
-        self.send_json({"items": [self.workflow_item(r) for r in rows]})
+        keys = {"data_id": fields.get("id"), "pipeline_name": fields.get("pipeline_name"),
+                "launch_time": fields.get("launch_time")}
+        rows = store.workflows(**keys) if all(keys.values()) else []
+        if not rows:
+            raise HttpError(404, "Unable to find the specified workflow.")
+        self.send_json({"items": [self.workflow_item(rows[0])]})
 
     def services_workflows(self, pipeline: str) -> None:
-        filters = {}
-        if pipeline and pipeline != "*":
-            filters["pipeline_name"] = pipeline
+        """WorkflowsRestlet: the experiment's rows whose pipeline_name is LIKE
+        '%<lower-cased pipeline>%' (case-sensitive, as PostgreSQL's LIKE);
+        display=LATEST (the default) answers only the newest row as an item."""
+        store = self.app.store
+        experiment = None
         if self.query.get("experiment"):
-            filters["data_id"] = self.app.store.experiment(None, self.query["experiment"])["id"]
-        rows = [workflow_row(r) for r in self.app.store.workflows(**filters)]
-        self.send_listing(rows, list(rows[0].keys()) if rows else ["wrk_workflowData_id"])
+            try:
+                experiment = store.experiment(None, self.query["experiment"])
+            except NotFound:
+                if self.query.get("project"):
+                    experiment = store.experiment(self.query["project"], self.query["experiment"])
+        rows = store.workflows(data_id=experiment["id"]) if experiment else store.workflows()
+        wanted = unquote(pipeline).lower()
+        rows = [r for r in rows if wanted in (r["pipeline_name"] or "")]
+        if self.query.get("status"):
+            rows = [r for r in rows if r["status"] == self.query["status"]]
+        if self.query.get("display", "LATEST").upper() == "LATEST":
+            if not rows:
+                raise HttpError(404, f"Unable to find workflow entry for pipeline {pipeline} "
+                                     f"and experiment.{experiment['id'] if experiment else None}")
+            newest = max(rows, key=lambda r: r["launch_time"] or "")
+            return self.send_json({"items": [self.workflow_item(newest)]})
+        out = [workflow_row(r) for r in rows]
+        self.send_listing(out, list(out[0].keys()) if out else ["wrk_workflowData_id"])
 
     # -------------------------------------------------------------- listings
     def send_listing(self, rows: list[dict[str, Any]], columns: list[str]) -> None:
@@ -1043,26 +1064,49 @@ class XnatHandler(BaseHTTPRequestHandler):
         fields = {k: v for k, v in xml_fields.items() if k in ("date", "label")}
         fields.update(self.fields_from_query(xsi_type))
         fields.setdefault("label", t.ref if t.experiment is None else t.experiment["label"])
+        # ExptAssessmentResource.handlePut: without allowDataDeletion=true an update
+        # is loaded onto the stored item (template); with it, the item is built from
+        # the XML alone. XNAT's SAX reader drops empty attributes, so ID="" is no ID.
+        allow_deletion = self.query.get("allowDataDeletion", "false").lower() == "true"
+        xml_id = None
         if xml_doc is not None:
             root = ET.fromstring(xml_doc)
             if root.get("label") and root.get("label") != fields["label"]:
                 raise HttpError(400, "Label must be modified through separate URI.")
             if localname(root) not in ROOT_TYPES and xsi_type == xml_type:
                 raise HttpError(422, "Only assessor documents can be PUT to an assessor URI.")
+            xml_id = root.get("ID") or None
         elif t.experiment is None:
             # query-string creation: a minimal document
             xml_doc = (f'<?xml version="1.0" encoding="UTF-8"?>\n<xnat:{root_name(xsi_type)} '
-                       f'xmlns:xnat="{XNAT_NS}" ID="" project="{session["project"]}" label="{fields["label"]}"/>')
+                       f'xmlns:xnat="{XNAT_NS}" project="{session["project"]}" '
+                       f'label="{fields["label"]}"/>')
+        kept_resources = None
+        if t.experiment is not None:
+            if allow_deletion and xml_id is None:
+                # built from the XML alone: no ID, which xnat.xsd requires (validate()),
+                # and "ID cannot be modified" after it
+                raise HttpError(400, f"{xsi_type}/ID : Required Field; ID cannot be modified")
+            if xml_id is not None and xml_id != t.experiment["id"]:
+                raise HttpError(400, "ID cannot be modified")
+            if allow_deletion:
+                # DBAction.StoreItem(allowItemRemoval): child items the XML does not
+                # name are removed, among them the out/file resources
+                kept_resources = resource_labels(root)
+        elif xml_id is not None:
+            fields["ID"] = xml_id  # a new item keeps the ID it was given
         eid, created = store.put_experiment(
             session["project"], session["subject_id"], t.ref if t.experiment is None else t.experiment["id"],
             xsi_type, fields, session_id=session["id"], xml=None,
         )
         if xml_doc is not None:
             merged = merge_assessor_xml(
-                None if created else store.experiment(None, eid)["xml"], xml_doc,
-                self.query.get("allowDataDeletion", "true").lower() != "false",
-            )
+                None if created else store.experiment(None, eid)["xml"], xml_doc, allow_deletion)
             store.q("UPDATE experiments SET xml=?, xsi_type=? WHERE id=?", merged, xsi_type, eid)
+        if kept_resources is not None:
+            for resource in store.resources(f"exp:{eid}"):
+                if resource["label"] not in kept_resources:
+                    store.delete_resource(resource["id"])
         self.send_text(201 if created else 200, eid)
 
     def delete_assessor(self, t: Target) -> None:
@@ -1165,8 +1209,8 @@ class XnatHandler(BaseHTTPRequestHandler):
         self.send_bytes(200, body, "text/xml")
 
     def put_resource(self, t: Target) -> None:
-        if t.resource is not None:
-            return self.send_text(200, "")
+        if t.resource is not None:  # CatalogResource.handlePost
+            raise HttpError(409, "Specified resource already exists.")
         self.app.store.put_resource(t.owner, t.ref, self.query.get("format", ""), self.query.get("content", ""))
         self.send_text(200, "")
 
@@ -1365,6 +1409,13 @@ def assessor_xml(r) -> bytes:
     root.set("project", r["project"])
     root.set("label", r["label"])
     return ET.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+
+def resource_labels(root: ET.Element) -> set[str]:
+    """Labels of the resources an assessor document names (``out/file``,
+    ``in/file``, ``resources/resource``)."""
+    return {el.get("label", "") for el in root.iter()
+            if localname(el) in ("file", "resource") and el.get("label")}
 
 
 def merge_assessor_xml(old: str | None, new: str, allow_deletion: bool) -> str:

@@ -4,32 +4,43 @@ pyxnat's ``Interface`` owns the ``requests`` session (basic auth on every
 request, its cookies, TLS verification); this module adds what a workflow
 needs on top: timeouts, retries with exponential backoff on 5xx, timeouts and
 dropped connections, and error messages that name the XNAT URL and what went
-wrong, never the credentials.
+wrong, never the credentials. Every transport the backend uses lives here:
+calls, listings, verified downloads and deletes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import html
 import http.client
 import logging
+import os
 import random
 import re
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import requests
 
-from .base import ArchiveError
+from qmroct.archive.base import ArchiveError
 
 log = logging.getLogger("qmroct.archive.xnat")
 
+# a file listing's URI up to the file's path inside its resource
+FILES_PREFIX = re.compile(r"^.*?/resources/[^/]+/files/")
 RETRY_STATUS = frozenset({500, 502, 503, 504})
 TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
 
 class XnatNotFound(ArchiveError):
     """XNAT answered 404 for this URI."""
+
+
+class XnatUnanswered(ArchiveError):
+    """No usable answer after every attempt (5xx, timeouts, dropped connections):
+    XNAT may or may not have done what was asked."""
 
 
 class XnatAuthError(ArchiveError):
@@ -54,12 +65,25 @@ def looks_like_error_page(body: bytes | str) -> bool:
     return prefix.lstrip().startswith((b"<!DOCTYPE", b"<html>"))
 
 
+def file_path_of(uri: str) -> str:
+    """A file's path inside its resource, from a listing's URI (XNAT gives it raw)."""
+    return FILES_PREFIX.sub("", uri, count=1)
+
+
 class XnatHttp:
     """Authenticated, retrying HTTP on top of a pyxnat ``Interface``."""
 
-    def __init__(self, interface: Any, server: str, user: str, timeout: float = 60.0,
-                 connect_timeout: float = 10.0, retries: int = 4, backoff: float = 0.5,
-                 max_backoff: float = 20.0):
+    def __init__(
+        self,
+        interface: Any,
+        server: str,
+        user: str,
+        timeout: float = 60.0,
+        connect_timeout: float = 10.0,
+        retries: int = 4,
+        backoff: float = 0.5,
+        max_backoff: float = 20.0,
+    ):
         self.intf = interface
         self.server = server.rstrip("/")
         self.user = user
@@ -67,15 +91,27 @@ class XnatHttp:
         self.retries = retries
         self.backoff = backoff
         self.max_backoff = max_backoff
-        self.is_token = bool(re.fullmatch(r"[0-9A-Fa-f]{8}(-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}", user or ""))
+        self.is_token = bool(
+            re.fullmatch(r"[0-9A-Fa-f]{8}(-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}", user or "")
+        )
 
     def sleep_before(self, attempt: int) -> None:
-        delay = min(self.max_backoff, self.backoff * (2 ** attempt))
+        delay = min(self.max_backoff, self.backoff * (2**attempt))
         time.sleep(delay * (1 + random.random() * 0.25))
 
-    def request(self, method: str, path: str, *, params: dict[str, Any] | None = None, data: Any = None,
-                headers: dict[str, str] | None = None, stream: bool = False, ok: Iterable[int] = (200, 201),
-                retries: int | None = None, what: str = "") -> requests.Response:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        data: Any = None,
+        headers: dict[str, str] | None = None,
+        stream: bool = False,
+        ok: Iterable[int] = (200, 201),
+        retries: int | None = None,
+        what: str = "",
+    ) -> requests.Response:
         """One call, retried on transient failures. ``data`` may be a callable
         returning a fresh body (for file uploads that must restart)."""
         retries = self.retries if retries is None else retries
@@ -88,8 +124,14 @@ class XnatHttp:
             body = data() if callable(data) else data
             try:
                 call = getattr(self.intf, method.lower())
-                response = call(path, params=params, data=body, headers=headers or {}, stream=stream,
-                                timeout=self.timeout)
+                response = call(
+                    path,
+                    params=params,
+                    data=body,
+                    headers=headers or {},
+                    stream=stream,
+                    timeout=self.timeout,
+                )
             except TRANSIENT as err:
                 last = f"{type(err).__name__}: {_short(err)}"
                 log.warning("XNAT %s: %s (attempt %d of %d)", what, last, attempt + 1, retries + 1)
@@ -125,7 +167,9 @@ class XnatHttp:
             if not stream and looks_like_error_page(response.content):
                 raise ArchiveError(f"XNAT {what} answered an error page: {error_text(response)}")
             return response
-        raise ArchiveError(f"XNAT {what} failed after {retries + 1} attempts at {self.server}: {last}")
+        raise XnatUnanswered(
+            f"XNAT {what} failed after {retries + 1} attempts at {self.server}: {last}"
+        )
 
     def get(self, path: str, **kwargs: Any) -> requests.Response:
         return self.request("GET", path, **kwargs)
@@ -133,7 +177,12 @@ class XnatHttp:
     def put(self, path: str, **kwargs: Any) -> requests.Response:
         return self.request("PUT", path, **kwargs)
 
-    def listing(self, path: str, columns: str = "", what: str = "", **params: Any) -> list[dict[str, str]]:
+    def delete(self, path: str, **kwargs: Any) -> requests.Response:
+        return self.request("DELETE", path, ok=(200,), **kwargs)
+
+    def listing(
+        self, path: str, columns: str = "", what: str = "", **params: Any
+    ) -> list[dict[str, str]]:
         """A listing as pyxnat reads it: ``format=csv`` parsed into dicts."""
         from pyxnat.core.jsonutil import csv_to_json
 
@@ -145,6 +194,82 @@ class XnatHttp:
         if not text.strip():
             return []
         return csv_to_json(text)
+
+    def download(
+        self, uri: str, target: Path, size: int, checksum: str, what: str, chunk_size: int = 1 << 20
+    ) -> None:
+        """Stream ``uri`` into ``target`` (via ``.part``), checked against the
+        listed size and, when XNAT gave one, its digest (``md5:<hex>``);
+        retried on dropped connections, truncated bodies and mismatches."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = target.with_name(target.name + ".part")
+        algo, _, expected = checksum.partition(":")
+        attempts = self.retries + 1
+        problem = ""
+        buffer = memoryview(bytearray(chunk_size))  # one buffer for every read (see body_chunks)
+        for attempt in range(attempts):
+            if attempt:
+                self.sleep_before(attempt - 1)
+            hasher = hashlib.new(algo) if algo in ("md5", "sha256", "sha1") else None
+            got = 0
+            # identity: size and digest are the stored file's, and a plain body
+            # can be read straight into the buffer
+            response = self.get(
+                uri,
+                stream=True,
+                ok=(200,),
+                headers={"Accept-Encoding": "identity"},
+                what=f"download {what}",
+            )
+            try:
+                with open(part, "wb") as fh:
+                    for chunk in body_chunks(response, buffer):
+                        if (
+                            not got
+                            and looks_like_error_page(bytes(chunk[:20]))
+                            and not target.name.lower().endswith((".html", ".htm"))
+                        ):
+                            raise ArchiveError("XNAT answered an error page")
+                        if hasher:
+                            hasher.update(chunk)  # releases the GIL: files hash in parallel
+                        fh.write(chunk)  # pieces are larger than the file buffer: written through
+                        got += len(chunk)
+            except (requests.RequestException, BrokenBody) as err:  # dropped or truncated
+                problem = f"{_broken(err)} after {got} bytes"
+                part.unlink(missing_ok=True)
+                log.warning(
+                    "XNAT download %s: %s (attempt %d of %d)", what, problem, attempt + 1, attempts
+                )
+                continue
+            except (OSError, ArchiveError) as err:  # the local file (disk full) or an error page
+                part.unlink(missing_ok=True)
+                raise ArchiveError(f"XNAT download {what}: {err}") from None
+            except Exception as err:  # anything else urllib3 raises mid-body
+                problem = f"{type(err).__name__} after {got} bytes"
+                part.unlink(missing_ok=True)
+                log.warning(
+                    "XNAT download %s: %s (attempt %d of %d)", what, problem, attempt + 1, attempts
+                )
+                continue
+            finally:
+                response.close()
+            if got != size:
+                problem = f"got {got} bytes, XNAT lists {size}"
+            elif hasher and hasher.hexdigest() != expected.lower():
+                problem = f"{algo} {hasher.hexdigest()} does not match XNAT's {expected}"
+            else:
+                os.replace(part, target)
+                return
+            part.unlink(missing_ok=True)
+            log.warning(
+                "XNAT download %s: %s (attempt %d of %d)", what, problem, attempt + 1, attempts
+            )
+        raise ArchiveError(f"XNAT download {what} failed after {attempts} attempts: {problem}")
+
+
+def _broken(err: Exception) -> str:
+    # a BrokenBody says what broke; requests' own errors are named by their type
+    return str(err) if isinstance(err, BrokenBody) else type(err).__name__
 
 
 class BrokenBody(Exception):
@@ -167,8 +292,11 @@ def body_chunks(response: requests.Response, buffer: memoryview) -> Iterator[mem
     raw = response.raw
     fp = getattr(raw, "_fp", None)
     encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-    if not (isinstance(fp, http.client.HTTPResponse) and encoding in ("", "identity")
-            and getattr(raw, "_fp_bytes_read", None) == 0):
+    if not (
+        isinstance(fp, http.client.HTTPResponse)
+        and encoding in ("", "identity")
+        and getattr(raw, "_fp_bytes_read", None) == 0
+    ):
         yield from response.iter_content(len(buffer))
         return
     while True:

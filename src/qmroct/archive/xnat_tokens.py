@@ -25,19 +25,70 @@ In the Snakefile::
 from __future__ import annotations
 
 import logging
+import netrc
 import os
 import threading
 import time
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
-from .base import ArchiveError
-from .xnat import pyxnat_interface, resolve_credentials
-from .xnat_http import XnatHttp
+from qmroct.archive.base import ArchiveError
+from qmroct.archive.xnat_http import XnatHttp
 
 log = logging.getLogger("qmroct.archive.xnat")
 ENV_KEYS = ("XNAT_HOST", "XNAT_USER", "XNAT_PASS")
+
+
+def resolve_credentials(
+    server: str | None, netrc_file: str | None = None, environ: Any = None
+) -> tuple[str, str, str]:
+    """(server, user, password) from the environment or ~/.netrc, never config.
+
+    ``XNAT_HOST`` gives the server when config does not; ``XNAT_USER`` and
+    ``XNAT_PASS`` win over ``~/.netrc`` (jobs get an alias token that way).
+    """
+    environ = os.environ if environ is None else environ
+    server = (server or environ.get("XNAT_HOST") or "").rstrip("/")
+    if not server:
+        raise ArchiveError(
+            "XNAT archive: no server URL (set archive.server in config or XNAT_HOST)"
+        )
+    user, password = environ.get("XNAT_USER"), environ.get("XNAT_PASS")
+    if user and password:
+        return server, user, password
+    host = urlsplit(server).hostname or ""
+    netloc = urlsplit(server).netloc
+    try:
+        rc = netrc.netrc(netrc_file or environ.get("NETRC") or None)
+        auth = rc.authenticators(netloc) or rc.authenticators(host)
+    except FileNotFoundError:
+        auth = None
+    except netrc.NetrcParseError as err:
+        raise ArchiveError(
+            f"XNAT archive: cannot read the netrc file: {err.msg} (line {err.lineno})"
+        ) from None
+    if auth and auth[0] and auth[2]:
+        return server, auth[0], auth[2]
+    raise ArchiveError(
+        f"XNAT archive: no credentials for {host}: add 'machine {host} login USER password ...' "
+        "to ~/.netrc or set XNAT_USER and XNAT_PASS in the environment "
+        "(never in config.yaml or on the command line)"
+    )
+
+
+def pyxnat_interface(server: str, user: str, password: str, verify: bool | str = True) -> Any:
+    """A pyxnat Interface (no network call yet), with a clear error when pyxnat cannot start."""
+    try:
+        import pyxnat
+
+        return pyxnat.Interface(server=server, user=user, password=password, verify=verify)
+    except ModuleNotFoundError as err:  # pyxnat 1.6.4 imports nibabel without declaring it
+        raise ArchiveError(
+            f"the XNAT backend needs pyxnat 1.6.4 and its undeclared imports: {err} "
+            "(pip install pyxnat==1.6.4 nibabel==5.4.2)"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -59,27 +110,45 @@ def _http(server: str, user: str, password: str, verify: bool | str, timeout: fl
     return XnatHttp(intf, server, user, timeout=timeout, retries=3, backoff=0.5)
 
 
-def issue_token(server: str, user: str, password: str, verify: bool | str = True,
-                timeout: float = 30.0) -> AliasToken:
+def issue_token(
+    server: str, user: str, password: str, verify: bool | str = True, timeout: float = 30.0
+) -> AliasToken:
     http = _http(server, user, password, verify, timeout)
     try:
-        data = http.get("/data/services/tokens/issue", params={"format": "json"}, what="alias token").json()
+        data = http.get(
+            "/data/services/tokens/issue", params={"format": "json"}, what="alias token"
+        ).json()
     finally:
         http.intf._http.close()
     try:
         expires = float(data.get("estimatedExpirationTime") or 0) / 1000.0
-        return AliasToken(alias=data["alias"], secret=data["secret"], expires=expires or time.time() + 48 * 3600,
-                          issued=time.time())
+        return AliasToken(
+            alias=data["alias"],
+            secret=data["secret"],
+            expires=expires or time.time() + 48 * 3600,
+            issued=time.time(),
+        )
     except (KeyError, TypeError, ValueError):
-        raise ArchiveError(f"XNAT at {server} answered an alias token without alias/secret") from None
+        raise ArchiveError(
+            f"XNAT at {server} answered an alias token without alias/secret"
+        ) from None
 
 
-def invalidate_token(server: str, user: str, password: str, alias: str, verify: bool | str = True,
-                     timeout: float = 30.0) -> None:
+def invalidate_token(
+    server: str,
+    user: str,
+    password: str,
+    alias: str,
+    verify: bool | str = True,
+    timeout: float = 30.0,
+) -> None:
     http = _http(server, user, password, verify, timeout)
     try:
-        http.get(f"/data/services/tokens/invalidate/{alias}", params={"format": "json"},
-                 what=f"invalidate token {alias[:8]}")
+        http.get(
+            f"/data/services/tokens/invalidate/{alias}",
+            params={"format": "json"},
+            what=f"invalidate token {alias[:8]}",
+        )
     finally:
         http.intf._http.close()
 
@@ -87,11 +156,20 @@ def invalidate_token(server: str, user: str, password: str, alias: str, verify: 
 class TokenKeeper:
     """Issues, hands down (environment), renews and invalidates alias tokens."""
 
-    def __init__(self, server: str | None = None, verify: bool | str = True, renew_fraction: float = 0.8,
-                 min_renew_interval: float = 1.0, netrc_file: str | None = None,
-                 environ: MutableMapping[str, str] | None = None, timeout: float = 30.0):
+    def __init__(
+        self,
+        server: str | None = None,
+        verify: bool | str = True,
+        renew_fraction: float = 0.8,
+        min_renew_interval: float = 1.0,
+        netrc_file: str | None = None,
+        environ: MutableMapping[str, str] | None = None,
+        timeout: float = 30.0,
+    ):
         self.environ = os.environ if environ is None else environ
-        self.server, self._user, self._password = resolve_credentials(server, netrc_file, self.environ)
+        self.server, self._user, self._password = resolve_credentials(
+            server, netrc_file, self.environ
+        )
         self.verify = verify
         self.renew_fraction = renew_fraction
         self.min_renew_interval = min_renew_interval
@@ -115,15 +193,20 @@ class TokenKeeper:
             self.tokens.append(token)
             self.current = token
             self.environ.update(token.environment(self.server))
-        log.info("XNAT alias token %s... issued, valid until %s", token.alias[:8],
-                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(token.expires)))
+        log.info(
+            "XNAT alias token %s... issued, valid until %s",
+            token.alias[:8],
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(token.expires)),
+        )
         return token
 
     def _due(self) -> float:
         token = self.current
         assert token is not None
         lifetime = max(0.0, token.expires - token.issued)
-        return max(self.min_renew_interval, token.issued + lifetime * self.renew_fraction - time.time())
+        return max(
+            self.min_renew_interval, token.issued + lifetime * self.renew_fraction - time.time()
+        )
 
     def _run(self) -> None:
         while not self._stop.wait(self._due()):
@@ -140,9 +223,13 @@ class TokenKeeper:
             self._thread.join(5)
         for token in self.tokens:
             try:
-                invalidate_token(self.server, self._user, self._password, token.alias, self.verify, self.timeout)
+                invalidate_token(
+                    self.server, self._user, self._password, token.alias, self.verify, self.timeout
+                )
             except ArchiveError as err:
-                log.warning("XNAT alias token %s... could not be invalidated: %s", token.alias[:8], err)
+                log.warning(
+                    "XNAT alias token %s... could not be invalidated: %s", token.alias[:8], err
+                )
         with self._lock:
             for key, value in self._saved.items():
                 if value is None:
@@ -169,8 +256,11 @@ def start_archive_tokens(archive_config: dict[str, Any]) -> TokenKeeper | None:
     if archive_config.get("backend") != "xnat" or not archive_config.get("tokens", True):
         return None
     if _KEEPER is None:
-        _KEEPER = TokenKeeper(server=archive_config.get("server"), verify=archive_config.get("verify", True),
-                              netrc_file=archive_config.get("netrc_file"))
+        _KEEPER = TokenKeeper(
+            server=archive_config.get("server"),
+            verify=archive_config.get("verify", True),
+            netrc_file=archive_config.get("netrc_file"),
+        )
         _KEEPER.start()
     return _KEEPER
 
