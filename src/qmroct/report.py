@@ -142,6 +142,8 @@ def render_report(
         "<h1>OCT quality report</h1>",
         f"<p>{n_sessions} sessions, {n_scans} scans, algorithms: {', '.join(sorted(tidy['algorithm'].unique()))}. "
         f"{len(failures)} scan-algorithm failures. qmroct {qmroct.__version__}, {time.strftime('%Y-%m-%d %H:%M')}.</p>",
+        # written beside this page at the end of every run (qmroct.runhistory)
+        "<p><a href='runs.html'>Run history</a>: every run, what triggered it, its jobs and failures.</p>",
     ]
 
     parts.append("<h2>Studies</h2>")
