@@ -43,6 +43,8 @@ onstart:
     )
     # XNAT: jobs get an alias token in XNAT_USER/XNAT_PASS, never the password
     start_archive_tokens(config["archive"])
+    # this run's scratch folder, with the marker that lets cleanup recognise it
+    claim_scratch(SCRATCH)
 
 
 onsuccess:
@@ -50,7 +52,8 @@ onsuccess:
     runhistory.finish_run(config, failed=False)
     stop_history_queue(failed=False)
     stop_archive_tokens()
-    wipe_scratch(SCRATCH)
+    # only this run's folder and those of dead runs, never a live neighbour's
+    release_scratch(SCRATCH_ROOT, SCRATCH)
 
 
 onerror:
@@ -58,4 +61,5 @@ onerror:
     runhistory.finish_run(config, failed=True)
     stop_history_queue(failed=True)
     stop_archive_tokens()
-    wipe_scratch(SCRATCH)
+    # only this run's folder and those of dead runs, never a live neighbour's
+    release_scratch(SCRATCH_ROOT, SCRATCH)

@@ -6,13 +6,26 @@ import os
 from qmroct.config import check_config, validate_schema
 from qmroct.compute import algorithm_identity
 from qmroct.discovery import read_session_index
-from qmroct.staging import wipe_scratch
+from qmroct.scanio.volume import MAX_DECODED_ENV
+from qmroct.scratch import claim as claim_scratch
+from qmroct.scratch import release as release_scratch
+from qmroct.scratch import run_folder
 
 validate_schema(config)
 SETTINGS = check_config(config, workflow.basedir)
 ALGORITHMS = sorted(SETTINGS.algorithms)
-SCRATCH = config["scratch_dir"]
 DISCOVERY = "results/discovery"
+
+# Scratch: every process that parses this file (the head, a remote job's snakemake)
+# works in its own run folder under scratch_dir and deletes only that (qmroct.scratch).
+# Jobs see it as config["scratch_dir"], so staging, algorithm work folders and
+# thumbnails all land in it. Created by onstart (a dry run creates nothing).
+SCRATCH_ROOT = config["scratch_dir"]
+SCRATCH = str(run_folder(SCRATCH_ROOT))
+config["scratch_dir"] = SCRATCH
+# Scan readers run deep inside staging: they read the limit from the environment,
+# which this process's jobs inherit.
+os.environ[MAX_DECODED_ENV] = str(config["limits"]["scan_decoded_mb"])
 
 
 wildcard_constraints:

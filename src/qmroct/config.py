@@ -64,10 +64,16 @@ def validate_schema(config: dict[str, Any]) -> None:
         raise ConfigError(f"config.yaml: {exc}") from None
 
 
-def check_config(config: dict[str, Any], workflow_dir: Path | str = ".") -> Settings:
-    """Semantic checks after the schema; returns Settings with algorithms loaded."""
+def check_config(config: dict[str, Any], workflow_dir: Path | str = ".",
+                 workdir: Path | str | None = None) -> Settings:
+    """Semantic checks after the schema; returns Settings with algorithms loaded.
+
+    ``workdir`` is where snakemake runs (relative paths in the config are
+    relative to it); the current directory unless given.
+    """
     from qmroct.algorithms import available_algorithms, load_algorithm
 
+    _check_paths(config, Path(workdir) if workdir is not None else Path.cwd(), Path(workflow_dir))
     search_paths = [Path(workflow_dir) / p for p in config.get("algorithm_paths", ["algorithms"])]
     available = available_algorithms(search_paths)
     algorithms = {}
@@ -113,6 +119,25 @@ def check_config(config: dict[str, Any], workflow_dir: Path | str = ".") -> Sett
     return Settings(raw=config, algorithms=algorithms, studies=studies)
 
 
+def _check_paths(config: dict[str, Any], workdir: Path, workflow_dir: Path) -> None:
+    """Folders the workflow deletes in or names after config values (see qmroct.scratch)."""
+    from qmroct.paths import is_periodic
+    from qmroct.scratch import ScratchError, check_scratch_dir
+
+    archive = config["archive"]
+    try:
+        check_scratch_dir(config.get("scratch_dir", "scratch"), workdir,
+                          archive.get("path") if archive.get("backend") == "directory" else None,
+                          also_not=(workflow_dir,))
+    except ScratchError as exc:
+        raise ConfigError(str(exc)) from None
+    for project in config["projects"]:
+        # a project is a wildcard value of every rule: Snakemake refuses periodic ones
+        if is_periodic(project):
+            raise ConfigError(f"config.yaml: projects: {project!r} ends in a repeated pattern, "
+                              "which Snakemake cannot take as a wildcard value")
+
+
 def load_settings(path: Path | str, workflow_dir: Path | str | None = None) -> Settings:
     """Read, schema-check and semantically check a config file (for the CLI and tests)."""
     path = Path(path)
@@ -121,4 +146,5 @@ def load_settings(path: Path | str, workflow_dir: Path | str | None = None) -> S
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     validate_schema(config)
-    return check_config(config, workflow_dir or path.parent)
+    # snakemake runs in the config's folder: relative paths are relative to it
+    return check_config(config, workflow_dir or path.parent, workdir=path.parent)

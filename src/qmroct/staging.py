@@ -10,10 +10,17 @@ a rebuilt file reruns). So staging is a cache outside Snakemake's view:
   decodes each scan into ``volume.npy`` + ``meta.json`` and records per-scan
   failures; the others wait on a lock and reuse it;
 * the session's summary job (the last job of the session's group) releases
-  it, and the workflow's onsuccess/onerror handlers wipe whatever is left.
+  it, and the workflow's onsuccess/onerror handlers delete the run's scratch
+  folder (qmroct.scratch: only folders this run owns).
 
 The cache is keyed by the session's fingerprint, so a changed session is
-never served stale volumes.
+never served stale volumes. ``scratch_root`` is the run's own folder
+(``config["scratch_dir"]`` inside jobs, set by rules/common.smk).
+
+Nothing from the archive is trusted here: a session or scan discovery marked
+with a ``problem`` is not fetched (every scan records the reason), every
+staged path is checked to stay inside the staging folder (qmroct.paths), and
+scan readers are bounded by ``limits/scan_decoded_mb``.
 """
 
 from __future__ import annotations
@@ -24,11 +31,13 @@ import logging
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from qmroct.archive.base import Archive, Session
+from qmroct.paths import UnsafePath, confined
 from qmroct.scanio import ScanError, Volume, read_scan
+from qmroct.scratch import claim
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +51,8 @@ class StagedScan:
 
 
 def stage_dir(scratch_root: Path, session: Session) -> Path:
-    return Path(scratch_root) / session.project / session.label / session.fingerprint.split(":")[-1][:16]
+    # path_key, never the label: a label is archive content (qmroct.paths)
+    return Path(scratch_root) / session.project / session.path_key / session.fingerprint.split(":")[-1][:16]
 
 
 @contextmanager
@@ -58,7 +68,8 @@ def _locked(path: Path):
 
 def stage_session(scratch_root: Path, session: Session, archive: Archive) -> dict[str, StagedScan]:
     """Fetch and decode the session's scans unless already staged; return them per scan."""
-    directory = stage_dir(scratch_root, session)
+    claim(scratch_root)  # a run folder with its owner's marker (qmroct.scratch)
+    directory = confined(scratch_root, stage_dir(scratch_root, session))
     index_path = directory / "staged.json"
     with _locked(directory.parent / f".{directory.name}.lock"):
         if not index_path.is_file():
@@ -80,17 +91,26 @@ def _stage(directory: Path, session: Session, archive: Archive) -> None:
     shutil.rmtree(directory, ignore_errors=True)
     raw = directory / "raw"
     raw.mkdir(parents=True)
-    fetched = archive.fetch(session, raw)  # archive errors propagate: the job fails, naming the session
     index: dict[str, dict] = {}
-    for scan in session.scans:
-        paths = fetched.get(scan.id, [])
+    for scan in session.scans:  # what discovery refused is never fetched
+        if session.problem or scan.problem:
+            index[scan.id] = {"error": session.problem or scan.problem}
+    fetchable = tuple(s for s in session.scans if s.id not in index)
+    # archive errors propagate: the job fails, naming the session
+    fetched = archive.fetch(replace(session, scans=fetchable), raw) if fetchable else {}
+    for scan in fetchable:
         try:
+            paths = [confined(raw, p) for p in fetched.get(scan.id, [])]
             volume = _read_scan_files(scan.id, paths)
+            target = confined(directory, directory / scan.id)
+        except UnsafePath as exc:
+            index[scan.id] = {"error": f"unsafe path: {exc}"}
+            continue
         except ScanError as exc:
             index[scan.id] = {"error": exc.reason if not paths else str(exc).replace(str(raw) + "/", "")}
             continue
-        volume.save(directory / scan.id, scan.id)
-        index[scan.id] = {"volume": f"{scan.id}/volume.npy", "meta": volume.meta(scan.id)}
+        volume.save(target, scan.id)
+        index[scan.id] = {"volume": f"{target.name}/volume.npy", "meta": volume.meta(scan.id)}
     shutil.rmtree(raw)  # the raw files are not needed once decoded
     (directory / "staged.json").write_text(json.dumps(index, indent=1))
     readable = sum("volume" in entry for entry in index.values())
@@ -117,14 +137,12 @@ def _read_scan_files(scan_id: str, paths: list[Path]) -> Volume:
 
 def release_session(scratch_root: Path, session: Session) -> None:
     """Delete the session's staged volumes (all fingerprints) and its locks."""
-    base = Path(scratch_root) / session.project / session.label
-    shutil.rmtree(base, ignore_errors=True)
+    base = Path(scratch_root) / session.project / session.path_key
+    if base.is_symlink():
+        base.unlink()
+    else:
+        shutil.rmtree(confined(scratch_root, base), ignore_errors=True)
     _prune_empty(base.parent, stop=Path(scratch_root))
-
-
-def wipe_scratch(scratch_root: Path) -> None:
-    """End of run: nothing staged survives the workflow."""
-    shutil.rmtree(scratch_root, ignore_errors=True)
 
 
 def _prune_empty(path: Path, stop: Path) -> None:

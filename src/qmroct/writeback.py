@@ -23,7 +23,14 @@ def assessment_files(result_path: Path, result: dict[str, Any]) -> dict[str, Pat
 
 
 def write_back(session: Session, archive: Archive, result_paths: list[Path]) -> dict[str, Any]:
-    """Write one assessment per algorithm; returns a receipt of what happened."""
+    """Write one assessment per algorithm; returns a receipt of what happened.
+
+    A session discovery refused (``problem``: a label XNAT would not accept, a
+    duplicate label) is not written anywhere; the receipt says why.
+    """
+    if session.problem:
+        return {"session": session.key, "archive": archive.backend, "assessments": [],
+                "skipped": session.problem}
     outcomes = []
     for path in sorted(Path(p) for p in result_paths):
         result = json.loads(path.read_text())

@@ -44,6 +44,7 @@ class Scan:
     series_description: str = ""
     quality: str = ""
     files: tuple[FileEntry, ...] = ()
+    problem: str = ""  # why this scan must not be fetched (unsafe ID or file); "" when fine
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,19 @@ class Session:
     id: str = ""  # archive accession ID (XNAT: XNAT_E00001); label when the backend has none
     session_type: str = "xnat:optSessionData"
     scans: tuple[Scan, ...] = ()
+    # Why the session must not be fetched or written (a label XNAT would refuse, say):
+    # it is still listed, and every algorithm records it as failed with this reason.
+    problem: str = ""
+    # The folder/file name of the session in results/ and scratch (qmroct.paths.path_segment
+    # of the label, unless discovery chose otherwise); never the raw label.
+    path_key: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if not self.path_key:
+            from qmroct.paths import path_segment
+
+            object.__setattr__(self, "path_key", path_segment(self.label))
 
     @property
     def key(self) -> str:
@@ -90,6 +103,7 @@ class Session:
                 series_description=s.get("series_description", ""),
                 quality=s.get("quality", ""),
                 files=tuple(FileEntry(**f) for f in s.get("files", ())),
+                problem=s.get("problem", ""),
             )
             for s in data.get("scans", ())
         )
@@ -100,6 +114,8 @@ class Session:
             id=data.get("id", ""),
             session_type=data.get("session_type", "xnat:optSessionData"),
             scans=scans,
+            problem=data.get("problem", ""),
+            path_key=data.get("path_key", ""),
             extra=dict(data.get("extra", {})),
         )
 

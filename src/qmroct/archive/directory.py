@@ -12,6 +12,18 @@
 
 Discovery checksums every scan file; checksums are cached by (path, size,
 mtime) so rediscovering an unchanged archive of thousands of sessions is fast.
+
+Links are never followed out of the archive root (qmroct.paths.confined), for
+reading or writing: a session, scan, resource or file that leads outside is
+listed with a ``problem`` and never read; a session folder or ``assessors/``
+folder that leads outside is never written. Unreadable metadata is a problem
+of that session or scan, not of the archive.
+
+A write-back builds the new assessor in a hidden folder beside the old one,
+``.qmroct-writing.<host>.<pid>.<start>.<random>`` (and moves the old one to
+``.qmroct-old....``), then swaps. The names say who made them: a later
+write-back into the same session deletes those whose process is gone (a run
+killed mid-write), never another live writer's.
 """
 
 from __future__ import annotations
@@ -19,8 +31,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import secrets
 import shutil
-import tempfile
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +49,8 @@ from qmroct.archive.base import (
     WriteOutcome,
 )
 from qmroct.checksums import file_digest
+from qmroct.paths import UnsafePath, confined, is_confined, path_segment
+from qmroct.scratch import Owner
 
 SESSION_TYPE = "xnat:optSessionData"
 
@@ -63,10 +79,19 @@ class DirectoryArchive(Archive):
         return path
 
     def _session_dirs(self, project: str):
-        for subject_dir in sorted((self._project_dir(project) / "subjects").glob("*")):
+        """(subject folder name, session folder, problem) for every session folder."""
+        project_dir = self._project_dir(project)
+        if not is_confined(self.root, project_dir):
+            raise ArchiveError(f"project folder {project_dir} leads outside the archive {self.root}")
+        for subject_dir in sorted((project_dir / "subjects").glob("*")):
+            if not is_confined(self.root, subject_dir):
+                yield subject_dir.name, subject_dir, "subject folder is a link out of the archive"
+                continue
             for session_dir in sorted((subject_dir / "experiments").glob("*")):
-                if (session_dir / "session.json").is_file():
-                    yield subject_dir.name, session_dir
+                if not is_confined(self.root, session_dir) or not is_confined(self.root, session_dir / "session.json"):
+                    yield subject_dir.name, session_dir, "session folder is a link out of the archive"
+                elif (session_dir / "session.json").is_file():
+                    yield subject_dir.name, session_dir, ""
 
     def state_token(self, projects: list[str]) -> str:
         """Hash of every scan file's path, size and mtime: a stat walk, no reading."""
@@ -78,7 +103,7 @@ class DirectoryArchive(Archive):
                 for name in sorted(filenames):
                     if name == "history.jsonl":
                         continue
-                    st = os.stat(os.path.join(dirpath, name))
+                    st = os.lstat(os.path.join(dirpath, name))  # links: their own stamp, never the target's
                     h.update(f"{dirpath}/{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         return "sha256:" + h.hexdigest()[:32]
 
@@ -86,39 +111,48 @@ class DirectoryArchive(Archive):
         cache = self._load_cache()
         sessions = []
         for project in projects:
-            for subject, session_dir in self._session_dirs(project):
-                info = _read_json(session_dir / "session.json")
-                scans = []
-                for scan_dir in sorted((session_dir / "scans").glob("*"), key=lambda p: _natural(p.name)):
-                    if not (scan_dir / "scan.json").is_file():
-                        continue
-                    scan_info = _read_json(scan_dir / "scan.json")
-                    files = []
-                    for resource_files in sorted((scan_dir / "resources").glob("*/files")):
-                        for f in sorted(resource_files.iterdir()):
-                            if f.is_file():
-                                files.append(self._file_entry(f, cache))
-                    scans.append(
-                        Scan(
-                            id=str(scan_info.get("ID", scan_dir.name)),
-                            type=scan_info.get("type", ""),
-                            series_description=scan_info.get("series_description", ""),
-                            quality=scan_info.get("quality", ""),
-                            files=tuple(files),
-                        )
-                    )
-                sessions.append(
-                    Session(
-                        project=project,
-                        subject=subject,
-                        label=info.get("label", session_dir.name),
-                        id=info.get("ID", session_dir.name),
-                        session_type=info.get("xsiType", SESSION_TYPE),
-                        scans=tuple(scans),
-                    )
-                )
+            for subject, session_dir, problem in self._session_dirs(project):
+                if problem:
+                    sessions.append(Session(project, subject, session_dir.name, problem=problem))
+                    continue
+                try:
+                    info = _metadata(session_dir / "session.json")
+                    label, session_id = _text(info, "label", session_dir.name), _text(info, "ID", session_dir.name)
+                    session_type = _text(info, "xsiType", SESSION_TYPE)
+                except ArchiveError as exc:
+                    sessions.append(Session(project, subject, session_dir.name, problem=str(exc)))
+                    continue
+                scans = [self._scan(scan_dir, cache)
+                         for scan_dir in sorted((session_dir / "scans").glob("*"), key=lambda p: _natural(p.name))
+                         if (scan_dir / "scan.json").is_file() or (scan_dir / "scan.json").is_symlink()]
+                sessions.append(Session(project=project, subject=subject, label=label, id=session_id,
+                                        session_type=session_type, scans=tuple(scans)))
         self._save_cache(cache)
         return sessions
+
+    def _scan(self, scan_dir: Path, cache: dict[str, Any]) -> Scan:
+        """One scan; a link out of the archive or unreadable metadata is the scan's problem."""
+        if not is_confined(self.root, scan_dir) or not is_confined(self.root, scan_dir / "scan.json"):
+            return Scan(id=scan_dir.name, problem="scan folder is a link out of the archive")
+        try:
+            info = _metadata(scan_dir / "scan.json")
+            scan = Scan(id=_text(info, "ID", scan_dir.name), type=_text(info, "type", ""),
+                        series_description=_text(info, "series_description", ""),
+                        quality=_text(info, "quality", ""))
+        except ArchiveError as exc:
+            return Scan(id=scan_dir.name, problem=str(exc))
+        files = []
+        for resource_files in sorted((scan_dir / "resources").glob("*/files")):
+            if not is_confined(self.root, resource_files):
+                return Scan(id=scan.id, type=scan.type, problem=(
+                    f"resource folder {resource_files.parent.name}/files is a link out of the archive"))
+            for f in sorted(resource_files.iterdir()):
+                if not is_confined(self.root, f):
+                    return Scan(id=scan.id, type=scan.type, problem=f"file {f.name} is a link out of the archive")
+                if f.is_file():
+                    files.append(self._file_entry(f, cache))
+        return Scan(id=scan.id, type=scan.type, series_description=scan.series_description,
+                    quality=scan.quality, files=tuple(files))
 
     def _file_entry(self, path: Path, cache: dict[str, Any]) -> FileEntry:
         rel = path.relative_to(self.root).as_posix()
@@ -149,10 +183,13 @@ class DirectoryArchive(Archive):
         for scan in session.scans:
             paths = []
             for entry in scan.files:
-                source = self.root / entry.uri
+                try:  # the archive may have changed since discovery: check again
+                    source = confined(self.root, self.root / entry.uri)
+                    target = confined(dest, dest / scan.id / entry.name)
+                except UnsafePath as exc:
+                    raise SessionUnavailable(f"session {session.key}: scan {scan.id}: {exc}") from None
                 if not source.is_file():
                     raise SessionUnavailable(f"session {session.key}: scan {scan.id} file {entry.name} is gone from the archive")
-                target = dest / scan.id / entry.name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source, target)
                 if target.stat().st_size != entry.size or (entry.checksum and sha256_file(target) != entry.checksum):
@@ -165,14 +202,35 @@ class DirectoryArchive(Archive):
 
     # -- writing -----------------------------------------------------------
     def session_dir(self, session: Session) -> Path:
+        """The session's folder, resolved; never one outside the archive or of a session
+        whose label or subject discovery refused."""
+        if session.problem:
+            raise ArchiveError(f"session {session.key}: not writing into the archive: {session.problem}")
         path = self.root / session.project / "subjects" / session.subject / "experiments" / session.label
+        try:
+            path = confined(self.root, path)
+        except UnsafePath as exc:
+            raise ArchiveError(f"session {session.key}: not writing into the archive: {exc}") from None
         if not (path / "session.json").is_file():
             raise SessionUnavailable(f"session {session.key} is no longer in the archive")
         return path
 
+    def _assessors_dir(self, session: Session, base: Path) -> Path:
+        assessors = base / "assessors"
+        if assessors.is_symlink() or (assessors.exists() and not assessors.is_dir()):
+            raise ArchiveError(f"session {session.key}: not writing: {assessors} is a link or not a folder")
+        assessors.mkdir(exist_ok=True)
+        return assessors
+
     def write_assessment(self, session: Session, assessment) -> WriteOutcome:
         base = self.session_dir(session)
-        target = base / "assessors" / assessment.label
+        assessors = self._assessors_dir(session, base)
+        # the folder is named by the label, encoded where too long for a file name (qmroct.paths)
+        folder = path_segment(assessment.label, limit=200)
+        remove_interrupted_writes(assessors, folder)
+        target = assessors / folder
+        if target.is_symlink():
+            raise ArchiveError(f"session {session.key}: not writing: {target} is a link")
         digest = assessment.digest
         record_path = target / "assessor.json"
         if record_path.is_file() and _read_json(record_path).get("digest") == digest:
@@ -180,19 +238,22 @@ class DirectoryArchive(Archive):
         action = "updated" if target.exists() else "created"
         # Build the new assessor beside the old one and swap, so a crash never
         # leaves a half-written assessor in the archive.
-        (base / "assessors").mkdir(exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{assessment.label}.", dir=base / "assessors"))
+        staging = assessors / _work_name("writing")
+        staging.mkdir()
         try:
             (staging / "assessor.xml").write_bytes(assessment.to_xml())
             files_dir = staging / "resources" / "QMROCT" / "files"
             files_dir.mkdir(parents=True)
             for name, path in sorted(assessment.files.items()):
-                shutil.copyfile(path, files_dir / name)
+                try:  # names come from algorithms' outputs: keep them in the folder
+                    destination = confined(files_dir, files_dir / name)
+                except UnsafePath as exc:
+                    raise ArchiveError(f"session {session.key}: assessment file {name!r}: {exc}") from None
+                shutil.copyfile(path, destination)
             record = {"label": assessment.label, "digest": digest, "provenance": assessment.provenance, "written": _now()}
             (staging / "assessor.json").write_text(json.dumps(record, indent=1, default=str))
             if target.exists():
-                old = base / "assessors" / f".{assessment.label}.old"
-                shutil.rmtree(old, ignore_errors=True)
+                old = assessors / _work_name("old")
                 target.rename(old)
                 staging.rename(target)
                 shutil.rmtree(old)
@@ -204,6 +265,9 @@ class DirectoryArchive(Archive):
         return WriteOutcome(assessment.label, action)
 
     def _append_history(self, base: Path, assessment, action: str) -> None:
+        history = base / "history.jsonl"
+        if history.is_symlink():
+            raise ArchiveError(f"not writing history: {history} is a link")
         entry = {
             "time": _now(),
             "pipeline_name": f"qmroct {assessment.algorithm}",
@@ -245,11 +309,59 @@ class DirectoryArchive(Archive):
         return session_dir
 
 
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+_WORK_NAME = re.compile(r"\.qmroct-(writing|old)\.([0-9a-f]{8})\.(\d+)\.(\d*)\.[0-9a-f]+")
+# what earlier versions left: mkdtemp(prefix=".<label>.") and ".<label>.old"
+_LEGACY_SUFFIX = re.compile(r"\.(old|[a-z0-9_]{8})")
+
+
+def _work_name(kind: str) -> str:
+    """A hidden working folder's name that says which process made it."""
+    me = Owner.current()
+    return f".qmroct-{kind}.{_HOST}.{me.pid}.{me.started}.{secrets.token_hex(4)}"
+
+
+def remove_interrupted_writes(assessors: Path, folder: str) -> list[Path]:
+    """Delete working folders of write-backs into ``assessors`` whose process is gone
+    (killed mid-write), and earlier versions' leftovers of ``folder``; returns them."""
+    removed = []
+    for child in sorted(assessors.iterdir()):
+        if child.is_symlink() or not child.is_dir():
+            continue
+        match = _WORK_NAME.fullmatch(child.name)
+        if match:
+            host, pid, started = match.group(2), int(match.group(3)), match.group(4)
+            if host != _HOST or Owner(socket.gethostname(), pid, started).alive():
+                continue  # another host's or a live writer's
+        elif not (child.name.startswith(f".{folder}.") and "_qmroct_" in folder
+                  and _LEGACY_SUFFIX.fullmatch(child.name[len(folder) + 1:])):
+            continue
+        shutil.rmtree(child, ignore_errors=True)
+        removed.append(child)
+    return removed
+
+
+def _metadata(path: Path) -> dict[str, Any]:
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise ArchiveError(f"{path.name}: unreadable metadata (not a JSON object)")
+    return data
+
+
+def _text(info: dict[str, Any], key: str, default: str) -> str:
+    value = info.get(key, default)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # numeric scan IDs are common in hand-made metadata
+    if not isinstance(value, str):
+        raise ArchiveError(f"metadata field {key!r} is not text: {str(value)[:60]!r}")
+    return value
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ArchiveError(f"{path}: unreadable metadata ({exc})") from exc
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or bad UTF-8
+        raise ArchiveError(f"{path.name}: unreadable metadata ({exc})") from exc
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -10,15 +10,17 @@ write one.
 from __future__ import annotations
 
 import datetime as _dt
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.filebase import DicomBytesIO
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 
-from qmroct.scanio.volume import ScanError, Volume
+from qmroct.scanio.volume import ScanError, Volume, check_decoded_size, decoded_limit_bytes
 
 OPT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.5.4"  # Ophthalmic Tomography Image Storage
 UID_ROOT = "1.2.826.0.1.3680043.10.1431."  # deterministic UIDs for deterministic archives
@@ -111,16 +113,25 @@ def write_opt_dicom(
     ds.save_as(path, enforce_file_format=True)
 
 
-def read_opt_dicom(path: Path) -> Volume:
-    """Read a DICOM file that holds an OCT volume, or raise ScanError saying why not."""
+def read_opt_dicom(path: Path, max_bytes: int | None = None) -> Volume:
+    """Read a DICOM file that holds an OCT volume, or raise ScanError saying why not.
+
+    The pixel data's size is checked against the header (rows x columns x frames x
+    samples x bytes) and against ``max_bytes`` before anything is decoded; a deflated
+    data set is inflated with the same bound (pydicom would inflate it whole).
+    """
+    limit = decoded_limit_bytes() if max_bytes is None else int(max_bytes)
     try:
-        ds = pydicom.dcmread(path)
+        ds = _read_dataset(path, limit)
+    except ScanError:
+        raise
     except Exception as exc:  # pydicom raises many types for damaged files
         raise ScanError(path, f"corrupt DICOM ({type(exc).__name__}: {exc})") from exc
     modality = str(getattr(ds, "Modality", ""))
     sop_class = str(getattr(ds, "SOPClassUID", ""))
     if sop_class != OPT_SOP_CLASS and modality != "OPT":
         raise ScanError(path, f"not an OCT scan (Modality {modality or 'missing'}, SOP class {sop_class or 'missing'})")
+    _check_pixel_data(path, ds, limit)
     try:
         pixels = ds.pixel_array
     except Exception as exc:
@@ -146,6 +157,72 @@ def read_opt_dicom(path: Path) -> Volume:
         source=str(path),
         extra={"series_description": str(getattr(ds, "SeriesDescription", ""))},
     )
+
+
+# Bytes a deflated data set may hold beyond its pixel data (the other elements).
+DEFLATE_HEADROOM = 16 * 2**20
+
+
+def _read_dataset(path: Path, limit: int) -> Dataset:
+    meta = pydicom.filereader.read_file_meta_info(path)
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return pydicom.dcmread(path)  # memory bounded by the file's size, checked by read_scan
+    # PS3.5 A.5: everything after the file meta information is one raw deflate stream.
+    # pydicom.filereader.read_partial inflates it whole (zlib.decompress): a few hundred KB
+    # can become gigabytes. Here the elements before the pixel data are inflated first
+    # (at most DEFLATE_HEADROOM bytes), the header's promise is checked against the
+    # limit, and only then the rest, bounded by that promise.
+    with open(path, "rb") as fh:
+        pydicom.filereader.read_preamble(fh, False)
+        pydicom.filereader._read_file_meta_info(fh)  # positions fh after group 2 (pydicom 3.0)
+        compressed = fh.read()
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    data = bytearray(inflater.decompress(compressed, DEFLATE_HEADROOM))
+    del compressed
+    try:
+        header = pydicom.filereader.read_dataset(
+            DicomBytesIO(bytes(data)), is_implicit_VR=False, is_little_endian=True,
+            stop_when=lambda tag, vr, length: tag == PIXEL_DATA)
+        header.file_meta = meta
+    except Exception as exc:
+        raise ScanError(path, f"corrupt deflated DICOM header ({type(exc).__name__}: {exc})") from exc
+    promised = _check_pixel_data(path, header, limit, check_length=False)
+    data += inflater.decompress(inflater.unconsumed_tail, promised + DEFLATE_HEADROOM)
+    if inflater.unconsumed_tail:
+        raise ScanError(path, "deflated data set inflates to more than its header promises")
+    ds = pydicom.filereader.read_dataset(DicomBytesIO(bytes(data)), is_implicit_VR=False, is_little_endian=True)
+    # its pixel data is native (uncompressed) once inflated
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    return ds
+
+
+PIXEL_DATA = 0x7FE00010
+
+
+def _check_pixel_data(path: Path, ds: Dataset, limit: int, check_length: bool = True) -> int:
+    """The header's promise (stored bytes), checked against the limit before pixel_array
+    allocates it, and against the pixel data actually held."""
+    if check_length and "PixelData" not in ds:
+        raise ScanError(path, "corrupt or truncated pixel data (no Pixel Data element)")
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+        bits = int(ds.BitsAllocated)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise ScanError(path, f"corrupt pixel data header ({type(exc).__name__}: {exc})") from exc
+    if min(rows, cols, frames, samples, bits) < 1:
+        raise ScanError(path, f"corrupt pixel data header: {frames} frames of {rows} x {cols}, {bits} bits")
+    voxels = rows * cols * frames * samples
+    stored = (voxels * bits + 7) // 8
+    check_decoded_size(path, voxels, stored, limit)
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if check_length and (syntax is None or not syntax.is_compressed):
+        held = len(ds.PixelData)
+        if held < stored:
+            raise ScanError(path, f"corrupt or truncated pixel data: {held} bytes, the header promises {stored}")
+    return stored
 
 
 def _spacing(ds: Dataset) -> dict[str, float]:

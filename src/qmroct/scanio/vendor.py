@@ -29,20 +29,22 @@ from typing import Any
 
 import numpy as np
 
-from qmroct.scanio.volume import ScanError, Volume
+from qmroct.scanio.volume import ScanError, Volume, check_decoded_size, decoded_limit_bytes
 
 VOL_MAGIC = b"HSF-OCT-"
 VOL_HEADER_SIZE = 2048
 FLT_MAX = np.finfo(np.float32).max
 
 
-def read_vendor(path: Path | str) -> Volume:
+def read_vendor(path: Path | str, max_bytes: int | None = None) -> Volume:
+    """``max_bytes`` bounds what the .vol reader allocates (checked against its header);
+    the oct-converter readers are bounded by the caller's file-size check only."""
     path = Path(path)
     with open(path, "rb") as fh:
         head = fh.read(16)
     suffix = path.suffix.lower()
     if head.startswith(VOL_MAGIC):
-        return read_heyex_vol(path)
+        return read_heyex_vol(path, max_bytes)
     if suffix in (".e2e", ".sdb") or head.startswith(b"CMDb"):
         return read_heyex_e2e(path)
     if suffix in (".fds", ".fda"):
@@ -80,7 +82,8 @@ def read_heyex_vol_header(buf: bytes) -> dict[str, Any]:
     }
 
 
-def read_heyex_vol(path: Path) -> Volume:
+def read_heyex_vol(path: Path, max_bytes: int | None = None) -> Volume:
+    limit = decoded_limit_bytes() if max_bytes is None else int(max_bytes)
     try:
         with open(path, "rb") as fh:
             header = read_heyex_vol_header(fh.read(VOL_HEADER_SIZE))
@@ -88,6 +91,7 @@ def read_heyex_vol(path: Path) -> Volume:
             hdr = header["bscan_hdr_size"]
             if not (0 < nx <= 16384 and 0 < nb <= 4096 and 0 < nz <= 16384) or hdr < 256:
                 raise ValueError(f"implausible header: {nb} B-scans of {nz} x {nx}, B-scan header {hdr} bytes")
+            check_decoded_size(path, nb * nz * nx, nb * nz * nx * 4, limit)
             slo = header["size_x_slo"] * header["size_y_slo"]
             offset = VOL_HEADER_SIZE + slo
             stride = hdr + 4 * nx * nz

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# The largest decoded scan a reader may produce, in MB (config: limits/scan_decoded_mb).
+# The workflow hands the configured value to its jobs in this environment variable
+# (rules/common.smk), because readers run deep inside staging, far from the config.
+MAX_DECODED_ENV = "QMROCT_SCAN_DECODED_MB"
+DEFAULT_MAX_DECODED_MB = 2048
 
 
 class ScanError(ValueError):
@@ -51,34 +58,96 @@ class Volume:
         return volume_path, meta_path
 
 
-def read_scan(path: Path | str) -> Volume:
-    """Read one scan file; the format is recognised from its content."""
+def decoded_limit_bytes() -> int:
+    """The decoded-size limit in bytes: the workflow's configured value, else the default."""
+    try:
+        mb = float(os.environ.get(MAX_DECODED_ENV, DEFAULT_MAX_DECODED_MB))
+    except ValueError:
+        mb = DEFAULT_MAX_DECODED_MB
+    return int(mb * 2**20)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MB"
+
+
+def check_decoded_size(path: Path | str, voxels: int, stored_bytes: int, limit: int) -> None:
+    """Refuse, before anything is allocated, a scan whose header promises more than ``limit``
+    bytes, as float32 voxels (what every reader produces) or as stored pixel data."""
+    largest = max(voxels * 4, stored_bytes)
+    if largest > limit:
+        raise ScanError(path, f"header promises {_mb(largest)} of decoded data, more than the limit "
+                              f"of {_mb(limit)} (limits/scan_decoded_mb)")
+
+
+def read_scan(path: Path | str, max_bytes: int | None = None) -> Volume:
+    """Read one scan file; the format is recognised from its content.
+
+    Raises only :class:`ScanError`, whatever the file holds: a reader's own
+    checks name the problem, anything else a reader raises on a damaged file is
+    wrapped. ``max_bytes`` bounds the decoded size (default: ``decoded_limit_bytes()``).
+    """
     path = Path(path)
+    limit = decoded_limit_bytes() if max_bytes is None else int(max_bytes)
     if not path.is_file():
         raise ScanError(path, "file not found")
+    size = path.stat().st_size
+    if size > limit:  # every supported format decodes to at least its stored size
+        raise ScanError(path, f"file is {_mb(size)}, more than the limit of {_mb(limit)} (limits/scan_decoded_mb)")
+    try:
+        volume = _read_any(path, limit)
+    except ScanError:
+        raise
+    except Exception as exc:  # a damaged file can make any library raise anything
+        raise ScanError(path, f"unreadable ({type(exc).__name__}: {exc})") from exc
+    _check_volume(path, volume)
+    if volume.data.nbytes > limit:  # readers we cannot bound beforehand (oct-converter)
+        raise ScanError(path, f"decoded volume is {_mb(volume.data.nbytes)}, more than the limit of "
+                              f"{_mb(limit)} (limits/scan_decoded_mb)")
+    return volume
+
+
+def _read_any(path: Path, limit: int) -> Volume:
     with open(path, "rb") as fh:
         head = fh.read(132)
     if len(head) == 132 and head[128:132] == b"DICM":
         from qmroct.scanio.dicom import read_opt_dicom
 
-        volume = read_opt_dicom(path)
-    elif head.startswith(b"\x93NUMPY"):
-        volume = _read_npy(path)
-    else:
-        try:
-            from qmroct.scanio import vendor  # vendor exports (.vol, .e2e, ...), optional readers
-        except ImportError:
-            vendor = None
-        if vendor is None:
-            raise ScanError(path, "unrecognised format (expected DICOM OPT or .npy)")
-        volume = vendor.read_vendor(path)
-    _check_volume(path, volume)
-    return volume
-
-
-def _read_npy(path: Path) -> Volume:
+        return read_opt_dicom(path, max_bytes=limit)
+    if head.startswith(b"\x93NUMPY"):
+        return _read_npy(path, limit)
     try:
-        data = np.load(path, allow_pickle=False)
+        from qmroct.scanio import vendor  # vendor exports (.vol, .e2e, ...), optional readers
+    except ImportError:
+        vendor = None
+    if vendor is None:
+        raise ScanError(path, "unrecognised format (expected DICOM OPT or .npy)")
+    return vendor.read_vendor(path, max_bytes=limit)
+
+
+def _read_npy(path: Path, limit: int) -> Volume:
+    # The header says how much the array holds: check it against the limit and the
+    # file's size before np.load allocates that much.
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+            offset = fh.tell()
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
+        raise ScanError(path, f"unreadable .npy header: {exc}") from exc
+    if dtype.hasobject or dtype.kind not in "biuf":
+        raise ScanError(path, f"unsupported .npy data type {dtype}")
+    if len(shape) not in (2, 3):
+        raise ScanError(path, f"expected a 3-D volume (bscan, depth, ascan), got shape {shape}")
+    voxels = int(np.prod(shape, dtype=object))
+    check_decoded_size(path, voxels, voxels * dtype.itemsize, limit)
+    if path.stat().st_size - offset < voxels * dtype.itemsize:
+        raise ScanError(path, f"truncated .npy: header promises {voxels * dtype.itemsize} bytes of data")
+    try:
+        data = np.load(path, allow_pickle=False, mmap_mode="r")
     except (ValueError, OSError, EOFError) as exc:
         raise ScanError(path, f"unreadable .npy: {exc}") from exc
     meta_path = path.with_suffix(".json")
@@ -87,7 +156,7 @@ def _read_npy(path: Path) -> Volume:
         data = data[None]
     spacing = meta.get("spacing_mm", {"bscan": 0.0, "depth": 0.0, "ascan": 0.0})
     return Volume(
-        data=data.astype(np.float32, copy=False),
+        data=np.array(data, dtype=np.float32),  # a copy: the memory map closes with the file
         spacing_mm=spacing,
         device=meta.get("device", ""),
         laterality=meta.get("laterality", ""),
