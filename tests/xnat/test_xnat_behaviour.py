@@ -166,11 +166,24 @@ def test_interrupted_upload_then_retry(arc_session, xnat_server, tmp_path):
     assert not [r for r in xnat_server.requests if r["status"] == 409]
 
 
-def test_closing_interrupted_rows(arc_session):
+def test_a_new_run_closes_rows_a_killed_run_left_open(arc_session):
+    """Issue 9 case 8: kill -9 runs no handler; the next job of the same session
+    and algorithm closes what is still Queued or Running as interrupted."""
     arc, s = arc_session
-    arc.record_history(s, "noise", "Running", launch_time="2026-11-26T02:00:00")
     arc.record_history(s, "noise", "Complete", launch_time="2026-11-26T01:00:00")
-    assert arc.history.close_interrupted(s, "noise") == 1
-    rows = {r["launch_time"]: (r["status"], r["details"]) for r in arc.history_entries(s)}
-    assert rows == {"2026-11-26 01:00:00.000": ("Complete", ""),
-                    "2026-11-26 02:00:00.000": ("Failed", INTERRUPTED)}
+    arc.record_history(s, "noise", "Running", launch_time="2026-11-26T02:00:00")  # killed
+    arc.record_history(s, "noise", "Queued", launch_time="2026-11-26T02:30:00")  # never started
+    arc.record_history(s, "layers", "Running", launch_time="2026-11-26T02:00:00")  # another job
+    arc.record_history(s, "noise", "Queued", launch_time="2026-11-26T03:00:00")  # the new run
+    key = arc.queued_run(s, "noise")
+    assert key == "2026-11-26 03:00:00.000"
+    arc.record_history(s, "noise", "Running", launch_time=key)
+    rows = {(r["pipeline_name"], r["launch_time"]): (r["status"], r["details"])
+            for r in arc.history_entries(s)}
+    assert rows == {
+        ("qmroct noise", "2026-11-26 01:00:00.000"): ("Complete", ""),
+        ("qmroct noise", "2026-11-26 02:00:00.000"): ("Failed", INTERRUPTED),
+        ("qmroct noise", "2026-11-26 02:30:00.000"): ("Failed", INTERRUPTED),
+        ("qmroct layers", "2026-11-26 02:00:00.000"): ("Running", ""),
+        ("qmroct noise", "2026-11-26 03:00:00.000"): ("Running", ""),
+    }

@@ -135,8 +135,11 @@ class XnatTestServer:
 
     def __init__(self, data_dir: Path, host: str = "127.0.0.1", port: int = 0,
                  users: dict[str, str] | None = None, schema_dir: Path | None = DEFAULT_SCHEMA_DIR,
-                 token_lifetime: float = 2 * 24 * 3600, site: str = "XNAT"):
-        self.store = Store(Path(data_dir), site=site, token_lifetime=token_lifetime)
+                 token_lifetime: float = 2 * 24 * 3600, site: str = "XNAT",
+                 token_cleanup_interval: float = 3600.0, max_sessions: int = 1000):
+        self.store = Store(Path(data_dir), site=site, token_lifetime=token_lifetime,
+                           token_cleanup_interval=token_cleanup_interval,
+                           max_sessions=max_sessions)
         for login, password in (users or {}).items():
             self.store.add_user(login, password)
         self.schema_dir = Path(schema_dir) if schema_dir else None
@@ -412,7 +415,10 @@ class XnatHandler(BaseHTTPRequestHandler):
         interval = int(self.app.store.session_timeout * 1000)
         return f'SESSION_EXPIRATION_TIME="{int(time.time() * 1000)},{interval}"; Path=/'
 
-    def set_session_cookie(self, sid: str) -> None:
+    def set_session_cookie(self, sid: str | None) -> None:
+        if sid is None:
+            raise HttpError(401, "Maximum sessions of "
+                            f"{self.app.store.max_sessions} for this principal exceeded")
         self.jsession = sid
         self.new_cookies.append(f"JSESSIONID={sid}; Path=/; HttpOnly")
         self.new_cookies.append(self.expiration_cookie())

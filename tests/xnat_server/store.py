@@ -64,13 +64,20 @@ class NotFound(Exception):
 class Store:
     """The catalogue. All methods are thread-safe (one lock around SQLite)."""
 
-    def __init__(self, data_dir: Path, site: str = "XNAT", token_lifetime: float = 2 * 24 * 3600):
+    def __init__(self, data_dir: Path, site: str = "XNAT", token_lifetime: float = 2 * 24 * 3600,
+                 token_cleanup_interval: float = 3600.0, max_sessions: int = 1000):
         self.data_dir = Path(data_dir)
         self.files_dir = self.data_dir / "files"
         self.files_dir.mkdir(parents=True, exist_ok=True)
         self.site = site
         self.token_lifetime = token_lifetime
+        # SiteConfigPreferences: sessionTimeout "15 minutes", concurrentMaxSessions 1000,
+        # aliasTokenTimeoutSchedule "0 0 * * * *" (the expired-token cleanup, hourly)
         self.session_timeout = 900.0
+        self.max_sessions = max_sessions
+        self.sessions_opened: dict[str, int] = {}  # logins ever, per user (tests count them)
+        self.token_cleanup_interval = token_cleanup_interval
+        self.next_token_cleanup = time.time() + token_cleanup_interval
         self.lock = threading.RLock()
         self.db = sqlite3.connect(str(self.data_dir / "xnat.db"), check_same_thread=False, isolation_level=None)
         self.db.row_factory = sqlite3.Row
@@ -100,11 +107,22 @@ class Store:
         row = self.one("SELECT password FROM users WHERE login=?", login)
         return row is not None and secrets.compare_digest(row["password"], password)
 
-    def new_jsession(self, login: str) -> str:
-        sid = secrets.token_hex(16).upper()
+    def new_jsession(self, login: str) -> str | None:
+        """A new HTTP session, or None when the user has ``max_sessions`` live
+        ones (SecurityConfig: maxSessionsPreventsLogin, exceptionIfMaximumExceeded)."""
         t = time.time()
-        self.q("INSERT INTO jsessions VALUES (?, ?, ?, ?)", sid, login, t, t)
+        with self.lock:
+            if self.live_sessions(login) >= self.max_sessions:
+                return None
+            sid = secrets.token_hex(16).upper()
+            self.q("INSERT INTO jsessions VALUES (?, ?, ?, ?)", sid, login, t, t)
+            self.sessions_opened[login] = self.sessions_opened.get(login, 0) + 1
         return sid
+
+    def live_sessions(self, login: str) -> int:
+        row = self.one("SELECT COUNT(*) AS n FROM jsessions WHERE login=? AND last_seen>?", login,
+                       time.time() - self.session_timeout)
+        return int(row["n"])
 
     def jsession_user(self, sid: str) -> str | None:
         row = self.one("SELECT login, last_seen FROM jsessions WHERE id=?", sid)
@@ -139,24 +157,41 @@ class Store:
         }
 
     def token_user(self, alias: str, secret: str) -> str | None:
-        row = self.one("SELECT * FROM tokens WHERE alias=?", alias)
-        if row is None or not row["enabled"] or row["expires"] < time.time():
-            return None
-        if not secrets.compare_digest(row["secret"], secret):
+        """HibernateAliasTokenService.validateToken: alias and secret only, no
+        expiry check; expired tokens go at the next scheduled cleanup."""
+        self.cleanup_tokens_when_due()
+        row = self.token(alias)
+        if row is None or not secrets.compare_digest(row["secret"], secret):
             return None
         return row["login"]
 
     def token(self, alias: str) -> sqlite3.Row | None:
-        return self.one("SELECT * FROM tokens WHERE alias=?", alias)
+        """A token XNAT still has (invalidated ones are deleted there; kept here,
+        disabled, for the tests to inspect)."""
+        return self.one("SELECT * FROM tokens WHERE alias=? AND enabled=1", alias)
 
     def invalidate_token(self, alias: str) -> bool:
         with self.lock:
-            cur = self.db.execute("UPDATE tokens SET enabled=0 WHERE alias=?", (alias,))
+            cur = self.db.execute("UPDATE tokens SET enabled=0 WHERE alias=? AND enabled=1",
+                                  (alias,))
             return cur.rowcount > 0
 
-    def expire_tokens(self) -> int:
+    def cleanup_tokens_when_due(self) -> None:
+        if time.time() >= self.next_token_cleanup:
+            self.cleanup_expired_tokens()
+
+    def cleanup_expired_tokens(self) -> int:
+        """invalidateExpiredTokens, as the hourly schedule runs it."""
         with self.lock:
-            return self.db.execute("UPDATE tokens SET expires=? WHERE enabled=1", (time.time() - 1,)).rowcount
+            self.next_token_cleanup = time.time() + self.token_cleanup_interval
+            return self.db.execute("UPDATE tokens SET enabled=0 WHERE enabled=1 AND expires<?",
+                                   (time.time(),)).rowcount
+
+    def expire_tokens(self) -> int:
+        """Fault injection: every token expired and the cleanup run now."""
+        with self.lock:
+            self.db.execute("UPDATE tokens SET expires=? WHERE enabled=1", (time.time() - 1,))
+            return self.cleanup_expired_tokens()
 
     # ------------------------------------------------------------------ projects / subjects
     def put_project(self, pid: str, fields: dict[str, str]) -> bool:

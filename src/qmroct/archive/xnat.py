@@ -41,7 +41,7 @@ from qmroct.archive import xnat_assessors
 from qmroct.archive.xnat_history import XnatHistory
 from qmroct.archive.xnat_http import XnatAuthError, XnatHttp, XnatNotFound, file_path_of
 from qmroct.archive.xnat_quality import natural_key, set_scan_quality
-from qmroct.archive.xnat_tokens import pyxnat_interface, resolve_credentials
+from qmroct.archive.xnat_tokens import check_server_url, pyxnat_interface, resolve_credentials
 from qmroct.assessment import Assessment
 
 log = logging.getLogger("qmroct.archive.xnat")
@@ -76,7 +76,8 @@ class XnatArchive(Archive):
     ):
         if unknown:
             raise ArchiveError(f"XNAT archive: unknown option(s) {', '.join(sorted(unknown))}")
-        self.server_option = server
+        # refused before anything is written: a URL with user:password@ (issue 9)
+        self.server_option = check_server_url(server.rstrip("/")) if server else None
         self.projects = list(projects)
         self.session_types = tuple(session_types) or DEFAULT_SESSION_TYPES
         self.scan_resources = tuple(scan_resources)
@@ -117,11 +118,9 @@ class XnatArchive(Archive):
         return self.http.server
 
     def close(self) -> None:
-        if self._intf is not None:
-            try:
-                self._intf._http.close()
-            except Exception:  # pragma: no cover - closing is best effort
-                pass
+        """End the login session (one per archive object, reused by every call)."""
+        if self._http is not None:
+            self._http.close()
         self._intf = None
         self._http = None
 

@@ -98,7 +98,12 @@ class XnatHistory:
             )
             return key
 
-        return self._guard(f"{status} for {session.key} {algorithm}", put, None)
+        recorded = self._guard(f"{status} for {session.key} {algorithm}", put, None)
+        if status == "Running" and recorded:
+            # one job per (session, algorithm) runs at a time: any other row still
+            # open is what a killed run left (kill -9 runs no handler)
+            self.close_interrupted(session, algorithm, keep=recorded)
+        return recorded
 
     def _row(
         self, session: Session, algorithm: str, status: str, detail: str, key: str
@@ -133,13 +138,13 @@ class XnatHistory:
         detail = status_detail(assessment) + (f" ({note})" if note else "")
         self.record(session, assessment.algorithm, status, detail=detail, launch_time=key)
 
-    def close_interrupted(self, session: Session, algorithm: str) -> int:
+    def close_interrupted(self, session: Session, algorithm: str, keep: str = "") -> int:
         """Rows of this algorithm left Queued or Running by a run that died
-        (kill -9: no handler ran) become ``Failed: interrupted``. Called by the
-        compute job before it opens its own row, so only older rows are closed."""
+        (kill -9: no handler ran) become ``Failed: interrupted``; ``keep`` is the
+        row of the job now running."""
         closed = 0
         for row in self.entries(session, algorithm):
-            if row.get("status") in ("Queued", "Running") and row.get("launch_time"):
+            if row.get("status") in ("Queued", "Running") and row.get("launch_time") != keep:
                 if self.record(
                     session,
                     algorithm,

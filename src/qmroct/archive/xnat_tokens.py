@@ -1,4 +1,8 @@
-"""Alias tokens: the head process's password never reaches a job.
+"""Credentials and alias tokens: the head process's password never reaches a job.
+
+Credentials come from ``XNAT_USER``/``XNAT_PASS`` or ``~/.netrc``, never from
+config; a server URL with ``user:password@`` in it is refused
+(``check_server_url``).
 
 At the start of a run the head process exchanges the user's credentials
 (``~/.netrc`` or ``XNAT_USER``/``XNAT_PASS``) for an XNAT alias token
@@ -10,7 +14,9 @@ environment jobs inherit, the way XNAT's Container Service does::
 The password stays in the keeper's memory, used to renew the token before it
 expires (a fresh token for jobs started later; jobs already running keep
 theirs until its own expiry) and to invalidate every token it issued at the end
-of the run (``/data/services/tokens/invalidate/<alias>``).
+of the run (``/data/services/tokens/invalidate/<alias>``). Every alias issued
+is recorded (never its secret) in ``.qmroct/xnat/tokens.json`` with its owner
+process, so the next run invalidates what a killed run left valid.
 
 In the Snakefile::
 
@@ -24,21 +30,47 @@ In the Snakefile::
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import logging
 import netrc
 import os
 import threading
 import time
-from collections.abc import MutableMapping
-from dataclasses import dataclass
+from collections.abc import Iterator, MutableMapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from qmroct.archive.base import ArchiveError
-from qmroct.archive.xnat_http import XnatHttp
+from qmroct.archive.xnat_http import XnatHttp, XnatNotFound
+from qmroct.runlock import ProcessId
 
 log = logging.getLogger("qmroct.archive.xnat")
 ENV_KEYS = ("XNAT_HOST", "XNAT_USER", "XNAT_PASS")
+# where a run records the aliases it issued (relative to the workflow folder)
+DEFAULT_LEDGER = Path(".qmroct/xnat/tokens.json")
+
+
+def check_server_url(server: str) -> str:
+    """The server URL, refused when empty or when it carries credentials
+    (``https://user:pw@host``): a URL is written into manifests, logs and job
+    inputs, so a password there would be persisted. The message never repeats
+    the URL (it would repeat the password)."""
+    if not server:
+        raise ArchiveError(
+            "XNAT archive: no server URL (set archive.server in config or XNAT_HOST)"
+        )
+    parts = urlsplit(server)
+    if "@" in parts.netloc:
+        raise ArchiveError(
+            f"XNAT archive: the server URL carries credentials (user:password@{parts.hostname}); "
+            "remove them from archive.server / XNAT_HOST and put them in ~/.netrc or in "
+            "XNAT_USER/XNAT_PASS"
+        )
+    return server
 
 
 def resolve_credentials(
@@ -50,11 +82,7 @@ def resolve_credentials(
     ``XNAT_PASS`` win over ``~/.netrc`` (jobs get an alias token that way).
     """
     environ = os.environ if environ is None else environ
-    server = (server or environ.get("XNAT_HOST") or "").rstrip("/")
-    if not server:
-        raise ArchiveError(
-            "XNAT archive: no server URL (set archive.server in config or XNAT_HOST)"
-        )
+    server = check_server_url((server or environ.get("XNAT_HOST") or "").rstrip("/"))
     user, password = environ.get("XNAT_USER"), environ.get("XNAT_PASS")
     if user and password:
         return server, user, password
@@ -105,21 +133,32 @@ class AliasToken:
         return {"XNAT_HOST": server, "XNAT_USER": self.alias, "XNAT_PASS": self.secret}
 
 
-def _http(server: str, user: str, password: str, verify: bool | str, timeout: float) -> XnatHttp:
+def login(
+    server: str, user: str, password: str, verify: bool | str = True, timeout: float = 30.0
+) -> XnatHttp:
+    """One connection (one XNAT login session once used); ``close()`` ends it."""
     intf = pyxnat_interface(server, user, password, verify)
     return XnatHttp(intf, server, user, timeout=timeout, retries=3, backoff=0.5)
 
 
 def issue_token(
-    server: str, user: str, password: str, verify: bool | str = True, timeout: float = 30.0
+    server: str,
+    user: str,
+    password: str,
+    verify: bool | str = True,
+    timeout: float = 30.0,
+    http: XnatHttp | None = None,
 ) -> AliasToken:
-    http = _http(server, user, password, verify, timeout)
+    """A new alias token (through ``http`` when given, else a login of its own)."""
+    own = http is None
+    http = http or login(server, user, password, verify, timeout)
     try:
         data = http.get(
             "/data/services/tokens/issue", params={"format": "json"}, what="alias token"
         ).json()
     finally:
-        http.intf._http.close()
+        if own:
+            http.close()
     try:
         expires = float(data.get("estimatedExpirationTime") or 0) / 1000.0
         return AliasToken(
@@ -134,27 +173,68 @@ def issue_token(
         ) from None
 
 
-def invalidate_token(
-    server: str,
-    user: str,
-    password: str,
-    alias: str,
-    verify: bool | str = True,
-    timeout: float = 30.0,
-) -> None:
-    http = _http(server, user, password, verify, timeout)
+def invalidate_token(http: XnatHttp, alias: str) -> bool:
+    """Invalidate one token; False when XNAT no longer knows it (404: invalidated
+    before, or removed by XNAT's hourly cleanup of expired tokens; both fine)."""
     try:
         http.get(
             f"/data/services/tokens/invalidate/{alias}",
             params={"format": "json"},
             what=f"invalidate token {alias[:8]}",
         )
-    finally:
-        http.intf._http.close()
+    except XnatNotFound:
+        return False
+    return True
+
+
+class TokenLedger:
+    """The aliases a run issued, on disk, so the next run can invalidate what a
+    killed run (kill -9: no handler ran) left valid. Never the secrets. Each
+    entry names its owner process (PID + start time): a live run's tokens are
+    never touched by another run in the same folder."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[list[dict[str, Any]]]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as guard:
+            fcntl.flock(guard, fcntl.LOCK_EX)  # released by the kernel if we die
+            try:
+                entries = json.loads(self.path.read_text()).get("tokens", [])
+            except (FileNotFoundError, ValueError, AttributeError):
+                entries = []
+            yield entries
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(json.dumps({"tokens": entries}, indent=1))
+            os.replace(tmp, self.path)
+
+    def add(self, server: str, token: AliasToken) -> None:
+        me = asdict(ProcessId.of(os.getpid()))
+        with self._locked() as entries:
+            entries.append(
+                {"alias": token.alias, "server": server, "expires": token.expires, "owner": me}
+            )
+
+    def remove(self, aliases: set[str]) -> None:
+        with self._locked() as entries:
+            entries[:] = [e for e in entries if e.get("alias") not in aliases]
+
+    def orphans(self, server: str) -> list[str]:
+        """Aliases on ``server`` whose owner process is gone."""
+        nobody = {"pid": 0, "start_ticks": None, "boot_id": None}
+        with self._locked() as entries:
+            return [
+                e["alias"]
+                for e in entries
+                if e.get("server") == server and not ProcessId(**e.get("owner", nobody)).alive()
+            ]
 
 
 class TokenKeeper:
-    """Issues, hands down (environment), renews and invalidates alias tokens."""
+    """Issues, hands down (environment), renews and invalidates alias tokens,
+    through one login session of the user that lasts as long as the keeper."""
 
     def __init__(
         self,
@@ -165,6 +245,7 @@ class TokenKeeper:
         netrc_file: str | None = None,
         environ: MutableMapping[str, str] | None = None,
         timeout: float = 30.0,
+        ledger: Path | str | None = None,
     ):
         self.environ = os.environ if environ is None else environ
         self.server, self._user, self._password = resolve_credentials(
@@ -174,21 +255,53 @@ class TokenKeeper:
         self.renew_fraction = renew_fraction
         self.min_renew_interval = min_renew_interval
         self.timeout = timeout
+        self.ledger = TokenLedger(Path(ledger)) if ledger else None
         self.tokens: list[AliasToken] = []
         self.current: AliasToken | None = None
         self._saved = {k: self.environ.get(k) for k in ENV_KEYS}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._conn: XnatHttp | None = None
+
+    @property
+    def http(self) -> XnatHttp:
+        if self._conn is None:
+            self._conn = login(self.server, self._user, self._password, self.verify, self.timeout)
+        return self._conn
 
     def start(self) -> AliasToken:
+        self.invalidate_orphans()
         token = self.renew()
         self._thread = threading.Thread(target=self._run, name="xnat-token-renewal", daemon=True)
         self._thread.start()
         return token
 
+    def invalidate_orphans(self) -> int:
+        """Invalidate the tokens runs that died left in the ledger (a run that ended
+        normally removed its own). Returns how many XNAT still knew."""
+        if self.ledger is None:
+            return 0
+        done, known = set(), 0
+        for alias in self.ledger.orphans(self.server):
+            try:
+                known += invalidate_token(self.http, alias)
+                done.add(alias)
+            except ArchiveError as err:  # kept for the next run
+                log.warning(
+                    "XNAT alias token %s... left by a stopped run could not be " "invalidated: %s",
+                    alias[:8],
+                    err,
+                )
+        if done:
+            self.ledger.remove(done)
+            log.warning("XNAT: %d alias token(s) left by a stopped run invalidated", known)
+        return known
+
     def renew(self) -> AliasToken:
-        token = issue_token(self.server, self._user, self._password, self.verify, self.timeout)
+        token = issue_token(self.server, self._user, self._password, http=self.http)
+        if self.ledger is not None:
+            self.ledger.add(self.server, token)  # before any job can hold it
         with self._lock:
             self.tokens.append(token)
             self.current = token
@@ -217,19 +330,23 @@ class TokenKeeper:
                 self._stop.wait(self.min_renew_interval)
 
     def stop(self) -> None:
-        """Stop renewing, invalidate every token issued, restore the environment."""
+        """Stop renewing, invalidate every token issued (also those past their
+        estimated expiry: XNAT keeps accepting them until its hourly cleanup),
+        restore the environment, end the login session."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
+        done = set()
         for token in self.tokens:
             try:
-                invalidate_token(
-                    self.server, self._user, self._password, token.alias, self.verify, self.timeout
-                )
+                invalidate_token(self.http, token.alias)
+                done.add(token.alias)
             except ArchiveError as err:
                 log.warning(
                     "XNAT alias token %s... could not be invalidated: %s", token.alias[:8], err
                 )
+        if self.ledger is not None and done:
+            self.ledger.remove(done)
         with self._lock:
             for key, value in self._saved.items():
                 if value is None:
@@ -238,6 +355,9 @@ class TokenKeeper:
                     self.environ[key] = value
         self.tokens = []
         self.current = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def __enter__(self) -> "TokenKeeper":
         self.start()
@@ -260,6 +380,7 @@ def start_archive_tokens(archive_config: dict[str, Any]) -> TokenKeeper | None:
             server=archive_config.get("server"),
             verify=archive_config.get("verify", True),
             netrc_file=archive_config.get("netrc_file"),
+            ledger=DEFAULT_LEDGER,  # the workflow folder (onstart runs there)
         )
         _KEEPER.start()
     return _KEEPER
