@@ -1,0 +1,154 @@
+"""Issue 9 cases 1 and 7: scratch space the workflow may delete, and only that.
+
+Case 1: a scratch_dir of `.`, `/`, $HOME, an ancestor of the working directory,
+or a folder inside or above the archive used to pass check-config, and the
+end-of-run cleanup deleted it whole. Case 7: a second run in the same folder
+wiped the first run's staging when it ended.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from qmroct.config import ConfigError, check_config, load_settings
+from qmroct.scratch import MARKER, Owner, ScratchError, check_scratch_dir, claim, read_owner, release, run_folder
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _config(tmp_path: Path, scratch: str) -> Path:
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["archive"] = {"backend": "directory", "path": "demo/archive"}
+    config["algorithm_paths"] = [str(REPO / "algorithms")]
+    config["scratch_dir"] = scratch
+    path = tmp_path / "wf" / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (path.parent / "demo" / "archive").mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize(
+    "scratch, reason",
+    [
+        (".", "working directory"),
+        ("..", "working directory"),
+        ("/", "file system root"),
+        ("~", "home"),
+        ("demo", "archive"),  # above the archive
+        ("demo/archive", "archive"),
+        ("demo/archive/DEMO/tmp", "archive"),  # inside it
+        ("scratch/../..", "working directory"),
+    ],
+)
+def test_check_config_refuses_scratch_that_cleanup_could_destroy(tmp_path, scratch, reason):
+    path = _config(tmp_path, scratch)
+    with pytest.raises(ConfigError, match=reason):
+        load_settings(path)
+    # the command line says the same and fails
+    proc = subprocess.run([sys.executable, "-m", "qmroct.cli", "check-config", str(path)],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and reason in proc.stderr and "scratch_dir" in proc.stderr
+
+
+def test_scratch_that_is_a_link_to_the_working_directory_is_refused(tmp_path):
+    path = _config(tmp_path, "scratch")
+    (path.parent / "scratch").symlink_to(path.parent)
+    with pytest.raises(ConfigError, match="working directory"):
+        load_settings(path)
+
+
+def test_a_plain_subfolder_and_an_outside_folder_are_accepted(tmp_path):
+    for scratch in ("scratch", "tmp/qmroct", str(tmp_path / "elsewhere")):
+        assert load_settings(_config(tmp_path, scratch)).raw["scratch_dir"] == scratch
+
+
+def test_the_snakefile_checks_with_the_working_directory(tmp_path, monkeypatch):
+    config = yaml.safe_load(_config(tmp_path, "scratch").read_text())
+    from qmroct.config import validate_schema
+
+    validate_schema(config)
+    monkeypatch.chdir(tmp_path / "wf")
+    check_config(config, REPO)
+    config["scratch_dir"] = str(REPO)  # the workflow's own folder, when snakemake runs elsewhere
+    with pytest.raises(ConfigError, match="working directory"):
+        check_config(config, REPO)
+
+
+def _dead_owner() -> Owner:
+    proc = subprocess.Popen(["sleep", "30"])
+    owner = Owner.current(proc.pid)
+    proc.kill()
+    proc.wait()
+    assert owner.started and owner.alive() is False
+    return owner
+
+
+@pytest.fixture
+def live_owner():
+    proc = subprocess.Popen(["sleep", "120"])
+    yield Owner.current(proc.pid)
+    proc.kill()
+    proc.wait()
+
+
+def test_release_deletes_only_its_own_and_dead_runs(tmp_path, live_owner):
+    root = tmp_path / "scratch"
+    mine = claim(run_folder(root))
+    (mine / "DEMO").mkdir()
+    neighbour = claim(root / "run-1-aaaaaaaa", owner=live_owner)
+    (neighbour / "staged.json").write_text("{}")
+    dead = claim(root / "run-2-bbbbbbbb", owner=_dead_owner())
+    other_host = claim(root / "run-3-cccccccc", owner=Owner("another-host", 1, "1"))
+    unmarked = root / "run-4-dddddddd"
+    unmarked.mkdir()
+    user_file = root / "notes.txt"
+    user_file.write_text("mine, not the workflow's")
+
+    removed = release(root, mine)
+
+    assert set(removed) == {mine, dead}
+    assert (neighbour / "staged.json").is_file() and read_owner(neighbour) == live_owner
+    assert other_host.is_dir() and unmarked.is_dir() and user_file.read_text()
+    # the parent goes only when empty
+    for folder in (neighbour, other_host):
+        (folder / MARKER).unlink()
+        folder.rename(tmp_path / folder.name)
+    unmarked.rmdir()
+    user_file.unlink()
+    release(root, mine)
+    assert not root.exists()
+
+
+def test_claim_refuses_a_folder_that_is_not_a_run_folder(tmp_path):
+    existing = tmp_path / "scratch" / "run-5-eeeeeeee"
+    existing.mkdir(parents=True)
+    with pytest.raises(ScratchError, match="not a qmroct run folder"):
+        claim(existing)
+    link = tmp_path / "scratch" / "run-6-ffffffff"
+    link.symlink_to(tmp_path)
+    with pytest.raises(ScratchError):
+        claim(link)
+    assert release(tmp_path / "scratch", link) == [] and tmp_path.is_dir()
+
+
+def test_run_folder_is_private(tmp_path):
+    run = claim(run_folder(tmp_path / "scratch"))
+    assert (run.stat().st_mode & 0o777) == 0o700
+    assert read_owner(run) == Owner.current()
+
+
+def test_check_scratch_dir_resolves_relative_to_the_working_directory(tmp_path):
+    (tmp_path / "a").mkdir()
+    assert check_scratch_dir("s", tmp_path / "a") == (tmp_path / "a" / "s").resolve()
+    with pytest.raises(ScratchError):
+        check_scratch_dir(str(tmp_path), tmp_path / "a")
+    home = Path.home()
+    if home != Path("/"):
+        with pytest.raises(ScratchError, match="home"):
+            check_scratch_dir(str(home), tmp_path)
