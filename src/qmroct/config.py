@@ -44,8 +44,20 @@ class Settings:
     def algorithm_params(self, name: str) -> dict[str, Any]:
         return dict((self.raw["algorithms"].get(name) or {}).get("params", {}))
 
-    def algorithm_timeout(self, name: str) -> float | None:
-        return (self.raw["algorithms"].get(name) or {}).get("timeout_s")
+    def algorithm_timeout(self, name: str) -> float:
+        """Seconds one call of ``name`` may take: its timeout_s, else limits' factor x runtime_s."""
+        explicit = (self.raw["algorithms"].get(name) or {}).get("timeout_s")
+        if explicit is not None:
+            return float(explicit)
+        limits = self.raw.get("limits") or {}
+        return self.algorithms[name].time_limit(
+            limits.get("algorithm_timeout_factor"), limits.get("algorithm_min_timeout_s")
+        )
+
+    def algorithm_output_keep(self) -> int | None:
+        """Bytes kept of an algorithm call's output, at its head and at its tail (None: default)."""
+        kib = (self.raw.get("limits") or {}).get("algorithm_output_kib")
+        return None if kib is None else int(kib) * 1024
 
 
 def validate_schema(config: dict[str, Any]) -> None:

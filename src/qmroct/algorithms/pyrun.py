@@ -1,40 +1,34 @@
-"""Subprocess entry for Python algorithms (used when isolated or with a timeout).
+"""A Python algorithm in a fresh interpreter (when the runner cannot fork).
 
-    python -m qmroct.algorithms.pyrun ENTRY.py FUNCTION VOLUME META PARAMS OUTDIR
+    python -m qmroct.algorithms.pyrun NAME ENTRY.py FUNCTION VOLUME META PARAMS OUTDIR
 
-Same contract as the Octave and executable runtimes: reads the staged input,
-calls ``FUNCTION(volume, meta, params, outdir)`` and writes ``OUTDIR/kqi.json``.
-Exit status 0 only when the file was written.
+The runner forks Python algorithms from the job process; forking is unsafe
+while other threads run, and then it starts this instead. Same child body as
+the forked one (:func:`qmroct.algorithms.runner.python_child`): calls
+``FUNCTION(volume, meta, params, outdir)``, writes ``OUTDIR/kqi.json``, and on
+an exception exits 1 leaving the reason in ``OUTDIR/_failure.json``.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import faulthandler
 import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from qmroct.algorithms.runner import OUTPUT_NAME, jsonable
+from qmroct.algorithms.runner import python_child
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 6:
+    if len(argv) != 7:
         print(__doc__, file=sys.stderr)
         return 2
-    entry, function, volume_path, meta_path, params_path, outdir = argv
-    spec = importlib.util.spec_from_file_location("qmroct_isolated_algorithm", entry)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    fn = getattr(module, function)
-    volume = np.load(volume_path, allow_pickle=False)
+    name, entry, function, volume_path, meta_path, params_path, outdir = argv
+    faulthandler.enable()  # a segfault leaves the Python stack in the output
     meta = json.loads(Path(meta_path).read_text())
     params = json.loads(Path(params_path).read_text())
-    result = fn(volume, meta, params, Path(outdir))
-    text = json.dumps(jsonable(result), allow_nan=False, indent=1)
-    (Path(outdir) / OUTPUT_NAME).write_text(text)
-    return 0
+    module = f"qmroct_isolated_algorithm_{name}"
+    return python_child(name, Path(entry), function, Path(volume_path), meta, params, Path(outdir), module)
 
 
 if __name__ == "__main__":

@@ -264,7 +264,9 @@ class Algorithm:
     def _command(self, input_path: Path, meta_path: Path, params_path: Path, outdir: Path, mcr_root) -> list[str]:
         args = [str(input_path), str(meta_path), str(params_path), str(outdir)]
         if self.runtime == "python":
-            return [sys.executable, "-m", "qmroct.algorithms.pyrun", str(self.path / self.entry), self.function or "compute", *args]
+            # Only when forking is unsafe (other threads running): a fresh interpreter.
+            entry = str(self.path / self.entry)
+            return [sys.executable, "-m", "qmroct.algorithms.pyrun", self.name, entry, self.function or "compute", *args]
         if self.runtime == "octave":
             octave = os.environ.get("OCTAVE_EXECUTABLE") or shutil.which("octave-cli") or shutil.which("octave")
             if not octave:
