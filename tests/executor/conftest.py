@@ -37,10 +37,21 @@ def nova_cloud(tmp_path_factory):
     ready = d / "ready.json"
     log = open(d / "cloud.log", "wb")
     proc = subprocess.Popen(
-        [str(NOVA_PY), str(REPO / "tests" / "cloud" / "novacloud.py"), "--port", "0",
-         "--ssh-port", os.environ.get("SMOS_TEST_SSH_PORT", "2222"),
-         "--state-dir", str(d / "state"), "--ready-file", str(ready)],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            str(NOVA_PY),
+            str(REPO / "tests" / "cloud" / "novacloud.py"),
+            "--port",
+            "0",
+            "--ssh-port",
+            os.environ.get("SMOS_TEST_SSH_PORT", "2222"),
+            "--state-dir",
+            str(d / "state"),
+            "--ready-file",
+            str(ready),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     deadline = time.time() + 90
     while not ready.exists():

@@ -20,7 +20,8 @@ import uuid
 from pathlib import Path
 
 from snakemake_executor_plugin_openstack import cloud as cl
-from snakemake_executor_plugin_openstack.pool import Pool, PoolConfig, PoolJob
+from snakemake_executor_plugin_openstack.model import PoolConfig, PoolJob
+from snakemake_executor_plugin_openstack.pool import Pool
 from snakemake_executor_plugin_openstack.ssh import JobIO
 from tests.cloud.procs import descendants
 
@@ -50,15 +51,24 @@ class NovaCloud:
             return json.load(resp)
 
     def reset(self):
-        return self.control(boot_delay=0, delete_delay=0, fail_spawns=0, slow_spawns=0,
-                            slow_spawn_delay=0, refuse_ssh=0, ssh_start_delay=0, snapshot_delay=0,
-                            boot_from_request=False)
+        return self.control(
+            boot_delay=0,
+            delete_delay=0,
+            fail_spawns=0,
+            slow_spawns=0,
+            slow_spawn_delay=0,
+            refuse_ssh=0,
+            ssh_start_delay=0,
+            snapshot_delay=0,
+            boot_from_request=False,
+        )
 
     def connect(self, user: str, project: str):
         import openstack
 
-        return openstack.connect(auth_type="admin_token",
-                                 auth={"endpoint": self.endpoint, "token": f"{user}:{project}"})
+        return openstack.connect(
+            auth_type="admin_token", auth={"endpoint": self.endpoint, "token": f"{user}:{project}"}
+        )
 
 
 class Project:
@@ -70,11 +80,13 @@ class Project:
         self.user = "u-" + name
         self.root = root
         self.key = root / "id_ed25519"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)], check=True)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)], check=True
+        )
         self.clouds_yaml = root / "clouds.yaml"
         self.clouds_yaml.write_text(
             "clouds:\n  testcloud:\n    auth_type: admin_token\n    auth:\n"
-            f"      endpoint: {cloud.endpoint}\n      token: \"{self.user}:{name}\"\n"
+            f'      endpoint: {cloud.endpoint}\n      token: "{self.user}:{name}"\n'
         )
         self.conn = cloud.connect(self.user, name)
         self.admin = cloud.connect("admin", name)
@@ -120,7 +132,9 @@ class Project:
         return args
 
 
-def make_workdir(root: Path, samples=("s1", "s2", "s3", "s4"), algos=("alpha", "beta"), sleep=0.2) -> Path:
+def make_workdir(
+    root: Path, samples=("s1", "s2", "s3", "s4"), algos=("alpha", "beta"), sleep=0.2
+) -> Path:
     wd = root / "wd"
     shutil.copytree(WORKFLOW, wd)
     (wd / "config.yaml").write_text(
@@ -135,8 +149,14 @@ def make_workdir(root: Path, samples=("s1", "s2", "s3", "s4"), algos=("alpha", "
 def run_snakemake(wd: Path, args: list[str], env: dict, timeout: float = 240, log_name="run.log"):
     log = wd / log_name
     with open(log, "wb") as f:
-        p = subprocess.run([str(SNAKEMAKE), "-j", "50", "--latency-wait", "1", *args], cwd=wd, env=env,
-                           stdout=f, stderr=subprocess.STDOUT, timeout=timeout)
+        p = subprocess.run(
+            [str(SNAKEMAKE), "-j", "50", "--latency-wait", "1", *args],
+            cwd=wd,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
+        )
     return p.returncode, log.read_text()
 
 
@@ -201,7 +221,9 @@ def scan_tree_for(root: Path, secret: str) -> list[str]:
     return hits
 
 
-NEUTRON_NETWORK = "3cb9bc59-5699-4588-a4b1-b87f96708bc6"  # the "private" network of Nova's NeutronFixture
+NEUTRON_NETWORK = (
+    "3cb9bc59-5699-4588-a4b1-b87f96708bc6"  # the "private" network of Nova's NeutronFixture
+)
 
 
 def free_port(address: str) -> int:
@@ -232,8 +254,21 @@ class Bastion:
         os.chmod(self.dir, 0o700)
         self.address = address
         self.port = free_port(address)
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bastion",
-                        "-f", str(self.dir / "host_key")], check=True)
+        subprocess.run(
+            [
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "bastion",
+                "-f",
+                str(self.dir / "host_key"),
+            ],
+            check=True,
+        )
         (self.dir / "authorized_keys").write_text(authorized_pubkey.strip() + "\n")
         self.log = self.dir / "sshd.log"
         conf = self.dir / "sshd_config"
@@ -246,8 +281,9 @@ class Bastion:
             f"SetEnv HOME={self.dir}/home\n"
         )
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-        self.proc = subprocess.Popen([self.SSHD, "-D", "-E", str(self.log), "-f", str(conf)],
-                                     stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [self.SSHD, "-D", "-E", str(self.log), "-f", str(conf)], stdin=subprocess.DEVNULL
+        )
         deadline = time.time() + 10
         while True:
             try:
@@ -255,7 +291,9 @@ class Bastion:
                 break
             except OSError:
                 if self.proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError("bastion sshd did not start: " + self.log.read_text()[-2000:])
+                    raise RuntimeError(
+                        "bastion sshd did not start: " + self.log.read_text()[-2000:]
+                    )
                 time.sleep(0.05)
 
     def host_key(self) -> str:
@@ -306,10 +344,18 @@ def make_pool(project, network: str = "none", **kw) -> Pool:
     pub = (project.key.parent / (project.key.name + ".pub")).read_text()
     adapter.ensure_keypair("k-" + project.name, pub)
     cfg = dict(
-        image_id=IMAGE, flavors=[adapter.find_flavor("m1.medium")], keypair="k-" + project.name,
-        private_key=str(project.key), ssh_user=getpass.getuser(),
-        ssh_port=project.cloud.ssh_port, max_servers=2, expected_boot_seconds=3,
-        launch_timeout=60, boot_timeout=30, status_log_interval=0, idle_timeout=120,
+        image_id=IMAGE,
+        flavors=[adapter.find_flavor("m1.medium")],
+        keypair="k-" + project.name,
+        private_key=str(project.key),
+        ssh_user=getpass.getuser(),
+        ssh_port=project.cloud.ssh_port,
+        max_servers=2,
+        expected_boot_seconds=3,
+        launch_timeout=60,
+        boot_timeout=30,
+        status_log_interval=0,
+        idle_timeout=120,
     )
     cfg.update(kw)
     logs = []
@@ -320,9 +366,18 @@ def make_pool(project, network: str = "none", **kw) -> Pool:
 
 def job(n: int, cmd: str, wd) -> PoolJob:
     out = f"out/{n}.txt"
-    io_ = JobIO(job_key=str(n), command=f"mkdir -p out && {cmd} && echo job{n} > {out}", env={},
-                inputs=[], outputs=[out], logs=[], local_log=str(wd / f"log/{n}.log"))
-    return PoolJob(key=str(n), name=f"job{n}", kind="t", cores=1, mem_mb=500, est_seconds=5.0, io=io_)
+    io_ = JobIO(
+        job_key=str(n),
+        command=f"mkdir -p out && {cmd} && echo job{n} > {out}",
+        env={},
+        inputs=[],
+        outputs=[out],
+        logs=[],
+        local_log=str(wd / f"log/{n}.log"),
+    )
+    return PoolJob(
+        key=str(n), name=f"job{n}", kind="t", cores=1, mem_mb=500, est_seconds=5.0, io=io_
+    )
 
 
 def wait(pred, timeout, what="condition"):
@@ -339,7 +394,9 @@ def finish(pool: Pool, project):
     assert project.servers() == []
 
 
-def submit_and_wait(pool: Pool, jobs: list[PoolJob], timeout: float, what: str = "jobs to finish") -> float:
+def submit_and_wait(
+    pool: Pool, jobs: list[PoolJob], timeout: float, what: str = "jobs to finish"
+) -> float:
     """Start the pool, hand it the jobs, wait until every one is finished (done or failed);
     returns the seconds from the first submission."""
     pool.start()
@@ -348,4 +405,3 @@ def submit_and_wait(pool: Pool, jobs: list[PoolJob], timeout: float, what: str =
         pool.submit(j)
     wait(lambda: all(j.finished for j in jobs), timeout, what)
     return time.time() - t0
-

@@ -13,8 +13,17 @@ import time
 
 import pytest
 
-from tests.executor.helpers import Bastion, finish, job, make_pool, make_workdir, run_snakemake, run_summary, \
-    submit_and_wait, wait
+from tests.executor.helpers import (
+    Bastion,
+    finish,
+    job,
+    make_pool,
+    make_workdir,
+    run_snakemake,
+    run_summary,
+    submit_and_wait,
+    wait,
+)
 from snakemake_executor_plugin_openstack.pool import JobState
 from snakemake_executor_plugin_openstack.ssh import VMLost
 
@@ -32,14 +41,23 @@ def bastion(project, tmp_path):
 def forwarded_targets(log: str) -> list[tuple[str, int]]:
     # OpenSSH: "server_request_direct_tcpip: originator  port 0, target 127.42.1.1 port 2222"
     # (asyncssh sends no originator)
-    return [(a, int(p)) for a, p in re.findall(r"direct_tcpip: originator \S* port \d+, target (\S+) port (\d+)", log)]
+    return [
+        (a, int(p))
+        for a, p in re.findall(
+            r"direct_tcpip: originator \S* port \d+, target (\S+) port (\d+)", log
+        )
+    ]
 
 
 def test_jobs_run_through_the_bastion(project, nova_cloud, bastion, in_tmp):
     kh = in_tmp / "known_hosts"
     kh.write_text(bastion.known_hosts_line())
-    pool = make_pool(project, max_servers=2, jump_host=f"{getpass.getuser()}@{bastion.address}:{bastion.port}",
-                     jump_host_known_hosts=str(kh))
+    pool = make_pool(
+        project,
+        max_servers=2,
+        jump_host=f"{getpass.getuser()}@{bastion.address}:{bastion.port}",
+        jump_host_known_hosts=str(kh),
+    )
     jobs = [job(i, "sleep 1", in_tmp) for i in range(4)]
     try:
         submit_and_wait(pool, jobs, 90, "jobs to finish")
@@ -69,8 +87,12 @@ def test_bastion_connections_close_with_their_workers(project, nova_cloud, basti
     nova_cloud.control(ssh_start_delay=3)
     kh = in_tmp / "known_hosts"
     kh.write_text(bastion.known_hosts_line())
-    pool = make_pool(project, max_servers=1, jump_host=f"{bastion.address}:{bastion.port}",
-                     jump_host_known_hosts=str(kh))
+    pool = make_pool(
+        project,
+        max_servers=1,
+        jump_host=f"{bastion.address}:{bastion.port}",
+        jump_host_known_hosts=str(kh),
+    )
     j = job(1, "true", in_tmp)
     try:
         submit_and_wait(pool, [j], 60, "the job")
@@ -92,15 +114,22 @@ def test_a_wrong_bastion_host_key_stops_the_pool_at_once(project, nova_cloud, ba
     kh = in_tmp / "known_hosts"
     wrong = " ".join((in_tmp / "other_key.pub").read_text().split()[:2])
     kh.write_text(bastion.known_hosts_line(wrong))  # an impostor, or a bastion whose key changed
-    pool = make_pool(project, max_servers=1, boot_timeout=60,
-                     jump_host=f"{bastion.address}:{bastion.port}", jump_host_known_hosts=str(kh))
+    pool = make_pool(
+        project,
+        max_servers=1,
+        boot_timeout=60,
+        jump_host=f"{bastion.address}:{bastion.port}",
+        jump_host_known_hosts=str(kh),
+    )
     jobs = [job(i, "true", in_tmp) for i in range(2)]
     try:
         took = submit_and_wait(pool, jobs, 45, "jobs to fail")
         assert took < 30, took  # not after boot_timeout, not after launch retries
         for j in jobs:
             assert j.state == JobState.FAILED
-            assert f"jump host {bastion.address}:{bastion.port}: host key not verified" in j.error, j.error
+            assert (
+                f"jump host {bastion.address}:{bastion.port}: host key not verified" in j.error
+            ), j.error
         assert pool.stats.servers_created == 1  # no relaunches: another server cannot help
         log = bastion.log_text()
         assert "Accepted publickey" not in log and not forwarded_targets(log)
@@ -112,8 +141,9 @@ def test_workflow_through_jump_host(project, nova_cloud, bastion, tmp_path):
     kh = tmp_path / "known_hosts"
     kh.write_text(bastion.known_hosts_line())
     wd = make_workdir(tmp_path, samples=("s1", "s2"), algos=("alpha",))
-    args = project.executor_args(max_servers=1, jump_host=f"{bastion.address}:{bastion.port}",
-                                 jump_host_known_hosts=str(kh))
+    args = project.executor_args(
+        max_servers=1, jump_host=f"{bastion.address}:{bastion.port}", jump_host_known_hosts=str(kh)
+    )
     rc, log = run_snakemake(wd, args, project.env())
     assert rc == 0, log[-4000:]
     assert run_summary(wd)["jobs_done"] == 2

@@ -10,7 +10,14 @@ import time
 
 import pytest
 
-from tests.executor.helpers import IMAGE, finish, job, make_pool, submit_and_wait, wait  # noqa: F401
+from tests.executor.helpers import (
+    IMAGE,
+    finish,
+    job,
+    make_pool,
+    submit_and_wait,
+    wait,
+)  # noqa: F401
 from snakemake_executor_plugin_openstack import cloud as cl
 from snakemake_executor_plugin_openstack import reaper
 from snakemake_executor_plugin_openstack.pool import JobState
@@ -23,8 +30,9 @@ def test_quota_403_at_create_shrinks_pool_then_recovers(project, nova_cloud, in_
     pool = make_pool(project, max_servers=2, quota_cache_seconds=3600)
     pool._budget()  # limits read now (5 free) and cached
     project.set_quota(instances=1)
-    other = project.conn.compute.create_server(name="someone-else", image_id=IMAGE, flavor_id="1",
-                                               networks="none")
+    other = project.conn.compute.create_server(
+        name="someone-else", image_id=IMAGE, flavor_id="1", networks="none"
+    )
     project.conn.compute.wait_for_server(other, interval=0.3, wait=60)
     pool.start()
     jobs = [job(i, "true", in_tmp) for i in range(2)]
@@ -34,7 +42,9 @@ def test_quota_403_at_create_shrinks_pool_then_recovers(project, nova_cloud, in_
         wait(lambda: pool.stats.quota_rejections >= 1, 60, "a quota rejection")
         assert pool.stats.quota_rejected_at_create >= 1  # Nova's 403 form
         time.sleep(1.0)
-        assert not any(j.state == JobState.FAILED for j in jobs)  # the pool waits instead of failing
+        assert not any(
+            j.state == JobState.FAILED for j in jobs
+        )  # the pool waits instead of failing
         assert [s.name for s in project.servers()] == ["someone-else"]
         # quota frees up: the pool grows again on its next limits read
         project.conn.compute.delete_server(other)
@@ -66,6 +76,26 @@ def test_quota_error_after_burst_of_creates(project, nova_cloud, in_tmp):
         finish(pool, project)
 
 
+def test_missing_declared_output_fails_the_job_on_the_worker(project, nova_cloud, in_tmp):
+    ok = job(1, "true", in_tmp)
+    bad = job(2, "echo 'wrote a log' > out/2.log", in_tmp)  # exit 0, one output never written
+    bad.io.outputs = ["out/2.txt", "out/never.txt", "out/not either.txt"]
+    bad.io.logs = ["out/2.log"]
+    pool = make_pool(project, max_servers=1)
+    try:
+        submit_and_wait(pool, [ok, bad], 60, "the jobs")
+        assert ok.state == JobState.DONE, ok.error
+        assert bad.state == JobState.FAILED
+        assert "out/never.txt, out/not either.txt" in bad.error and "out/2.txt," not in bad.error
+        assert "without its declared output(s)" in bad.error
+        assert not (in_tmp / "out/2.txt").exists()  # nothing of a failed job's outputs comes back
+        assert (in_tmp / "out/2.log").read_text() == "wrote a log\n"  # its log does
+        assert "missing outputs: out/never.txt" in (in_tmp / "log/2.log").read_text()
+        assert pool.stats.jobs_failed == 1 and pool.stats.jobs_done == 1
+    finally:
+        finish(pool, project)
+
+
 def test_slow_ssh_after_active_is_waited_for(project, nova_cloud, in_tmp):
     nova_cloud.control(ssh_start_delay=3)
     pool = make_pool(project, max_servers=1, boot_timeout=20)
@@ -87,7 +117,11 @@ def test_hung_server_is_detected_and_its_job_resubmitted(project, nova_cloud, in
     j = job(1, f"if [ ! -e {mark} ]; then touch {mark}; sleep 60; fi", in_tmp)
     pool.submit(j)
     try:
-        wait(lambda: mark.exists() and j.server is not None and j.state == JobState.RUNNING, 60, "job running")
+        wait(
+            lambda: mark.exists() and j.server is not None and j.state == JobState.RUNNING,
+            60,
+            "job running",
+        )
         victim = j.server
         t0 = time.time()
         nova_cloud.control(hang=[victim.id])
@@ -103,8 +137,9 @@ def test_hung_server_is_detected_and_its_job_resubmitted(project, nova_cloud, in
 def _tool_server(project, name, **md):
     meta = cl.metadata_for("run-" + name, 30, "smk-os")
     meta.update(md)
-    s = project.conn.compute.create_server(name=name, image_id=IMAGE, flavor_id="1", networks="none",
-                                           metadata=meta)
+    s = project.conn.compute.create_server(
+        name=name, image_id=IMAGE, flavor_id="1", networks="none", metadata=meta
+    )
     return project.conn.compute.wait_for_server(s, interval=0.3, wait=60)
 
 
@@ -114,8 +149,13 @@ def test_reaper_deletes_only_dead_runs_of_this_tool(project, nova_cloud, monkeyp
     expired = _tool_server(project, "expired", **{cl.MD_EXPIRES: str(int(time.time()) - 5)})
     crashed = _tool_server(project, "crashed", **{cl.MD_PID: str(dead.pid)})
     _tool_server(project, "alive")  # this process, fresh lease: must survive
-    foreign = project.conn.compute.create_server(name="foreign", image_id=IMAGE, flavor_id="1",
-                                                 networks="none", metadata={cl.MD_EXPIRES: "0"})
+    foreign = project.conn.compute.create_server(
+        name="foreign",
+        image_id=IMAGE,
+        flavor_id="1",
+        networks="none",
+        metadata={cl.MD_EXPIRES: "0"},
+    )
     project.conn.compute.wait_for_server(foreign, interval=0.3, wait=60)
     adapter = cl.CloudAdapter(project.conn)
     out = io.StringIO()
@@ -142,8 +182,12 @@ def test_idle_servers_retire_down_to_keep_warm_and_recycle(project, nova_cloud, 
         assert all(j.state == JobState.DONE for j in jobs), [j.error for j in jobs]
         # a server runs at most 2 submissions, then it is replaced
         assert max(pool.stats.per_server.values()) <= 2 and pool.stats.servers_created >= 3
-        wait(lambda: len([s for s in project.servers() if s.status == "ACTIVE"]) == 1 and
-             len(pool.live()) == 1, 60, "idle servers to retire down to keep-warm")
+        wait(
+            lambda: len([s for s in project.servers() if s.status == "ACTIVE"]) == 1
+            and len(pool.live()) == 1,
+            60,
+            "idle servers to retire down to keep-warm",
+        )
         time.sleep(2.0)
         assert len(pool.live()) == 1  # the keep-warm server stays while the run lasts
     finally:

@@ -24,7 +24,6 @@ from tests.support import REPO, copy_workflow
 pytestmark = pytest.mark.cloud
 
 
-
 @pytest.fixture(scope="module")
 def small_archive(tmp_path_factory) -> Path:
     from qmroct.synth.demo import build_demo_archive
@@ -59,20 +58,36 @@ def kqi_results(root: Path) -> dict:
 def test_qmroct_workflow_on_openstack_matches_local(project, nova_cloud, small_archive, tmp_path):
     env_local = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
     local = make_workflow(tmp_path / "local", small_archive)
-    r = subprocess.run([str(SNAKEMAKE), "--cores", "2", "--nocolor"], cwd=local, env=env_local,
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [str(SNAKEMAKE), "--cores", "2", "--nocolor"],
+        cwd=local,
+        env=env_local,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     ref = kqi_results(local)
     assert len(ref) == 3 * 2
 
     remote = make_workflow(tmp_path / "remote", small_archive)
-    args = [str(SNAKEMAKE), "--workflow-profile", "openstack", "--nocolor", "--retries", "0",
-            *project.executor_args(max_servers=2)]
+    args = [
+        str(SNAKEMAKE),
+        "--workflow-profile",
+        "openstack",
+        "--nocolor",
+        "--retries",
+        "0",
+        *project.executor_args(max_servers=2),
+    ]
     env = project.env(PATH=env_local["PATH"])
     r = subprocess.run(args, cwd=remote, env=env, capture_output=True, text=True, timeout=900)
     log = r.stdout + r.stderr
     assert r.returncode == 0, log[-5000:]
-    assert "openstack executor: run" in log and "Using workflow specific profile profiles/openstack" in log
+    assert (
+        "openstack executor: run" in log
+        and "Using workflow specific profile profiles/openstack" in log
+    )
     got = kqi_results(remote)
     assert got == ref
     summ = run_summary(remote)

@@ -10,8 +10,15 @@ import time
 
 import pytest
 
-from tests.executor.helpers import NEUTRON_NETWORK, finish, job, make_pool, make_workdir, run_snakemake, \
-    submit_and_wait
+from tests.executor.helpers import (
+    NEUTRON_NETWORK,
+    finish,
+    job,
+    make_pool,
+    make_workdir,
+    run_snakemake,
+    submit_and_wait,
+)
 from snakemake_executor_plugin_openstack.pool import JobState
 
 pytestmark = pytest.mark.cloud
@@ -19,8 +26,9 @@ pytestmark = pytest.mark.cloud
 
 def test_servers_carry_the_requested_security_groups(project, nova_cloud, in_tmp):
     nova_cloud.control(add_security_groups=[{"name": "qmroct-workers", "project_id": project.name}])
-    pool = make_pool(project, network=NEUTRON_NETWORK, max_servers=1,
-                     security_groups=["qmroct-workers", "default"])
+    pool = make_pool(
+        project, network=NEUTRON_NETWORK, max_servers=1, security_groups="qmroct-workers,default"
+    )
     j = job(1, "true", in_tmp)
     try:
         submit_and_wait(pool, [j], 60, "the job")
@@ -33,7 +41,7 @@ def test_servers_carry_the_requested_security_groups(project, nova_cloud, in_tmp
 
 
 def test_unknown_security_group_fails_at_once_and_names_the_group(project, nova_cloud, in_tmp):
-    pool = make_pool(project, max_servers=2, security_groups=["default", "no-such-group"])
+    pool = make_pool(project, max_servers=2, security_groups="default,no-such-group")
     jobs = [job(i, "true", in_tmp) for i in range(3)]
     try:
         took = submit_and_wait(pool, jobs, 30, "jobs to fail")
@@ -51,11 +59,14 @@ def test_unknown_security_group_fails_at_once_and_names_the_group(project, nova_
         finish(pool, project)
 
 
-def test_workflow_with_unknown_security_group_stops_with_a_clear_error(project, nova_cloud, tmp_path):
+def test_workflow_with_unknown_security_group_stops_with_a_clear_error(
+    project, nova_cloud, tmp_path
+):
     wd = make_workdir(tmp_path, samples=("s1",), algos=("alpha",))
     t0 = time.time()
-    rc, log = run_snakemake(wd, project.executor_args(security_groups="no-such-group"), project.env(),
-                            timeout=120)
+    rc, log = run_snakemake(
+        wd, project.executor_args(security_groups="no-such-group"), project.env(), timeout=120
+    )
     assert rc != 0
     assert time.time() - t0 < 60
     assert "security group 'no-such-group' not found in this project" in log, log[-3000:]

@@ -11,14 +11,24 @@ from pathlib import Path
 
 import pytest
 
-from tests.executor.helpers import (SECRET, SNAKEMAKE, SecretWatch, make_workdir, run_snakemake, run_summary,
-                      scan_tree_for)
+from tests.executor.helpers import (
+    SECRET,
+    SNAKEMAKE,
+    SecretWatch,
+    make_workdir,
+    run_snakemake,
+    run_summary,
+    scan_tree_for,
+)
 
 pytestmark = pytest.mark.cloud
 
 
 def results(wd: Path) -> dict:
-    return {str(p.relative_to(wd)): json.loads(p.read_text()) for p in sorted((wd / "results").rglob("*.json"))}
+    return {
+        str(p.relative_to(wd)): json.loads(p.read_text())
+        for p in sorted((wd / "results").rglob("*.json"))
+    }
 
 
 def local_reference(tmp_path: Path, **kw) -> dict:
@@ -64,10 +74,30 @@ def test_workflow_matches_local_run_with_reuse_and_cleanup(project, nova_cloud, 
     assert scan_tree_for(Path(nova_cloud.state_dir), SECRET) == []
 
 
+def test_workflow_with_directory_runs_in_the_staged_job_folder(project, nova_cloud, tmp_path):
+    """`snakemake -s wd/Snakefile -d wd` from outside the workdir: Snakemake appends
+    `--directory <head workdir>` to every job; the job must still run in its staged folder."""
+    ref = local_reference(tmp_path / "local", samples=("s1", "s2"))
+    wd = make_workdir(tmp_path / "remote", samples=("s1", "s2"))
+    rc, log = run_snakemake(
+        wd.parent,
+        ["-s", "wd/Snakefile", "-d", "wd", *project.executor_args(max_servers=1)],
+        project.env(),
+    )
+    assert rc == 0, log[-4000:]
+    assert results(wd) == ref
+    ran_in = (wd / "logs/algo/s1_alpha.log").read_text().split(" in ", 1)[1].strip()
+    assert ran_in != str(wd) and "/snakemake-openstack/" in ran_in, ran_in
+    assert run_summary(wd)["jobs_done"] == 2
+    assert_clean(project, nova_cloud)
+
+
 def test_boot_to_error_is_deleted_and_relaunched(project, nova_cloud, tmp_path):
     nova_cloud.control(fail_spawns=2)
     wd = make_workdir(tmp_path, samples=("s1", "s2"))
-    rc, log = run_snakemake(wd, project.executor_args(max_servers=1, launch_retries=4), project.env())
+    rc, log = run_snakemake(
+        wd, project.executor_args(max_servers=1, launch_retries=4), project.env()
+    )
     assert rc == 0, log[-4000:]
     summ = run_summary(wd)
     assert summ["boot_failures"] == 2, summ
@@ -79,7 +109,9 @@ def test_boot_to_error_is_deleted_and_relaunched(project, nova_cloud, tmp_path):
 def test_boot_slower_than_timeout(project, nova_cloud, tmp_path):
     nova_cloud.control(slow_spawns=1, slow_spawn_delay=20)
     wd = make_workdir(tmp_path, samples=("s1",))
-    rc, log = run_snakemake(wd, project.executor_args(max_servers=1, launch_timeout=4), project.env())
+    rc, log = run_snakemake(
+        wd, project.executor_args(max_servers=1, launch_timeout=4), project.env()
+    )
     assert rc == 0, log[-4000:]
     summ = run_summary(wd)
     assert summ["boot_failures"] == 1 and summ["jobs_done"] == 1, summ
@@ -136,9 +168,21 @@ def _busy_instance(wd: Path, project, nova_cloud):
 def test_server_killed_mid_job_is_replaced_and_job_resubmitted(project, nova_cloud, tmp_path):
     wd = make_workdir(tmp_path, samples=("s1", "s2"), sleep=4)
     proc = subprocess.Popen(
-        [str(SNAKEMAKE), "-j", "50", "--latency-wait", "1", "--retries", "0",
-         *project.executor_args(max_servers=2)],
-        cwd=wd, env=project.env(), stdout=open(wd / "run.log", "wb"), stderr=subprocess.STDOUT)
+        [
+            str(SNAKEMAKE),
+            "-j",
+            "50",
+            "--latency-wait",
+            "1",
+            "--retries",
+            "0",
+            *project.executor_args(max_servers=2),
+        ],
+        cwd=wd,
+        env=project.env(),
+        stdout=open(wd / "run.log", "wb"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         victim = _wait_for(lambda: _busy_instance(wd, project, nova_cloud), 90, "a busy server")
         time.sleep(1.5)  # the job is running (sleep 4 s)
@@ -159,8 +203,16 @@ def test_server_killed_mid_job_is_replaced_and_job_resubmitted(project, nova_clo
 
 def test_algorithm_failure_is_reported_with_its_log(project, nova_cloud, tmp_path):
     wd = make_workdir(tmp_path, samples=("s1", "s2"))
-    rc, log = run_snakemake(wd, ["--keep-going", *project.executor_args(max_servers=1, envvars_from_head="SMOS_TEST_TOKEN,SMOS_TEST_FAIL")],
-                            project.env(SMOS_TEST_FAIL="s1/alpha"))
+    rc, log = run_snakemake(
+        wd,
+        [
+            "--keep-going",
+            *project.executor_args(
+                max_servers=1, envvars_from_head="SMOS_TEST_TOKEN,SMOS_TEST_FAIL"
+            ),
+        ],
+        project.env(SMOS_TEST_FAIL="s1/alpha"),
+    )
     assert rc != 0
     assert "algorithm exploded on purpose" in (wd / "logs/algo/s1_alpha.log").read_text()
     assert "job exited with code" in log and "algorithm exploded on purpose" in log
@@ -188,10 +240,17 @@ def test_ctrl_c_kills_remote_jobs_and_deletes_servers(project, nova_cloud, tmp_p
     wd = make_workdir(tmp_path, samples=("s1", "s2"), sleep=120)
     proc = subprocess.Popen(
         [str(SNAKEMAKE), "-j", "50", *project.executor_args(max_servers=2)],
-        cwd=wd, env=project.env(), stdout=open(wd / "run.log", "wb"), stderr=subprocess.STDOUT)
+        cwd=wd,
+        env=project.env(),
+        stdout=open(wd / "run.log", "wb"),
+        stderr=subprocess.STDOUT,
+    )
     try:
-        _wait_for(lambda: _remote_job_pids(str(wd)) or _remote_job_pids("algo.py") or None, 120,
-                  "remote jobs running")
+        _wait_for(
+            lambda: _remote_job_pids(str(wd)) or _remote_job_pids("algo.py") or None,
+            120,
+            "remote jobs running",
+        )
         time.sleep(2)
         assert _remote_job_pids("--mode")
         t0 = time.time()

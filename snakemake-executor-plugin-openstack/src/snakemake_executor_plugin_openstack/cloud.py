@@ -102,22 +102,36 @@ class CloudAdapter:
         kp = self.conn.compute.find_keypair(name, ignore_missing=True)
         if kp is None:
             if not public_key:
-                raise RuntimeError(f"key pair {name!r} does not exist and no public key to create it")
+                raise RuntimeError(
+                    f"key pair {name!r} does not exist and no public key to create it"
+                )
             self.conn.compute.create_keypair(name=name, public_key=public_key)
             return
         if public_key and kp.public_key:
             # servers with another key would never let us in: fail now, not after boot timeouts
             if kp.public_key.split()[:2] != public_key.split()[:2]:
                 raise RuntimeError(
-                    f"key pair {name!r} exists with a different public key than the private key's")
+                    f"key pair {name!r} exists with a different public key than the private key's"
+                )
 
     def limits(self) -> Limits:
         return Limits.from_absolute(self.conn.compute.get_limits().absolute)
 
     # --- servers ---
-    def create_server(self, *, name, image_id, flavor: Flavor, key_name, metadata, user_data=None,
-                      security_groups=None) -> str:
-        kw = dict(name=name, image_id=image_id, flavor_id=flavor.id, key_name=key_name, metadata=metadata)
+    def create_server(
+        self,
+        *,
+        name,
+        image_id,
+        flavor: Flavor,
+        key_name,
+        metadata,
+        user_data=None,
+        security_groups=None,
+    ) -> str:
+        kw = dict(
+            name=name, image_id=image_id, flavor_id=flavor.id, key_name=key_name, metadata=metadata
+        )
         nets = self.networks_arg()
         kw["networks"] = nets if nets is not None else "auto"
         if user_data:

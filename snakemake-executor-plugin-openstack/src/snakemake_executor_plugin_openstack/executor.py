@@ -17,36 +17,49 @@ from snakemake_interface_executor_plugins.executors.remote import RemoteExecutor
 from snakemake_interface_executor_plugins.jobs import JobExecutorInterface
 
 from . import cloud as cl
-from .pool import JobState, Pool, PoolConfig, PoolJob
+from .model import JobState, PoolConfig, PoolJob
+from .pool import Pool
+from .settings import split_list
 from .ssh import JobIO, tar_paths
 
 MAX_SOURCE_BYTES = 10 * 1024 * 1024
 
 
-def _split(v):
-    return [x.strip() for x in (v or "").split(",") if x.strip()]
+def split_outputs(job, members) -> tuple[list[str], list[str]]:
+    """(outputs that must exist after the job, outputs brought back only if present).
+
+    Required: the job's own outputs and every member's non-temp outputs (a group's internal
+    results are checked on the head too). Optional: a group's internal temp() files, which the
+    remote Snakemake deletes once no member needs them, and benchmarks."""
+    external = {str(f) for f in job.output}
+    required, optional = [], []
+    for j in members:
+        for f in j.output:
+            temp = bool(getattr(f, "flags", {}).get("temp"))
+            (optional if temp and str(f) not in external else required).append(str(f))
+    optional += [str(j.benchmark) for j in members if getattr(j, "benchmark", None)]
+    return list(dict.fromkeys(required)), list(dict.fromkeys(optional))
 
 
 class Executor(RemoteExecutor):
     def __post_init__(self):
         s = self.workflow.executor_settings
-        missing = [n for n in ("image", "flavor", "keypair", "private_key") if not getattr(s, n)]
-        if missing:
-            raise WorkflowError(
-                "openstack executor: missing settings: "
-                + ", ".join("--openstack-" + m.replace("_", "-") for m in missing)
-            )
+        try:
+            s.validate()
+        except ValueError as e:
+            raise WorkflowError(str(e)) from e
         self._shutdown_done = False
         self._lock = threading.Lock()
         self._counter = itertools.count(1)
         conn = cl.connect(s.cloud)
         adapter = cl.CloudAdapter(conn, s.network)
-        flavors = [adapter.find_flavor(f) for f in _split(s.flavor)]
+        flavors = [adapter.find_flavor(f) for f in split_list(s.flavor)]
         pubkey = None
         try:
             import asyncssh
 
-            pubkey = asyncssh.read_private_key(os.path.expanduser(s.private_key)).export_public_key().decode()
+            key = asyncssh.read_private_key(os.path.expanduser(s.private_key))
+            pubkey = key.export_public_key().decode()
         except Exception as e:
             raise WorkflowError(f"openstack executor: cannot read private key {s.private_key}: {e}")
         try:
@@ -57,45 +70,13 @@ class Executor(RemoteExecutor):
         if s.user_data:
             with open(s.user_data) as f:
                 user_data = f.read()
-        self.cfg = PoolConfig(
-            image_id=adapter.find_image_id(s.image),
-            flavors=flavors,
-            keypair=s.keypair,
-            private_key=os.path.expanduser(s.private_key),
-            ssh_user=s.ssh_user,
-            ssh_port=s.ssh_port,
-            host_key_check=s.host_key_check,
-            jump_host=s.jump_host,
-            jump_host_known_hosts=s.jump_host_known_hosts,
-            security_groups=_split(s.security_groups) or None,
-            user_data=user_data,
-            max_servers=s.max_servers,
-            max_cores=s.max_cores,
-            max_ram_mb=s.max_ram_mb,
-            keep_warm=s.keep_warm,
-            idle_timeout=s.idle_timeout,
-            max_jobs_per_server=s.max_jobs_per_server,
-            quota_cache_seconds=s.quota_cache_seconds,
-            launch_timeout=s.launch_timeout,
-            boot_timeout=s.boot_timeout,
-            launch_retries=max(1, s.launch_retries),
-            delete_timeout=s.delete_timeout,
-            quota_wait_timeout=s.quota_wait_timeout,
-            expected_boot_seconds=s.expected_boot_seconds,
-            vm_failure_retries=s.vm_failure_retries,
-            ssh_connect_timeout=s.ssh_connect_timeout,
-            ssh_keepalive=s.ssh_keepalive,
-            status_log_interval=s.status_log_interval,
-            name_prefix=s.name_prefix,
-            lease_minutes=s.lease_minutes,
-            remote_scratch=s.remote_scratch,
-            remote_path_prefix=s.remote_path_prefix,
-            keep_servers=s.keep_servers,
+        self.cfg = PoolConfig.from_settings(
+            s, image_id=adapter.find_image_id(s.image), flavors=flavors, user_data_text=user_data
         )
         self.max_vcpus = max(f.vcpus for f in flavors)
         self.max_ram = max(f.ram for f in flavors)
         self.default_job_seconds = s.default_job_seconds
-        self.env_names = _split(s.envvars_from_head)
+        self.env_names = split_list(s.envvars_from_head)
         self.pool = Pool(self.cfg, adapter, self._log, backlog=self._backlog)
         self.run_dir = os.path.join(".snakemake", "openstack", self.pool.run_id)
         os.makedirs(self.run_dir, exist_ok=True)
@@ -116,7 +97,9 @@ class Executor(RemoteExecutor):
 
     # ------------------------------------------------------------------
     def _log(self, level: str, msg: str) -> None:
-        getattr(self.logger, level if level in ("info", "warning", "error", "debug") else "info")(msg)
+        getattr(self.logger, level if level in ("info", "warning", "error", "debug") else "info")(
+            msg
+        )
 
     def _demand(self, job: JobExecutorInterface) -> tuple[int, int]:
         res = job.resources
@@ -128,6 +111,15 @@ class Executor(RemoteExecutor):
         # the job gets exactly the cores its slot reserves on the VM (not 'all')
         cores, _ = self._demand(job)
         return RealExecutor.get_job_args(self, job, cores=cores)
+
+    def additional_general_args(self):
+        # Without a shared filesystem Snakemake appends `--directory <the head's workdir>`
+        # when the head ran with -d (spawn_jobs.py, skipped only if assume_common_workdir).
+        # On a worker that path is empty or missing: the job must run where it was staged,
+        # its own folder, which is the current directory when cmd.sh starts. The last
+        # --directory on the command line wins. (A string: format_job_exec joins strings,
+        # as the local executor's override returns one, despite the base's "a list".)
+        return "--directory ."
 
     def _kind(self, job) -> str:
         return ",".join(sorted(set(job.rules)))
@@ -156,7 +148,8 @@ class Executor(RemoteExecutor):
         except Exception:
             return
         in_flight = sum(
-            n for key, n in self._submitted_members.items()
+            n
+            for key, n in self._submitted_members.items()
             if not self.pool.jobs.get(key) or not self.pool.jobs[key].finished
         )
         est = self.pool.runtime_estimate("*", self.default_job_seconds)
@@ -176,7 +169,10 @@ class Executor(RemoteExecutor):
             files.append(f)
         data = tar_paths(files)
         self.pool.set_sources(data)
-        self.logger.info(f"openstack executor: {len(files)} source files ({len(data) // 1024} KiB) staged per server")
+        self.logger.info(
+            f"openstack executor: {len(files)} source files ({len(data) // 1024} KiB) "
+            "staged per server"
+        )
         self._sources_ready = True
 
     def _secret_env(self) -> dict:
@@ -195,10 +191,7 @@ class Executor(RemoteExecutor):
         cores, mem = self._demand(job)
         key = str(next(self._counter))
         members = list(job.jobs) if job.is_group() else [job]
-        benchmarks = [str(j.benchmark) for j in members if getattr(j, "benchmark", None)]
-        # every member output (a group's internal non-temp outputs are checked locally too;
-        # temp files removed on the worker are skipped when fetching)
-        outputs = [str(f) for j in members for f in j.output] + benchmarks
+        required, optional = split_outputs(job, members)
         logs = [str(f) for f in job.log]
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", job.name)[:60]
         io_ = JobIO(
@@ -206,14 +199,21 @@ class Executor(RemoteExecutor):
             command=self.format_job_exec(job),
             env=self._secret_env(),
             inputs=[str(f) for f in job.input],
-            outputs=outputs,
+            outputs=required,
+            optional_outputs=optional,
             logs=logs,
             local_log=os.path.join(self.run_dir, f"{safe}-{key}.log"),
             path_prefix=self.cfg.remote_path_prefix,
         )
-        pj = PoolJob(key=key, name=job.name if not job.is_group() else f"group {job.name}",
-                     kind=self._kind(job), cores=cores, mem_mb=mem,
-                     est_seconds=self._estimate(job), io=io_)
+        pj = PoolJob(
+            key=key,
+            name=job.name if not job.is_group() else f"group {job.name}",
+            kind=self._kind(job),
+            cores=cores,
+            mem_mb=mem,
+            est_seconds=self._estimate(job),
+            io=io_,
+        )
         self._submitted_members[key] = len(members)
         self._update_backlog()
         self.pool.submit(pj)
@@ -272,7 +272,9 @@ class Executor(RemoteExecutor):
             self.pool.shutdown(timeout=self.cfg.delete_timeout * 3 + 120)
         finally:
             try:
-                self.pool.stats.write_json(os.path.join(self.run_dir, "summary.json"), self.pool.servers)
+                self.pool.stats.write_json(
+                    os.path.join(self.run_dir, "summary.json"), self.pool.servers
+                )
             except OSError:
                 pass
 

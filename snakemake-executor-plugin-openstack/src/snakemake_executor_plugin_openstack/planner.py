@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
-
 from .quota import Flavor, Resources, how_many_fit, slots
 
 
@@ -105,8 +103,12 @@ def plan_boots(req: PlanRequest, time_limit: float = 1.0) -> Plan:
     for attr in ("instances", "cores", "ram"):
         cap = getattr(req.budget, attr)
         if cap != math.inf:
-            use = {"instances": lambda f: 1, "cores": lambda f: f.vcpus, "ram": lambda f: f.ram}[attr]
-            prob += pulp.lpSum(use(f) * y for f, _, _, _ in cand for y in y_by_flavor[f.name]) <= cap
+            use = {"instances": lambda f: 1, "cores": lambda f: f.vcpus, "ram": lambda f: f.ram}[
+                attr
+            ]
+            prob += (
+                pulp.lpSum(use(f) * y for f, _, _, _ in cand for y in y_by_flavor[f.name]) <= cap
+            )
     # if there is no existing capacity, T must cover at least one boot
     if not existing:
         prob += T >= min_boot + req.longest_job
@@ -122,7 +124,3 @@ def plan_boots(req: PlanRequest, time_limit: float = 1.0) -> Plan:
         if n:
             boots[name] = n
     return Plan(boots, float(T.value()), st)
-
-
-def boots_for(req: Optional[PlanRequest]) -> dict[str, int]:
-    return plan_boots(req).boots if req else {}

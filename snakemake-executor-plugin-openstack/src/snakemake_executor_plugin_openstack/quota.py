@@ -33,7 +33,9 @@ class Resources:
     __rmul__ = __mul__
 
     def min(self, o: "Resources") -> "Resources":
-        return Resources(min(self.instances, o.instances), min(self.cores, o.cores), min(self.ram, o.ram))
+        return Resources(
+            min(self.instances, o.instances), min(self.cores, o.cores), min(self.ram, o.ram)
+        )
 
     def non_negative(self) -> bool:
         return self.instances >= 0 and self.cores >= 0 and self.ram >= 0
@@ -87,7 +89,9 @@ def pool_caps(max_servers: int, max_cores: int = 0, max_ram_mb: int = 0) -> Reso
     )
 
 
-def budget(limits: Optional[Limits], owned_at_read: Resources, owned_now: Resources, caps: Resources) -> Resources:
+def budget(
+    limits: Optional[Limits], owned_at_read: Resources, owned_now: Resources, caps: Resources
+) -> Resources:
     """Resources still available for new servers of this pool.
 
     ``owned_at_read``: what the pool owned when ``limits`` were read (so that project usage
@@ -132,7 +136,9 @@ class QuotaCache:
     ``reader`` returns ``(Limits, owned_at_read)``.
     """
 
-    def __init__(self, reader: Callable[[], tuple[Limits, Resources]], ttl: float, clock=time.monotonic):
+    def __init__(
+        self, reader: Callable[[], tuple[Limits, Resources]], ttl: float, clock=time.monotonic
+    ):
         self.reader = reader
         self.ttl = ttl
         self.clock = clock

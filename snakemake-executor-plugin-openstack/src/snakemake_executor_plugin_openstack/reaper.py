@@ -30,8 +30,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def why_dead(md: dict, now: Optional[float] = None, hostname: Optional[str] = None,
-             pid_alive: Callable[[int], bool] = _pid_alive) -> Optional[str]:
+def why_dead(
+    md: dict,
+    now: Optional[float] = None,
+    hostname: Optional[str] = None,
+    pid_alive: Callable[[int], bool] = _pid_alive,
+) -> Optional[str]:
     """Reason the run owning a server with metadata ``md`` is dead, or None if it may be alive."""
     if md.get(cl.MD_TOOL) != cl.TOOL:
         return None
@@ -54,7 +58,9 @@ def why_dead(md: dict, now: Optional[float] = None, hostname: Optional[str] = No
     return None
 
 
-def find_dead(adapter: cl.CloudAdapter, run: Optional[str] = None) -> dict[str, tuple[cl.ServerView, str]]:
+def find_dead(
+    adapter: cl.CloudAdapter, run: Optional[str] = None
+) -> dict[str, tuple[cl.ServerView, str]]:
     out = {}
     for s in adapter.list_tool_servers():
         if run and s.metadata.get(cl.MD_RUN) != run:
@@ -65,14 +71,24 @@ def find_dead(adapter: cl.CloudAdapter, run: Optional[str] = None) -> dict[str, 
     return out
 
 
-def reap(adapter: cl.CloudAdapter, dry_run: bool = False, interval: float = 10.0,
-         run: Optional[str] = None, out=sys.stdout, wait: bool = True, timeout: float = 300.0) -> list[str]:
+def reap(
+    adapter: cl.CloudAdapter,
+    dry_run: bool = False,
+    interval: float = 10.0,
+    run: Optional[str] = None,
+    out=sys.stdout,
+    wait: bool = True,
+    timeout: float = 300.0,
+) -> list[str]:
     """Two passes; returns the ids deleted (or that would be deleted with dry_run)."""
     first = find_dead(adapter, run)
     if dry_run:
         for sid, (s, reason) in sorted(first.items(), key=lambda x: x[1][0].name):
-            print(f"would delete {s.name} ({sid}) run={s.metadata.get(cl.MD_RUN)} "
-                  f"owner={s.metadata.get(cl.MD_OWNER)}: {reason}", file=out)
+            print(
+                f"would delete {s.name} ({sid}) run={s.metadata.get(cl.MD_RUN)} "
+                f"owner={s.metadata.get(cl.MD_OWNER)}: {reason}",
+                file=out,
+            )
         if not first:
             print("nothing to reap", file=out)
         return sorted(first)
@@ -101,14 +117,19 @@ def reap(adapter: cl.CloudAdapter, dry_run: bool = False, interval: float = 10.0
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(
         prog="snakemake-openstack-reap",
-        description="Delete OpenStack servers of snakemake-executor-plugin-openstack runs that died "
-                    "(two passes; only servers carrying this tool's metadata).",
+        description="Delete OpenStack servers of snakemake-executor-plugin-openstack runs "
+        "that died "
+        "(two passes; only servers carrying this tool's metadata).",
     )
-    p.add_argument("--cloud", default=os.environ.get("SNAKEMAKE_OPENSTACK_CLOUD"),
-                   help="cloud name in clouds.yaml (default: OS_CLOUD / OS_* variables)")
+    p.add_argument(
+        "--cloud",
+        default=os.environ.get("SNAKEMAKE_OPENSTACK_CLOUD"),
+        help="cloud name in clouds.yaml (default: OS_CLOUD / OS_* variables)",
+    )
     p.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
-    p.add_argument("--interval", type=float, default=10.0,
-                   help="seconds between the two passes (default 10)")
+    p.add_argument(
+        "--interval", type=float, default=10.0, help="seconds between the two passes (default 10)"
+    )
     p.add_argument("--run", default=None, help="only servers of this run id")
     p.add_argument("--no-wait", action="store_true", help="do not wait for the deletions to finish")
     args = p.parse_args(argv)

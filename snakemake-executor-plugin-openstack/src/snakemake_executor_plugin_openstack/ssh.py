@@ -17,7 +17,6 @@ import io
 import os
 import shlex
 import tarfile
-import tempfile
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Optional
 
@@ -36,6 +35,14 @@ class VMLost(Exception):
 
 class HostKeyMismatch(Exception):
     pass
+
+
+class MissingOutputs(Exception):
+    """The job ended with exit code 0 but declared outputs are not in its folder."""
+
+    def __init__(self, paths: list[str]):
+        super().__init__(", ".join(paths))
+        self.paths = paths
 
 
 class JumpHostError(Exception):
@@ -82,9 +89,16 @@ async def _open_jump(t: SshTarget) -> asyncssh.SSHClientConnection:
     if not os.path.isfile(known):
         raise JumpHostError(
             f"{where}: known_hosts file {known} does not exist; record the bastion's host key "
-            f"there (e.g. ssh-keyscan -p {port} {host} >> {known}, after checking the fingerprint)")
-    kw = dict(username=user or t.user, known_hosts=known, connect_timeout=t.connect_timeout,
-              keepalive_interval=t.keepalive, keepalive_count_max=3, agent_path=None)
+            f"there (e.g. ssh-keyscan -p {port} {host} >> {known}, after checking the fingerprint)"
+        )
+    kw = dict(
+        username=user or t.user,
+        known_hosts=known,
+        connect_timeout=t.connect_timeout,
+        keepalive_interval=t.keepalive,
+        keepalive_count_max=3,
+        agent_path=None,
+    )
     if t.client_key:  # as for the workers: otherwise asyncssh's default key files
         kw["client_keys"] = [t.client_key]
     try:
@@ -157,6 +171,18 @@ exit "$rc"
 """
 
 
+FETCH_MISSING = 66  # exit code of FETCH_SH when a required path is missing
+# stdin: one path per line, prefixed R (required) or O (optional); stdout: a tar of those present
+FETCH_SH = (
+    f"l={CTL}/fetch.list; : > $l; bad=; "
+    "while IFS= read -r e; do p=${e#?}; "
+    'if [ -e "$p" ]; then printf "%s\\0" "$p" >> $l; '
+    'elif [ "${e%"$p"}" = R ]; then printf "missing: %s\\n" "$p" >&2; bad=1; fi; done; '
+    f'if [ -n "$bad" ]; then exit {FETCH_MISSING}; fi; '
+    "tar -c --null -T $l -f -"
+)
+
+
 def build_run_script(path_prefix: Optional[str]) -> str:
     p = f'export PATH={_q(path_prefix)}:"$PATH"' if path_prefix else ""
     return RUN_SH.replace("__PATH__", p)
@@ -216,10 +242,13 @@ class JobIO:
     command: str
     env: dict[str, str]
     inputs: list[str]
-    outputs: list[str]
+    outputs: list[str]  # must exist after the job, else it fails (on the worker)
     logs: list[str]
     local_log: str
     path_prefix: Optional[str] = None
+    # brought back if present: a group's internal temp() files, which the remote Snakemake
+    # deletes once the group no longer needs them, and benchmarks
+    optional_outputs: list[str] = field(default_factory=list)
     pid_known: bool = False
     remote_dir: Optional[str] = None
     extra_stats: dict = field(default_factory=dict)
@@ -234,7 +263,7 @@ class WorkerShell:
         self._src_lock = asyncio.Lock()
         self._src_done: set[str] = set()
 
-    async def run(self, cmd: str, input: Optional[bytes] = None, timeout: Optional[float] = None) -> bytes:
+    async def _run(self, cmd: str, input: Optional[bytes], timeout: Optional[float]):
         try:
             r = await asyncio.wait_for(
                 self.conn.run(cmd, input=input, encoding=None, check=False), timeout
@@ -243,10 +272,15 @@ class WorkerShell:
             raise VMLost(f"{type(e).__name__}: {e}") from e
         if r.exit_status is None and r.exit_signal is None:
             raise VMLost("channel closed without exit status")
+        return r
+
+    async def run(
+        self, cmd: str, input: Optional[bytes] = None, timeout: Optional[float] = None
+    ) -> bytes:
+        r = await self._run(cmd, input, timeout)
         if r.exit_status != 0:
-            raise RuntimeError(
-                f"remote command failed ({r.exit_status}): {(r.stderr or b'').decode(errors='replace')[-2000:]}"
-            )
+            err = (r.stderr or b"").decode(errors="replace")[-2000:]
+            raise RuntimeError(f"remote command failed ({r.exit_status}): {err}")
         return r.stdout or b""
 
     def _S(self) -> str:
@@ -274,9 +308,10 @@ class WorkerShell:
 
     async def execute(self, io_: JobIO, on_output: Callable[[bytes], None]) -> int:
         """Run the job; stream its output; return its exit code. VMLost if the VM goes away."""
-        env_lines = "".join(
-            f"{k}={base64.b64encode(v.encode()).decode()}\n" for k, v in io_.env.items()
-        ) + "\n"
+        env_lines = (
+            "".join(f"{k}={base64.b64encode(v.encode()).decode()}\n" for k, v in io_.env.items())
+            + "\n"
+        )
         from asyncssh import STDOUT
 
         cmd = f"exec bash {_q(io_.remote_dir + '/' + CTL + '/run.sh')}"
@@ -304,17 +339,25 @@ class WorkerShell:
             return 128 + 9
         raise VMLost("job channel closed without exit status")
 
-    async def fetch(self, io_: JobIO, paths: list[str]) -> list[str]:
-        if not paths:
+    async def fetch(self, io_: JobIO, required: list[str], optional: list[str] = ()) -> list[str]:
+        """Bring files back from the job folder (a tar on stdout).
+
+        The worker checks the required paths first: if any is missing it names them and
+        nothing is sent (``MissingOutputs``), so a job that did not produce its outputs fails
+        there, with the names, instead of passing as done and leaving Snakemake on the head
+        to guess at filesystem latency."""
+        if not required and not optional:
             return []
-        listing = "".join(p + "\n" for p in paths).encode()
-        cmd = (
-            f"cd {_q(io_.remote_dir)} && "
-            'while IFS= read -r p; do [ -e "$p" ] && printf "%s\\0" "$p"; done | '
-            "tar -c --null -T - -f -"
-        )
-        data = await self.run(cmd, input=listing)
-        return extract_tar(data) if data else []
+        listing = "".join(f"R{p}\n" for p in required) + "".join(f"O{p}\n" for p in optional)
+        cmd = f"cd {_q(io_.remote_dir)} && {FETCH_SH}"
+        r = await self._run(cmd, listing.encode(), None)
+        if r.exit_status == FETCH_MISSING:
+            err = (r.stderr or b"").decode(errors="replace")
+            raise MissingOutputs([ln[9:] for ln in err.splitlines() if ln.startswith("missing: ")])
+        if r.exit_status != 0:
+            err = (r.stderr or b"").decode(errors="replace")[-2000:]
+            raise RuntimeError(f"fetching outputs failed ({r.exit_status}): {err}")
+        return extract_tar(r.stdout) if r.stdout else []
 
     async def cleanup(self, io_: JobIO) -> None:
         if io_.remote_dir:
@@ -326,7 +369,8 @@ class WorkerShell:
         pidf = _q(io_.remote_dir + "/" + CTL + "/pid")
         cmd = (
             f"if [ -f {pidf} ]; then p=$(cat {pidf}); kill -TERM -- -$p 2>/dev/null; "
-            f"for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 -- -$p 2>/dev/null || exit 0; sleep 0.5; done; "
+            "for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 -- -$p 2>/dev/null || exit 0; "
+            "sleep 0.5; done; "
             f"kill -KILL -- -$p 2>/dev/null; fi; true"
         )
         await self.run(cmd, timeout=20)
@@ -337,10 +381,3 @@ class WorkerShell:
             await asyncio.wait_for(self.conn.wait_closed(), 5)
         except Exception:
             pass
-
-
-def write_temp(data: bytes, suffix: str = "") -> str:
-    fd, p = tempfile.mkstemp(suffix=suffix)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    return p

@@ -23,4 +23,4 @@ res = {
 with open(sm.output[0], "w") as f:
     json.dump(res, f, sort_keys=True)
 with open(sm.log[0], "w") as f:
-    f.write(f"ran on {os.environ.get('NOVA_INSTANCE_UUID', 'local')}\n")
+    f.write(f"ran on {os.environ.get('NOVA_INSTANCE_UUID', 'local')} in {os.getcwd()}\n")
