@@ -40,9 +40,10 @@ demo: setup
 	@echo "Report: results/report/index.html   Tables: results/tables/"
 
 system-packages:
-	@if ! command -v octave-cli >/dev/null || ! command -v gcc >/dev/null || ! test -x /usr/sbin/sshd; then \
+	@if ! command -v octave-cli >/dev/null || ! command -v gcc >/dev/null || ! test -x /usr/sbin/sshd \
+	    || ! command -v cloud-init >/dev/null; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	    octave gcc libc6-dev openssh-server openssh-client >/dev/null; fi
+	    octave gcc libc6-dev openssh-server openssh-client cloud-init >/dev/null; fi
 
 # The Nova test cloud gets its own venv (.venv-nova): Nova pins eventlet, oslo and SQLAlchemy.
 setup-test: setup system-packages

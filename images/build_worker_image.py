@@ -4,7 +4,12 @@ image is active in Glance, delete the server.
 
     python images/build_worker_image.py --cloud mycloud --base-image debian-12 \
         --flavor m1.medium --network private --name qmroct-worker-2026-11 \
+        --qmroct-source "qmroct @ git+https://git.example.org/qmroct.git@v1.2" \
         [--user-data images/worker-cloud-init.yaml] [--timeout 1800]
+
+``--qmroct-source`` (a pip requirement: a git URL with a tag, a wheel's URL, ``qmroct==X`` from
+an index) is written into the user data as /etc/qmroct-worker/qmroct-source, where the
+setup script in worker-cloud-init.yaml reads it.
 
 Prints the new image id (only it, on stdout; progress goes to stderr). The builder server is
 deleted on success, failure and Ctrl-C; an image whose upload failed is deleted too.
@@ -18,9 +23,34 @@ import sys
 import time
 from pathlib import Path
 
-import openstack
+import yaml
 
 HERE = Path(__file__).resolve().parent
+SOURCE_FILE = "/etc/qmroct-worker/qmroct-source"  # read by the setup script in the user data
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """Multi-line strings (the setup script) as literal blocks, readable in the console."""
+
+
+_BlockDumper.add_representer(
+    str,
+    lambda d, v: d.represent_scalar("tag:yaml.org,2002:str", v, style="|" if "\n" in v else None),
+)
+
+
+def render_user_data(template: str, qmroct_source: str) -> str:
+    """The cloud-config ``template`` with the qmroct source added as a file for its setup."""
+    source = qmroct_source.strip()
+    if not source or "\n" in source:
+        raise ValueError(f"--qmroct-source must be one pip requirement, got {qmroct_source!r}")
+    doc = yaml.safe_load(template)
+    if not isinstance(doc, dict):
+        raise ValueError("user data template is not a cloud-config mapping")
+    files = list(doc.get("write_files") or [])
+    files.insert(0, {"path": SOURCE_FILE, "permissions": "0644", "content": source + "\n"})
+    doc["write_files"] = files
+    return "#cloud-config\n" + yaml.dump(doc, Dumper=_BlockDumper, sort_keys=False, width=1000)
 
 
 def main(argv=None) -> int:
@@ -30,12 +60,32 @@ def main(argv=None) -> int:
     p.add_argument("--flavor", required=True)
     p.add_argument("--network", default=None, help="network name/id, or 'none'")
     p.add_argument("--name", required=True, help="name of the image to create")
-    p.add_argument("--user-data", default=str(HERE / "worker-cloud-init.yaml"))
+    p.add_argument(
+        "--qmroct-source",
+        required=True,
+        help="pip requirement qmroct is installed from on the worker "
+        "(git URL with a tag, wheel URL, or qmroct==VERSION)",
+    )
+    p.add_argument(
+        "--user-data",
+        default=str(HERE / "worker-cloud-init.yaml"),
+        help="cloud-config template (the qmroct source is added to it)",
+    )
     p.add_argument("--ready-marker", default="QMROCT-WORKER-READY")
     p.add_argument("--failed-marker", default="QMROCT-WORKER-FAILED")
-    p.add_argument("--timeout", type=float, default=1800,
-                   help="seconds for each phase: boot and setup, snapshot upload")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=1800,
+        help="seconds for each phase: boot and setup, snapshot upload",
+    )
     a = p.parse_args(argv)
+    try:
+        user_data = render_user_data(Path(a.user_data).read_text(), a.qmroct_source)
+    except ValueError as e:
+        p.error(str(e))
+    import openstack  # after the arguments are checked: --help and mistakes need no cloud
+
     conn = openstack.connect(cloud=a.cloud) if a.cloud else openstack.connect()
     c = conn.compute
     flavor = c.find_flavor(a.flavor, ignore_missing=False)
@@ -50,10 +100,15 @@ def main(argv=None) -> int:
     else:
         net = conn.network.find_network(a.network, ignore_missing=False)
         networks = [{"uuid": net.id}]
-    user_data = base64.b64encode(Path(a.user_data).read_bytes()).decode()
-    server = c.create_server(name=f"{a.name}-builder", image_id=image_id, flavor_id=flavor.id,
-                             networks=networks, user_data=user_data,
-                             metadata={"purpose": "qmroct worker image build"})
+    user_data = base64.b64encode(user_data.encode()).decode()
+    server = c.create_server(
+        name=f"{a.name}-builder",
+        image_id=image_id,
+        flavor_id=flavor.id,
+        networks=networks,
+        user_data=user_data,
+        metadata={"purpose": "qmroct worker image build"},
+    )
     print(f"builder server {server.id}", file=sys.stderr)
     try:
         server = c.wait_for_server(server, wait=int(a.timeout), interval=2)
@@ -61,7 +116,9 @@ def main(argv=None) -> int:
         while True:
             out = c.get_server_console_output(server).get("output", "")
             if a.failed_marker in out:
-                raise SystemExit("worker setup failed; see /var/log/qmroct-worker-setup.log on the builder")
+                raise SystemExit(
+                    "worker setup failed; see /var/log/qmroct-worker-setup.log on the builder"
+                )
             if a.ready_marker in out:
                 break
             if time.time() > deadline:
@@ -73,8 +130,10 @@ def main(argv=None) -> int:
         # createImage returns at once with the image queued; the hypervisor uploads the disk and
         # Glance marks the image active only then: booting workers from it before would fail
         image = c.create_server_image(server, a.name, metadata={"qmroct-worker": "1"})
-        print(f"snapshot {image.id} requested ({image.status}); waiting until it is active",
-              file=sys.stderr)
+        print(
+            f"snapshot {image.id} requested ({image.status}); waiting until it is active",
+            file=sys.stderr,
+        )
         try:
             image = conn.wait_for_image(image, timeout=a.timeout)
         except BaseException:

@@ -28,8 +28,11 @@ def image_cloud(project, tmp_path):
     glance = project.cloud.endpoint.replace("/v2.1", "/image")
     y = tmp_path / "clouds-image.yaml"
     y.write_text(project.clouds_yaml.read_text() + f"    image_endpoint_override: {glance}\n")
-    conn = openstack.connect(auth_type="admin_token", image_endpoint_override=glance,
-                             auth={"endpoint": project.cloud.endpoint, "token": f"{project.user}:{project.name}"})
+    conn = openstack.connect(
+        auth_type="admin_token",
+        image_endpoint_override=glance,
+        auth={"endpoint": project.cloud.endpoint, "token": f"{project.user}:{project.name}"},
+    )
     return y, conn
 
 
@@ -37,10 +40,32 @@ def build(project, clouds_yaml, *extra, timeout=180):
     env = project.env(OS_CLIENT_CONFIG_FILE=str(clouds_yaml))
     t0 = time.time()
     r = subprocess.run(
-        ["bash", str(SCRIPT), "--cloud", "testcloud", "--base-image", IMAGE, "--flavor", "m1.small",
-         "--network", "none", "--name", "qmroct-worker-test", "--ready-marker", "Cloud-init finished",
-         "--timeout", "60", *extra],
-        env=env, capture_output=True, text=True, timeout=timeout)
+        [
+            "bash",
+            str(SCRIPT),
+            "--cloud",
+            "testcloud",
+            "--base-image",
+            IMAGE,
+            "--flavor",
+            "m1.small",
+            "--network",
+            "none",
+            "--name",
+            "qmroct-worker-test",
+            "--ready-marker",
+            "Cloud-init finished",
+            "--timeout",
+            "60",
+            "--qmroct-source",
+            "qmroct @ git+https://git.example.org/qmroct.git@v0.0-test",
+            *extra,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return r, time.time() - t0
 
 
@@ -74,8 +99,9 @@ def test_build_snapshots_waits_for_active_and_removes_the_builder(project, nova_
     # from the builder's flavor, so workers need at least that disk
     assert img.min_disk == 20
     flavor = project.conn.compute.find_flavor("m1.small", ignore_missing=False)
-    s = project.conn.compute.create_server(name="from-snapshot", image_id=image_id, flavor_id=flavor.id,
-                                           networks="none")
+    s = project.conn.compute.create_server(
+        name="from-snapshot", image_id=image_id, flavor_id=flavor.id, networks="none"
+    )
     s = project.conn.compute.wait_for_server(s, interval=0.3, wait=60)
     assert s.status == "ACTIVE" and s.image.id == image_id
     project.conn.compute.delete_server(s)
