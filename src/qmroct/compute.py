@@ -7,11 +7,17 @@ algorithm that crashes are recorded with their reason and the job succeeds,
 so one bad scan never hides the others and the tables show every failure as
 a row. Archive errors (unreachable, session gone mid-run) fail the job
 instead: they are not facts about the scan, and the next run retries them.
+
+Each algorithm call runs in a child process with a time limit (see
+:mod:`qmroct.algorithms.child`), so a segfault, ``sys.exit`` or an endless loop
+is one failed row too. What the algorithm printed goes to the job's log file
+only (records marked :data:`LOG_FILE_ONLY`), capped: never to the console.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import platform
@@ -30,6 +36,10 @@ from qmroct.provenance.identity import algorithm_environment, git_state
 from qmroct.staging import stage_session
 
 RESULT_SCHEMA = "qmroct.kqi/1"
+# ``extra`` of log records meant for the job's log file and not for the console
+# (an algorithm's own output); the workflow's console handler drops them.
+LOG_FILE_ONLY = {"file_only": True}
+log = logging.getLogger("qmroct.compute")
 
 
 def now_iso() -> str:
@@ -74,8 +84,13 @@ def compute_session(
     extras_dir: Path,
     timeout: float | None = None,
     start_time: str | None = None,
+    output_keep: int | None = None,
 ) -> dict[str, Any]:
-    """Run ``algo`` on every scan of ``session``; return the result document."""
+    """Run ``algo`` on every scan of ``session``; return the result document.
+
+    ``timeout``: seconds per call (default: the algorithm's own limit);
+    ``output_keep``: bytes of its output kept at the head and at the tail.
+    """
     from qmroct.algorithms import AlgorithmFailure
 
     start = start_time or now_iso()
@@ -92,12 +107,15 @@ def compute_session(
             scans.append(entry)
             continue
         workdir = Path(tempfile.mkdtemp(prefix=f"{algo.name}-{scan.id}-", dir=scratch_root))
+        keep = {} if output_keep is None else {"output_keep": output_keep}
         try:
-            output = algo.run(item.volume_path, item.meta, params, workdir, timeout=timeout)
+            output = algo.run(item.volume_path, item.meta, params, workdir, timeout=timeout, **keep)
+            _log_output(algo.name, scan.id, output.get("output", ""))
             entry["kqis"] = output["kqis"]
             entry["extra_files"] = _keep_extras(output.get("files", []), workdir, extras_dir / scan.id)
             entry["status"] = "ok"
         except AlgorithmFailure as exc:
+            _log_output(algo.name, scan.id, exc.output)
             entry.update(status="failed", error=f"algorithm failure: {exc}")
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -137,6 +155,14 @@ def compute_session(
             "pid": os.getpid(),
         },
     }
+
+
+def _log_output(name: str, scan_id: str, text: str) -> None:
+    if text:
+        log.info(
+            "output of %s on scan %s:\n%s\n--- end of the output of %s on scan %s ---",
+            name, scan_id, text.rstrip("\n"), name, scan_id, extra=LOG_FILE_ONLY,
+        )
 
 
 def _keep_extras(files: list[Path], workdir: Path, target: Path) -> list[str]:

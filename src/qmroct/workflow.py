@@ -24,7 +24,10 @@ def _logger(snakemake: Any, name: str) -> logging.Logger:
         handler = logging.FileHandler(snakemake.log[0], mode="w")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
         package.addHandler(handler)
-    package.addHandler(logging.StreamHandler())
+    console = logging.StreamHandler()
+    # An algorithm's own output (up to 2 x 64 KiB per call) belongs in the log file only.
+    console.addFilter(lambda record: not getattr(record, "file_only", False))
+    package.addHandler(console)
     return logging.getLogger(f"qmroct.{name}")
 
 
@@ -66,6 +69,7 @@ def compute_step(snakemake: Any) -> None:
                 Path(snakemake.output.extras),
                 timeout=settings.algorithm_timeout(name),
                 start_time=start,
+                output_keep=settings.algorithm_output_keep(),
             )
         except Exception as err:
             # The job fails (the archive lost the session, say); its row must not stay Running.
