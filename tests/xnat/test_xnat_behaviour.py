@@ -187,3 +187,20 @@ def test_a_new_run_closes_rows_a_killed_run_left_open(arc_session):
         ("qmroct layers", "2026-11-26 02:00:00.000"): ("Running", ""),
         ("qmroct noise", "2026-11-26 03:00:00.000"): ("Running", ""),
     }
+
+
+def test_listing_of_a_deleted_session_keeps_to_its_own_rows(xnat_env, pyxnat_interface, password):
+    """WorkflowsRestlet: an experiment it cannot find is no filter at all (every
+    experiment's rows of the pipeline come back); the client keeps its own."""
+    seed_session(pyxnat_interface, "OCT", "S1", "S1_V1")
+    seed_session(pyxnat_interface, "OCT", "S2", "S2_V1")
+    arc = XnatArchive(server=xnat_env.url, projects=["OCT"], backoff=0.02)
+    s1, s2 = arc.discover(["OCT"])
+    arc.record_history(s1, "noise", "Queued", launch_time="2026-11-26T01:00:00")
+    arc.record_history(s2, "noise", "Queued", launch_time="2026-11-26T02:00:00")
+    xnat_env.store.delete_experiment(s1.id)
+    listed = requests.get(f"{xnat_env.url}/data/services/workflows/qmroct noise",
+                          params={"experiment": s1.id, "display": "ALL", "format": "json"},
+                          auth=(USER, password)).json()["ResultSet"]["Result"]
+    assert sorted(r["id"] for r in listed) == sorted([s1.id, s2.id])
+    assert arc.queued_run(s1, "noise") == "2026-11-26 01:00:00.000"

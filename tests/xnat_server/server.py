@@ -627,12 +627,14 @@ class XnatHandler(BaseHTTPRequestHandler):
         display=LATEST (the default) answers only the newest row as an item."""
         store = self.app.store
         experiment = None
-        if self.query.get("experiment"):
+        for project in (None, self.query.get("project")) if self.query.get("experiment") else ():
             try:
-                experiment = store.experiment(None, self.query["experiment"])
+                experiment = store.experiment(project, self.query["experiment"])
+                break
             except NotFound:
-                if self.query.get("project"):
-                    experiment = store.experiment(self.query["project"], self.query["experiment"])
+                continue
+        # an experiment XNAT cannot find (deleted, say) is no filter at all: the
+        # restlet then lists every experiment's rows of that pipeline
         rows = store.workflows(data_id=experiment["id"]) if experiment else store.workflows()
         wanted = unquote(pipeline).lower()
         rows = [r for r in rows if wanted in (r["pipeline_name"] or "")]

@@ -188,20 +188,20 @@ class XnatHistory:
                 what=f"history of {session.key}",
             )
             rows = response.json().get("ResultSet", {}).get("Result", [])
-            # LIKE matched substrings: keep exactly our pipeline names
-            ours = [
-                r
-                for r in rows
-                if r.get("pipeline_name") == wanted
-                or (
-                    wanted is None and str(r.get("pipeline_name", "")).startswith(self.prefix + " ")
-                )
-            ]
+            # LIKE matched substrings: keep exactly our pipeline names; and an
+            # experiment XNAT cannot find (deleted) lists every experiment's rows
+            ours = [r for r in rows if self._ours(r, session, wanted)]
             return sorted(
                 ours, key=lambda r: (str(r.get("launch_time", "")), str(r.get("pipeline_name", "")))
             )
 
         return self._guard(f"listing of {session.key}", listing, [])
+
+    def _ours(self, row: dict[str, Any], session: Session, wanted: str | None) -> bool:
+        name = str(row.get("pipeline_name", ""))
+        if (row.get("id") or row.get("ID")) != session.id:
+            return False
+        return name == wanted if wanted else name.startswith(self.prefix + " ")
 
     def queued_run(self, session: Session, algorithm: str) -> str | None:
         """The launch time of this algorithm's newest Queued row (the head queued
