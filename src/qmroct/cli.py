@@ -8,6 +8,7 @@
     qmroct cloud reap [--dry-run]                            delete VMs of crashed runs (docs/openstack.md)
     qmroct watch [--interval 300] [--once] [-- SNAKEMAKE ARGS]  run the workflow when the archive changes
     qmroct runs | qmroct status                              run history; health for monitoring (docs/operations.md)
+    qmroct freeze NAME [--study S] / qmroct rerun frozen/NAME   cite a result set; recompute and compare it
 """
 
 from __future__ import annotations
@@ -150,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     from qmroct.algorithms.cli import register as register_algorithm_commands
 
     register_algorithm_commands(sub)  # qmroct algorithm new|test|list|schema, qmroct kqi
+
+    from qmroct.provenance.cli import register as register_provenance_commands
+
+    register_provenance_commands(sub)  # qmroct freeze NAME, qmroct rerun frozen/NAME
 
     cloud = sub.add_parser("cloud", help="OpenStack pool housekeeping")
     cloud_sub = cloud.add_subparsers(dest="cloud_command", required=True)

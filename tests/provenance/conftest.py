@@ -52,3 +52,30 @@ def make_checkout(root: Path) -> str:
     git("add", "-A")
     git("commit", "-q", "-m", "workflow")
     return git("rev-parse", "HEAD")
+
+
+@pytest.fixture
+def checkout(workflow, monkeypatch):
+    """The workflow copy as a git checkout of its own that imports qmroct from its own
+    source (PYTHONPATH), so the identities it computes do not move while other people
+    edit the repository's src/ during a test."""
+    import os
+
+    config = workflow.config()
+    config["algorithms"] = {"noise": {}}
+    config["studies"] = {"demo_trial": {"criteria": ["noise.snr_db >= 15"]}}
+    workflow.write_config(config)
+    workflow.commit = make_checkout(workflow.root)
+    monkeypatch.setenv("PYTHONPATH", f"{workflow.root / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    return workflow
+
+
+def qmroct_cli(root: Path, *args: str, timeout: int = 900):
+    """``qmroct ARGS`` run in ``root`` as a user would (same interpreter and environment)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    return subprocess.run([sys.executable, "-m", "qmroct.cli", *args], cwd=root, capture_output=True,
+                          text=True, timeout=timeout, env=env)

@@ -191,9 +191,14 @@ def finish_run(failed: bool, algorithms: list[str]) -> dict[str, Any] | None:
     except Exception as exc:  # the other end-of-run hooks (token invalidation) must still run
         doc["results_error"] = f"{type(exc).__name__}: {exc}"
         print(f"qmroct: run manifest incomplete: {doc['results_error']}", file=sys.stderr)
-    write_json_atomic(manifest_path(doc["run_id"], workdir), doc)
+    path = manifest_path(doc["run_id"], workdir)
+    try:  # keep the sections other hooks merged in meanwhile (qmroct.runhistory's "summary")
+        merged = {**json.loads(path.read_text()), **doc}
+    except (OSError, ValueError):
+        merged = doc
+    write_json_atomic(path, merged)
     _current.clear()
-    return doc
+    return merged
 
 
 def results_section(result_paths: list[Path], workdir: Path, since: float) -> dict[str, Any]:
