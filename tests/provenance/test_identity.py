@@ -110,6 +110,11 @@ def test_pipeline_checksum_follows_the_reading_path_and_the_runtime(tmp_path):
     after_adapter = {rt: identity.pipeline_checksum(rt, src) for rt in base}
     assert after_adapter["octave"] != after_reader["octave"]
     assert after_adapter["python"] == after_reader["python"]
+    child = src / "algorithms" / "child.py"  # every runtime's algorithm runs in its child process
+    child.write_text(child.read_text() + "\n# child process fix\n")
+    after_child = {rt: identity.pipeline_checksum(rt, src) for rt in base}
+    assert all(after_child[rt] != after_adapter[rt] for rt in base)
+    after_adapter = after_child
     report = src / "report.py"
     report.write_text(report.read_text() + "\n# not on the path to a KQI\n")
     assert {rt: identity.pipeline_checksum(rt, src) for rt in base} == after_adapter
