@@ -357,3 +357,32 @@ def test_interrupting_the_caller_kills_the_child(tmp_path):
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
     assert _wait_gone(int(pidfile.read_text()))
+
+
+OCTAVE_CASES = {
+    "endless": ("  while true\n    x = 1;\n  end\n", "timed out after 10 s"),
+    "quits": ("  printf('leaving early\\n');\n  exit(0);\n", "exited 0 without writing its output"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OCTAVE_CASES))
+def test_octave_runtime_is_isolated_the_same_way(tmp_path, scan, case):
+    import shutil
+
+    if not (shutil.which("octave-cli") or os.environ.get("OCTAVE_EXECUTABLE")):
+        if os.environ.get("QMROCT_REQUIRE_OCTAVE") == "1":
+            raise RuntimeError("QMROCT_REQUIRE_OCTAVE=1 but octave-cli is not installed")
+        pytest.skip("GNU Octave (octave-cli) not installed")
+    body, reason = OCTAVE_CASES[case]
+    folder = tmp_path / "algs" / "octbad"
+    folder.mkdir(parents=True)
+    (folder / "octbad_kqi.m").write_text(f"function result = octbad_kqi(vol, meta, params, outdir)\n{body}end\n")
+    (folder / "algorithm.yaml").write_text(
+        "name: octbad\nversion: '1'\nruntime: octave\nentry: octbad_kqi.m\n"
+        "kqis: [{name: a, unit: px, higher_is_better: true}]\n"
+    )
+    with pytest.raises(AlgorithmFailure) as err:
+        load_algorithm("octbad", [tmp_path / "algs"]).run(scan[0], scan[1], {}, tmp_path / "w", timeout=10)
+    assert reason in err.value.message
+    if case == "quits":
+        assert "leaving early" in err.value.output

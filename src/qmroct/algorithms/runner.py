@@ -67,12 +67,14 @@ class AlgorithmFailure(RuntimeError):
     def __init__(self, message: str, stderr_tail: str = "", output: str = "") -> None:
         super().__init__(message)
         self.message = message
+        # The last lines the algorithm printed (stdout and stderr share one pipe), or the
+        # traceback of its exception: short enough for a result row.
         self.stderr_tail = stderr_tail
         self.output = output  # the call's whole stdout+stderr, capped (for the job log)
 
     def __str__(self) -> str:
         if self.stderr_tail:
-            return f"{self.message}\n--- stderr (tail) ---\n{self.stderr_tail}"
+            return f"{self.message}\n--- output (tail) ---\n{self.stderr_tail}"
         return self.message
 
 
