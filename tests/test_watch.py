@@ -119,7 +119,8 @@ def test_run_record_merges_into_the_manifest(tmp_path):
     runhistory.merge_summary("20260101T000000Z-abcdef", {"outcome": "success", "exit_status": 0}, tmp_path)
     record = json.loads((folder / "manifest.json").read_text())
     assert record["git"] == {"commit": "x"}  # the reproducibility sections stay
-    assert record["summary"] == {"outcome": "success", "trigger": "manual", "exit_status": 0}
+    assert record["summary"] == {"outcome": "success", "trigger": "manual", "exit_status": 0,
+                                 "run_id": "20260101T000000Z-abcdef"}
     with pytest.raises(ValueError):
         runhistory.run_dir("../../etc")
 

@@ -117,7 +117,7 @@ def merge_summary(run_id: str, summary: dict[str, Any], root: Path = Path(".")) 
     path = run_dir(run_id, root) / MANIFEST
     record = read_record(run_id, root)
     record.setdefault("run_id", run_id)
-    record["summary"] = {**record.get("summary", {}), **summary}
+    record["summary"] = {**record.get("summary", {}), **summary, "run_id": run_id}
     write_json_atomic(path, record)
     return path
 
@@ -213,6 +213,13 @@ class _Run:
         self.compute_rules = compute_rules
         self.t0 = t0
 
+    def head_fields(self) -> dict[str, Any]:
+        """Written at the start and again at the end (a writer of the manifest's other
+        sections may have rewritten the file from its own copy in between)."""
+        return {"start": self.start, "trigger": os.environ.get(TRIGGER_ENV, "manual"),
+                "watch_run_id": os.environ.get(WATCH_ID_ENV), "host": os.uname().nodename,
+                "pid": os.getpid()}
+
 
 _RUN: _Run | None = None
 
@@ -247,9 +254,7 @@ def _start_run(compute_rules: dict[str, str]) -> str:
     ledger = RunLedger()
     logging.getLogger(SNAKEMAKE_LOGGER).addHandler(ledger)
     _RUN = _Run(run_id, now_iso(), session_fingerprints(), ledger, dict(compute_rules), time.time())
-    merge_summary(run_id, {"start": _RUN.start, "trigger": os.environ.get(TRIGGER_ENV, "manual"),
-                           "watch_run_id": os.environ.get(WATCH_ID_ENV), "outcome": "running",
-                           "host": os.uname().nodename, "pid": os.getpid()})
+    merge_summary(run_id, _RUN.head_fields() | {"outcome": "running"})
     return run_id
 
 
@@ -259,8 +264,7 @@ def _finish_run(config: dict[str, Any], failed: bool) -> dict[str, Any] | None:
         return None
     run, _RUN = _RUN, None
     logging.getLogger(SNAKEMAKE_LOGGER).removeHandler(run.ledger)
-    summary = {
-        "start": run.start,
+    summary = run.head_fields() | {
         "end": now_iso(),
         "sessions": compare_sessions(run.sessions_before, session_fingerprints()),
         "jobs": dict(sorted(Counter(rule for rule, _ in run.ledger.finished).items())),

@@ -172,7 +172,7 @@ class Watcher:
         except (ArchiveError, ConfigError, OSError, ValueError) as err:
             failures = int(self.state.get("archive_failures", 0)) + 1
             delay = backoff_delay(self.options.interval, failures, self.options.max_backoff)
-            log.warning("archive not usable (%s); next try in %.0f s", err, delay)
+            log.warning("archive not usable (%s); next try in %.1f s", err, delay)
             self.save(last_check=iso(now), archive={"reachable": False, "error": str(err),
                       "since": (self.state.get("archive") or {}).get("since") if failures > 1 else iso(now)},
                       archive_failures=failures)
