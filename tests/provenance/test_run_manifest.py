@@ -11,7 +11,6 @@ import pytest
 
 from qmroct.checksums import file_digest
 from qmroct.provenance.run_manifest import REDACTED, redact, redact_argv
-from tests.provenance.conftest import make_checkout
 
 
 def test_secrets_are_redacted_by_key_and_in_urls():
@@ -31,12 +30,8 @@ def test_secrets_are_redacted_by_key_and_in_urls():
 
 
 @pytest.mark.slow
-def test_a_run_writes_its_manifest_and_the_report_links_it(workflow):
-    config = workflow.config()
-    config["algorithms"] = {"noise": {}}
-    config["studies"] = {"demo_trial": {"criteria": ["noise.snr_db >= 15"]}}
-    workflow.write_config(config)
-    commit = make_checkout(workflow.root)
+def test_a_run_writes_its_manifest_and_the_report_links_it(checkout):
+    workflow, commit = checkout, checkout.commit
     workflow.run()
     root = workflow.root
     manifests = sorted(root.glob("results/runs/*/manifest.json"))
