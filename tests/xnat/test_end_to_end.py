@@ -39,7 +39,7 @@ runtime: python
 entry: envprobe.py
 function: compute
 description: Test-only probe that records the job's environment.
-params: {}
+params: {scale: 1.0}
 kqis:
   - name: mean_intensity
     unit: intensity
@@ -61,7 +61,8 @@ def compute(volume, meta, params, workdir):
     dump = Path(os.environ["QMROCT_TEST_ENV_DUMP"])
     dump.mkdir(parents=True, exist_ok=True)
     (dump / f"{os.getpid()}.json").write_text(json.dumps(dict(os.environ)))
-    return {"kqis": {"mean_intensity": {"value": float(np.mean(volume)), "unit": "intensity"}}}
+    value = float(np.mean(volume)) * float(params.get("scale", 1.0))
+    return {"kqis": {"mean_intensity": {"value": value, "unit": "intensity"}}}
 """
 
 
@@ -280,6 +281,31 @@ def test_workflow_against_xnat(xnat_server, password, pyxnat_interface, tmp_path
     assert wf.planned() == {}
     wf.run()
     assert writes(xnat_server)[before:] == []
+
+    # 2b. changed KQIs (a param), History on: recomputed, and every assessor updated in
+    #     place (same XNAT ID, as XNAT accepts it), its resource files whole again
+    ids_before = {label: {r["label"]: r["ID"] for r in pyxnat_interface._get_json(
+        f"/data/experiments/{sessions[label]}/assessors?columns=ID,label")} for label in first_two}
+    config["algorithms"]["envprobe"] = {"params": {"scale": 2.0}}
+    wf.write_config(config)
+    mark = len(xnat_server.requests)
+    wf.run()
+    refused = [r for r in xnat_server.requests[mark:] if r["status"] >= 400]
+    assert refused == []  # no 400 on the update, no 409 on the resource
+    for label in first_two:
+        eid = sessions[label]
+        now = {r["label"]: r["ID"] for r in pyxnat_interface._get_json(
+            f"/data/experiments/{eid}/assessors?columns=ID,label")}
+        assert now == ids_before[label]
+        probe_id = now[f"{label}_qmroct_envprobe"]
+        kqi_file = json.loads((root / f"results/kqi/DEMO/{label}/envprobe.json").read_text())
+        assert kqi_file["algorithm"]["params"] == {"scale": 2.0}
+        files = pyxnat_interface._get_json(f"/data/experiments/{eid}/assessors/{probe_id}"
+                                           "/resources/QMROCT/files")
+        assert [f["Name"] for f in files] == ["envprobe.json"]
+        runs = history_runs(xnat_server, eid)
+        assert sorted(states for (pipeline, _), states in runs.items()
+                      if pipeline == "qmroct envprobe") == [["Queued", "Running", "Complete"]] * 2
 
     # 3. two new sessions in XNAT, one deleted between discovery and download:
     #    only the new sessions are computed, the deleted one fails alone, naming itself
