@@ -143,6 +143,10 @@ def test_runs_table_and_history_page(tmp_path):
     assert table[0].split()[:4] == ["run", "start", "min", "trigger"]
     assert table[1].startswith("20260101T000000Z-aaaaaa") and "3.0" in table[1]
     assert "scan not readable 1" in table[2] and "4.5" in table[2]
+    # The summaries are cached by manifest size and mtime; a rewritten manifest is read again.
+    assert (tmp_path / runhistory.SUMMARY_CACHE).is_file()
+    _record(tmp_path, "20260101T000000Z-aaaaaa", trigger="config changed")
+    assert runhistory.list_runs(tmp_path)[0]["trigger"] == "config changed"
     runhistory.write_pages("20260102T000000Z-bbbbbb", tmp_path)
     page = (tmp_path / runhistory.HISTORY_PAGE).read_text()
     assert "../runs/20260102T000000Z-bbbbbb/failures.html" in page and "4.5 min, 2 servers" in page

@@ -285,7 +285,8 @@ resources: {threads: 1, mem_mb: 500, runtime_s: 1.0}
 """
 
 
-def test_sigterm_during_a_run_then_the_next_run_completes(workflow):
+def add_gate(workflow) -> Path:
+    """An algorithm that blocks until the returned path exists: a run that is surely mid-way."""
     gate = workflow.root / "gate-open"
     folder = workflow.root / "algorithms/gate"
     folder.mkdir()
@@ -294,7 +295,19 @@ def test_sigterm_during_a_run_then_the_next_run_completes(workflow):
     config = one_algorithm(workflow)
     config["algorithms"]["gate"] = {"params": {"gate": str(gate)}}
     workflow.write_config(config)
+    return gate
 
+
+def assert_all_results_ok(workflow) -> None:
+    for algorithm in ("noise", "gate"):
+        results = sorted(workflow.root.glob(f"results/kqi/DEMO/*/{algorithm}.json"))
+        assert len(results) == 3
+        assert all(json.loads(p.read_text())["status"] == "ok" for p in results)
+    assert workflow.planned_jobs() == {}
+
+
+def test_sigterm_during_a_run_then_the_next_run_completes(workflow):
+    gate = add_gate(workflow)
     watcher = start_watcher(workflow, "--interval", "3600")
     try:
         wait_for(lambda: Path(str(gate) + ".reached").exists(), 300, "a gate job to be running")
@@ -317,8 +330,34 @@ def test_sigterm_during_a_run_then_the_next_run_completes(workflow):
     assert len(runs(workflow)) == 2
     s = summary(workflow, runs(workflow)[-1])
     assert s["outcome"] == "success" and s["jobs"]["compute_gate"] == 3
-    for algorithm in ("noise", "gate"):
-        results = sorted(workflow.root.glob(f"results/kqi/DEMO/*/{algorithm}.json"))
-        assert len(results) == 3
-        assert all(json.loads(p.read_text())["status"] == "ok" for p in results)
-    assert workflow.planned_jobs() == {}
+    assert_all_results_ok(workflow)
+
+
+def test_watcher_and_run_killed_hard_then_recovered(workflow):
+    """kill -9 of the watcher: its snakemake goes on and keeps the folder locked; then that
+    dies too (as in a power cut): the next watcher takes over, unlocks snakemake's lock,
+    marks the dead run killed and completes the work."""
+    gate = add_gate(workflow)
+    watcher = start_watcher(workflow, "--interval", "3600")
+    wait_for(lambda: Path(str(gate) + ".reached").exists(), 300, "a gate job to be running")
+    dead_run = state(workflow)["run"]
+    watcher.kill()
+    watcher.wait(timeout=60)
+    assert pid_exists(dead_run["pid"]), "snakemake runs on in its own session"
+
+    proc = qmroct(workflow, "watch", "--once", "--", *RUN_ARGS)
+    assert proc.returncode == 0 and "another watcher or its run" in proc.stderr
+    assert f"its run pid {dead_run['pid']}" in proc.stderr
+
+    os.killpg(dead_run["pid"], signal.SIGKILL)
+    wait_for(lambda: not pid_exists(dead_run["pid"]), 60, "the orphaned snakemake to die")
+    assert any((workflow.root / ".snakemake/locks").iterdir()), "a killed snakemake leaves its lock"
+
+    gate.touch()
+    proc = watch_once(workflow)
+    assert "took over the stale lock" in proc.stderr and "snakemake --unlock" in proc.stderr
+    killed, finished = runs(workflow)
+    assert summary(workflow, killed)["outcome"] == "killed"
+    s = summary(workflow, finished)
+    assert s["outcome"] == "success" and s["trigger"] == "first check"
+    assert_all_results_ok(workflow)

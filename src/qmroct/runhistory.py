@@ -46,6 +46,7 @@ SESSION_INDEX = Path("results/discovery/sessions.tsv")
 HISTORY_PAGE = Path("results/report/runs.html")
 POOL_RUNS = Path(".snakemake/openstack")  # the executor's per-run folder, summary.json at shutdown
 MANIFEST = "manifest.json"
+SUMMARY_CACHE = Path(".qmroct/run-summaries.json")
 SNAKEMAKE_LOGGER = "snakemake.logging"
 RUN_ID_ENV = "QMROCT_RUN_ID"  # the run manifest's id, set in the head by whoever names the run
 WATCH_ID_ENV = "QMROCT_WATCH_RUN_ID"  # the watcher's name for a run it started
@@ -123,20 +124,49 @@ def merge_summary(run_id: str, summary: dict[str, Any], root: Path = Path(".")) 
 
 
 def list_runs(root: Path = Path(".")) -> list[dict[str, Any]]:
-    """Every run's summary (with ``run_id``), oldest first."""
-    runs = []
+    """Every run's summary (with ``run_id``), oldest first.
+
+    A manifest lists every result file with its checksum (megabytes at ten thousand
+    sessions), and the history page is rebuilt after every run, so summaries are kept in a
+    cache keyed by each manifest's size and mtime (``.qmroct/run-summaries.json``; derived,
+    safe to delete): only manifests written since are parsed again."""
+    runs: list[dict[str, Any]] = []
     base = root / RUNS_DIR
     if not base.is_dir():
         return runs
+    cache_path = root / SUMMARY_CACHE
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    fresh: dict[str, Any] = {}
     for path in sorted(base.glob(f"*/{MANIFEST}")):
         try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            log.warning("run record %s unreadable: %s", path, err)
+            st = path.stat()
+        except OSError:
             continue
-        summary = dict(record.get("summary") or {})
-        summary.setdefault("run_id", record.get("run_id", path.parent.name))
+        stamp = [st.st_size, st.st_mtime_ns]
+        hit = cache.get(path.parent.name)
+        if hit and hit.get("stamp") == stamp:
+            summary = hit["summary"]
+        else:
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError) as err:
+                log.warning("run record %s unreadable: %s", path, err)
+                continue
+            summary = dict(record.get("summary") or {})
+            summary.setdefault("run_id", record.get("run_id", path.parent.name))
+        fresh[path.parent.name] = {"stamp": stamp, "summary": summary}
         runs.append(summary)
+    if fresh != cache:
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_path.with_name(f".{cache_path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(fresh))
+            os.replace(tmp, cache_path)
+        except OSError as err:  # a read-only folder still lists its runs
+            log.debug("run summary cache not written: %s", err)
     runs.sort(key=lambda s: (s.get("start") or "", s["run_id"]))
     return runs
 

@@ -141,6 +141,7 @@ class Watcher:
             log.warning("took over the stale lock of pid %s (%s)", stale.pid, stale.since)
             if stale.run:  # its Snakemake died too, possibly holding Snakemake's own lock
                 self.needs_unlock = True
+                self.close_dead_run(str(stale.run.get("run_id") or ""))
         previous = {signum: signal.signal(signum, self._on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
         try:
             self.save(pid=os.getpid(), host=os.uname().nodename, started=iso(time.time()), stopped=None,
@@ -158,6 +159,18 @@ class Watcher:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             self.lock.release()
+
+    def close_dead_run(self, watch_id: str) -> None:
+        """The record of a run that died with its watcher says so instead of 'running'."""
+        run_id = runhistory.find_watch_run(watch_id, 0.0) if watch_id else None
+        if run_id is None:
+            return
+        summary = runhistory.read_record(run_id).get("summary", {})
+        if summary.get("outcome") in (None, "running"):
+            runhistory.merge_summary(run_id, {"outcome": "killed", "exit_status": None,
+                                              "note": "the watcher and this run died without ending it"})
+            runhistory.write_pages(run_id)
+        self.save(retry_at=time.time())  # finish what it left at the first check
 
     def check(self) -> float:
         """One poll; runs the workflow if needed. Returns the delay until the next poll."""
