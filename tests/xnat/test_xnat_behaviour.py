@@ -204,3 +204,26 @@ def test_listing_of_a_deleted_session_keeps_to_its_own_rows(xnat_env, pyxnat_int
                           auth=(USER, password)).json()["ResultSet"]["Result"]
     assert sorted(r["id"] for r in listed) == sorted([s1.id, s2.id])
     assert arc.queued_run(s1, "noise") == "2026-11-26 01:00:00.000"
+
+
+# ---------------------------------------------------------------- 4. the state token
+def test_own_write_backs_leave_the_state_token_alone(xnat_env, pyxnat_interface, tmp_path):
+    """XNAT's triggers propagate last_modified from assessors and scans to the
+    session (GenericWrapperUtils); the token discounts qmroct's own writes."""
+    seed_session(pyxnat_interface, "OCT", "S1", "S1_V1")
+    seed_session(pyxnat_interface, "OCT", "S2", "S2_V1")
+    arc = XnatArchive(server=xnat_env.url, projects=["OCT"], backoff=0.02,
+                      cache_dir=str(tmp_path / "cache"))
+    plain = XnatArchive(server=xnat_env.url, projects=["OCT"], backoff=0.02)  # no ledger
+    s1, s2 = arc.discover(["OCT"])
+    token, modified = arc.state_token(["OCT"]), arc._last_modified(s1)
+    arc.write_assessment(s1, make_assessment(tmp_path, s1))
+    arc.write_assessment(s1, make_assessment(tmp_path, s1, snr=(1.0, 2.0)))
+    arc.set_scan_quality(s1, "trial", {"1": "usable"})
+    assert arc._last_modified(s1) != modified  # the server propagated our writes
+    assert plain.state_token(["OCT"]) != token  # which a token of raw values would see
+    assert arc.state_token(["OCT"]) == token
+    # anyone else's change still counts
+    pyxnat_interface.select("/project/OCT/subject/S2/experiment/S2_V1/scan/1/resource/DICOM"
+                            ).file("extra.dcm").put(b"new data", format="DICOM")
+    assert arc.state_token(["OCT"]) != token

@@ -293,10 +293,15 @@ class Store:
         return eid, False
 
     def touch(self, experiment_id: str, assessor: bool = False) -> None:
-        """Record a change. Changes to assessors do not change their session's
-        last_modified (so qmroct's own write-back does not look like new data)."""
-        if not assessor:
-            self.q("UPDATE experiments SET last_modified=? WHERE id=?", now_iso(), experiment_id)
+        """Record a change of an experiment and of what it belongs to: XNAT's
+        update_ls_* triggers (GenericWrapperUtils.GetUpdateFunctions) set
+        last_modified on the changed row and PERFORM the same on its parents, so
+        a change to an assessor, a scan or a file changes its session's too."""
+        t = now_iso()
+        row = self.one("SELECT session_id FROM experiments WHERE id=?", experiment_id)
+        self.q("UPDATE experiments SET last_modified=? WHERE id=?", t, experiment_id)
+        if row is not None and row["session_id"]:
+            self.q("UPDATE experiments SET last_modified=? WHERE id=?", t, row["session_id"])
 
     def delete_experiment(self, eid: str) -> None:
         for a in self.q("SELECT id FROM experiments WHERE session_id=?", eid):
@@ -343,8 +348,7 @@ class Store:
         self.q("UPDATE scans SET fields=? WHERE experiment_id=? AND id=?", json.dumps(extra), eid, sid)
         if xsi_type:
             self.q("UPDATE scans SET xsi_type=? WHERE experiment_id=? AND id=?", xsi_type, eid, sid)
-        if any(k in fields for k in ("type",)):
-            self.touch(eid)
+        self.touch(eid)  # a scan is a child of its session
         return False
 
     def delete_scan(self, eid: str, sid: str) -> None:

@@ -24,5 +24,5 @@ def open_archive(archive_config: dict[str, Any], cache_dir: str | None = None) -
     if backend == "xnat":
         from qmroct.archive.xnat import XnatArchive
 
-        return XnatArchive(**options)
+        return XnatArchive(**options, cache_dir=cache_dir)
     raise ArchiveError(f"unknown archive backend {backend!r} (known: directory, xnat)")

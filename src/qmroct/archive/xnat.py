@@ -19,10 +19,13 @@ rows), ``xnat_quality`` (scan quality); this one holds the archive itself:
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import hashlib
 import logging
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,7 @@ from qmroct.archive import xnat_assessors
 from qmroct.archive.xnat_history import XnatHistory
 from qmroct.archive.xnat_http import XnatAuthError, XnatHttp, XnatNotFound, file_path_of
 from qmroct.archive.xnat_quality import natural_key, set_scan_quality
+from qmroct.archive.xnat_state import OwnWrites
 from qmroct.archive.xnat_tokens import check_server_url, pyxnat_interface, resolve_credentials
 from qmroct.assessment import Assessment
 
@@ -72,6 +76,7 @@ class XnatArchive(Archive):
         download_threads: int = 2,
         netrc_file: str | None = None,
         tokens: bool = True,
+        cache_dir: str | None = None,  # the workflow's (config cache_dir): own-writes ledger
         **unknown: Any,
     ):
         if unknown:
@@ -95,6 +100,7 @@ class XnatArchive(Archive):
         self.tokens = tokens  # used by xnat_tokens.start_archive_tokens (head process)
         self._http: XnatHttp | None = None
         self._intf: Any = None
+        self.own_writes = OwnWrites(Path(cache_dir) / "xnat_own_writes.json") if cache_dir else None
 
     # ------------------------------------------------------------------ connection
     @property
@@ -168,18 +174,38 @@ class XnatArchive(Archive):
         )
 
     def state_token(self, projects: list[str]) -> str:
-        """The sessions listing with each session's last_modified. An XNAT that
-        does not give last_modified gets a token that always changes: discovery
-        then runs every time and the fingerprints decide what is recomputed."""
+        """The sessions listing with each session's last_modified as it was before
+        qmroct's own writes (see xnat_state). An XNAT that does not give
+        last_modified gets a token that always changes: discovery then runs every
+        time and the fingerprints decide what is recomputed."""
+        origins = self.own_writes.origins() if self.own_writes else {}
         digest = hashlib.sha256()
         for project in sorted(projects or self.projects):
             for row in self._sessions_rows(project):
                 if not row.get("last_modified"):
                     return "xnat:no-last-modified:" + dt.datetime.now().isoformat()
-                key = [project, row["ID"], row["label"], row["xsiType"], row["last_modified"]]
-                digest.update("\t".join(key).encode())
-                digest.update(b"\n")
+                modified = OwnWrites.resolve(origins, row["ID"], row["last_modified"])
+                key = [project, row["ID"], row["label"], row["xsiType"], modified]
+                digest.update("\t".join(key).encode() + b"\n")
         return "xnat:" + digest.hexdigest()[:32]
+
+    def _last_modified(self, session: Session) -> str:
+        rows = self.http.listing(
+            f"/data/projects/{quote(session.project)}/experiments",
+            columns="ID,last_modified",
+            what=f"sessions of {session.project}",
+        )
+        return next((r.get("last_modified", "") for r in rows if r.get("ID") == session.id), "")
+
+    @contextlib.contextmanager
+    def own_write(self, session: Session) -> Iterator[None]:
+        """Around a write to the session: its last_modified change is qmroct's own."""
+        if self.own_writes is None:
+            yield
+            return
+        before = self._last_modified(session)
+        yield
+        self.own_writes.record(session.id, before, self._last_modified(session))
 
     def discover(self, projects: list[str]) -> list[Session]:
         sessions = []
@@ -325,7 +351,8 @@ class XnatArchive(Archive):
         return xnat_assessors.put_document(self, session, label, document, old_id)
 
     def write_assessment(self, session: Session, assessment: Assessment) -> WriteOutcome:
-        return xnat_assessors.write_assessment(self, session, assessment)
+        with self.own_write(session):
+            return xnat_assessors.write_assessment(self, session, assessment)
 
     # ------------------------------------------------------------------ scan quality, History
     def set_scan_quality(
@@ -335,7 +362,8 @@ class XnatArchive(Archive):
         verdicts: dict[str, str],
         reasons: dict[str, str] | None = None,
     ) -> dict[str, str]:
-        return set_scan_quality(self, session, study, verdicts, reasons)
+        with self.own_write(session):
+            return set_scan_quality(self, session, study, verdicts, reasons)
 
     def record_history(
         self,
