@@ -19,10 +19,18 @@ pytestmark = pytest.mark.slow
 
 VALID = "{'kqis': {'value_a': {'value': 1.0, 'unit': 'px'}}}"
 HOSTILE = {
-    "hang": ("import time\ndef compute(v, m, p, w):\n    while True:\n        time.sleep(1)\n",
-             "timed out after 2 s"),
-    "segv": ("import ctypes\ndef compute(v, m, p, w):\n    ctypes.string_at(0)\n", "killed by SIGSEGV"),
-    "quits": ("import sys\ndef compute(v, m, p, w):\n    sys.exit(0)\n", "exited 0 without writing its output"),
+    "hang": (
+        "import time\ndef compute(v, m, p, w):\n    while True:\n        time.sleep(1)\n",
+        "timed out after 2 s",
+    ),
+    "segv": (
+        "import ctypes\ndef compute(v, m, p, w):\n    ctypes.string_at(0)\n",
+        "killed by SIGSEGV",
+    ),
+    "quits": (
+        "import sys\ndef compute(v, m, p, w):\n    sys.exit(0)\n",
+        "exited 0 without writing its output",
+    ),
     "exits3": ("import os\ndef compute(v, m, p, w):\n    os._exit(3)\n", "exited with status 3"),
 }
 CHATTY = f"""
@@ -83,7 +91,9 @@ def test_hostile_algorithms_are_failed_rows_and_the_report_is_built(workflow):
     assert len(logs) == 3
     for log in logs:
         text = log.read_text()
-        assert "CHATTY-FIRST" in text and "CHATTY-LAST" in text and "bytes of output dropped" in text
+        assert (
+            "CHATTY-FIRST" in text and "CHATTY-LAST" in text and "bytes of output dropped" in text
+        )
         assert log.stat().st_size < 2 * (2 * 64 * 1024 + 4096)  # two scans, each capped
     console = proc.stdout + proc.stderr
     assert "yyyy" not in console and "CHATTY" not in console

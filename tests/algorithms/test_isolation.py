@@ -26,16 +26,27 @@ VALID = "{'kqis': {'value_a': {'value': 1.0, 'unit': 'px'}}}"
 
 # name -> (algorithm body, what the failure says)
 HOSTILE = {
-    "never_returns": ("def compute(v, m, p, w):\n    while True:\n        pass\n", "timed out after 2 s"),
+    "never_returns": (
+        "def compute(v, m, p, w):\n    while True:\n        pass\n",
+        "timed out after 2 s",
+    ),
     "segfault_kill": (
         "import os, signal\ndef compute(v, m, p, w):\n    os.kill(os.getpid(), signal.SIGSEGV)\n",
         "killed by SIGSEGV",
     ),
-    "segfault_ctypes": ("import ctypes\ndef compute(v, m, p, w):\n    ctypes.string_at(0)\n", "killed by SIGSEGV"),
-    "sys_exit_0": ("import sys\ndef compute(v, m, p, w):\n    sys.exit(0)\n", "exited 0 without writing its output"),
+    "segfault_ctypes": (
+        "import ctypes\ndef compute(v, m, p, w):\n    ctypes.string_at(0)\n",
+        "killed by SIGSEGV",
+    ),
+    "sys_exit_0": (
+        "import sys\ndef compute(v, m, p, w):\n    sys.exit(0)\n",
+        "exited 0 without writing its output",
+    ),
     "os_exit_3": ("import os\ndef compute(v, m, p, w):\n    os._exit(3)\n", "exited with status 3"),
-    "exit_at_import": ("import sys\nsys.exit(0)\ndef compute(v, m, p, w):\n    pass\n",
-                       "exited 0 without writing its output"),
+    "exit_at_import": (
+        "import sys\nsys.exit(0)\ndef compute(v, m, p, w):\n    pass\n",
+        "exited 0 without writing its output",
+    ),
     "abort": ("import os\ndef compute(v, m, p, w):\n    os.abort()\n", "killed by SIGABRT"),
 }
 
@@ -72,9 +83,11 @@ def scan(tmp_path, stage):
 
 @pytest.fixture(params=["fork", "fresh_interpreter"])
 def child_mode(request):
-    """fork: the normal path. fresh_interpreter: another thread runs, so the runner must not fork."""
+    """fork: the normal path. fresh_interpreter: another thread runs, the runner must not fork."""
     if request.param == "fork":
-        assert threading.active_count() == 1, "another thread runs: the fork path would not be tested"
+        assert (
+            threading.active_count() == 1
+        ), "another thread runs: the fork path would not be tested"
         yield request.param
         return
     stop = threading.Event()
@@ -120,43 +133,63 @@ def test_hostile_python_algorithm_is_a_named_failure(tmp_path, scan, child_mode,
     assert time.monotonic() - started < 30
     # The caller (this process) lives on and can run the next algorithm.
     make_algo(tmp_path / "algs", "good", f"def compute(v, m, p, w):\n    return {VALID}\n")
-    assert load_algorithm("good", [tmp_path / "algs"]).run(scan[0], scan[1], {}, tmp_path / "w2")["kqis"]
+    assert load_algorithm("good", [tmp_path / "algs"]).run(scan[0], scan[1], {}, tmp_path / "w2")[
+        "kqis"
+    ]
 
 
 def test_segfault_leaves_the_python_stack_in_the_output(tmp_path, scan):
-    make_algo(tmp_path / "algs", "bad", "import ctypes\ndef compute(v, m, p, w):\n    ctypes.string_at(0)\n")
+    make_algo(
+        tmp_path / "algs",
+        "bad",
+        "import ctypes\ndef compute(v, m, p, w):\n    ctypes.string_at(0)\n",
+    )
     with pytest.raises(AlgorithmFailure) as err:
-        load_algorithm("bad", [tmp_path / "algs"]).run(scan[0], scan[1], {}, tmp_path / "w", timeout=20)
+        load_algorithm("bad", [tmp_path / "algs"]).run(
+            scan[0], scan[1], {}, tmp_path / "w", timeout=20
+        )
     assert "Segmentation fault" in err.value.output and "algo.py" in err.value.output
 
 
 def test_timeout_kills_the_whole_process_group(tmp_path, scan):
     """The algorithm starts a helper process and hangs; both are gone after the timeout."""
     pidfile = tmp_path / "helper.pid"
-    make_algo(tmp_path / "algs", "hang", f"""
+    make_algo(
+        tmp_path / "algs",
+        "hang",
+        f"""
         import subprocess, time
         def compute(v, m, p, w):
             helper = subprocess.Popen(["sleep", "300"])
             open({str(pidfile)!r}, "w").write(str(helper.pid))
             time.sleep(300)
-    """)
+    """,
+    )
     with pytest.raises(AlgorithmFailure, match="timed out after 3 s"):
-        load_algorithm("hang", [tmp_path / "algs"]).run(scan[0], scan[1], {}, tmp_path / "w", timeout=3)
+        load_algorithm("hang", [tmp_path / "algs"]).run(
+            scan[0], scan[1], {}, tmp_path / "w", timeout=3
+        )
     assert _wait_gone(int(pidfile.read_text()))
 
 
 def test_leftover_processes_are_ended_when_the_algorithm_returns(tmp_path, scan):
     """A helper the algorithm left running (holding the output pipe) does not outlive the call."""
     pidfile = tmp_path / "helper.pid"
-    make_algo(tmp_path / "algs", "leaky", f"""
+    make_algo(
+        tmp_path / "algs",
+        "leaky",
+        f"""
         import subprocess
         def compute(v, m, p, w):
             helper = subprocess.Popen(["sleep", "300"])
             open({str(pidfile)!r}, "w").write(str(helper.pid))
             return {VALID}
-    """)
+    """,
+    )
     started = time.monotonic()
-    out = load_algorithm("leaky", [tmp_path / "algs"]).run(scan[0], scan[1], {}, tmp_path / "w", timeout=60)
+    out = load_algorithm("leaky", [tmp_path / "algs"]).run(
+        scan[0], scan[1], {}, tmp_path / "w", timeout=60
+    )
     assert out["kqis"]["value_a"]["value"] == 1.0
     assert time.monotonic() - started < 30
     assert _wait_gone(int(pidfile.read_text()))
@@ -164,9 +197,12 @@ def test_leftover_processes_are_ended_when_the_algorithm_returns(tmp_path, scan)
 
 @pytest.mark.parametrize("ok", [True, False])
 def test_80_mb_of_output_is_capped_head_and_tail(tmp_path, scan, child_mode, ok, capfd):
-    """Case 9: 80 MB printed; the first and last 64 KiB are kept, the drop is stated, nothing on our fds."""
+    """Case 9: 80 MB printed; first and last 64 KiB kept, the drop stated, nothing on our fds."""
     ending = f"return {VALID}" if ok else "raise RuntimeError('gave up')"
-    make_algo(tmp_path / "algs", "chatty", f"""
+    make_algo(
+        tmp_path / "algs",
+        "chatty",
+        f"""
         import sys
         def compute(v, m, p, w):
             print("FIRST-LINE")
@@ -176,7 +212,8 @@ def test_80_mb_of_output_is_capped_head_and_tail(tmp_path, scan, child_mode, ok,
                 sys.stderr.write(line)
             print("LAST-LINE", file=sys.stderr)
             {ending}
-    """)
+    """,
+    )
     algo = load_algorithm("chatty", [tmp_path / "algs"])
     if ok:
         text = algo.run(scan[0], scan[1], {}, tmp_path / "w", timeout=120)["output"]
@@ -196,9 +233,14 @@ def test_80_mb_of_output_is_capped_head_and_tail(tmp_path, scan, child_mode, ok,
 
 
 def test_output_cap_is_configurable(tmp_path, scan):
-    make_algo(tmp_path / "algs", "chatty", f"def compute(v, m, p, w):\n    print('z' * 100000)\n    return {VALID}\n")
-    text = load_algorithm("chatty", [tmp_path / "algs"]).run(scan[0], scan[1], {}, tmp_path / "w",
-                                                              output_keep=1000)["output"]
+    make_algo(
+        tmp_path / "algs",
+        "chatty",
+        f"def compute(v, m, p, w):\n    print('z' * 100000)\n    return {VALID}\n",
+    )
+    text = load_algorithm("chatty", [tmp_path / "algs"]).run(
+        scan[0], scan[1], {}, tmp_path / "w", output_keep=1000
+    )["output"]
     assert text.startswith("z" * 1000 + "\n[... 98001 bytes of output dropped")
     assert text.endswith("z" * 999 + "\n")
 
@@ -219,12 +261,16 @@ def test_executable_runtime_is_isolated_the_same_way(tmp_path, scan):
     make_executable(tmp_path / "algs", "segv", "echo about to crash >&2\nkill -SEGV $$\n")
     make_executable(tmp_path / "algs", "quiet", "exit 0\n")
     make_executable(tmp_path / "algs", "three", "echo giving up\nexit 3\n")
-    expected = {"segv": ("killed by SIGSEGV", "about to crash"),
-                "quiet": ("exited 0 without writing its output", ""),
-                "three": ("exited with status 3", "giving up")}
+    expected = {
+        "segv": ("killed by SIGSEGV", "about to crash"),
+        "quiet": ("exited 0 without writing its output", ""),
+        "three": ("exited with status 3", "giving up"),
+    }
     for name, (reason, printed) in expected.items():
         with pytest.raises(AlgorithmFailure) as err:
-            load_algorithm(name, [tmp_path / "algs"]).run(scan[0], scan[1], {}, tmp_path / name, timeout=30)
+            load_algorithm(name, [tmp_path / "algs"]).run(
+                scan[0], scan[1], {}, tmp_path / name, timeout=30
+            )
         assert reason in err.value.message
         assert printed in err.value.output and printed in err.value.stderr_tail
 
@@ -233,7 +279,9 @@ def test_executable_helper_processes_die_on_timeout(tmp_path, scan):
     pidfile = tmp_path / "helper.pid"
     make_executable(tmp_path / "algs", "hang", f"sleep 300 &\necho $! > {pidfile}\nwait\n")
     with pytest.raises(AlgorithmFailure, match="timed out after 2 s"):
-        load_algorithm("hang", [tmp_path / "algs"]).run(scan[0], scan[1], {}, tmp_path / "w", timeout=2)
+        load_algorithm("hang", [tmp_path / "algs"]).run(
+            scan[0], scan[1], {}, tmp_path / "w", timeout=2
+        )
     assert _wait_gone(int(pidfile.read_text()))
 
 
@@ -249,8 +297,12 @@ def test_default_limit_comes_from_the_manifest(tmp_path):
 
 def test_default_limit_is_enforced(tmp_path, scan):
     """No timeout given: the manifest's runtime_s x factor applies (here with a 1 s floor)."""
-    make_algo(tmp_path / "algs", "sleepy", "import time\ndef compute(v, m, p, w):\n    time.sleep(300)\n",
-              runtime_s=0.5)
+    make_algo(
+        tmp_path / "algs",
+        "sleepy",
+        "import time\ndef compute(v, m, p, w):\n    time.sleep(300)\n",
+        runtime_s=0.5,
+    )
     algo = load_algorithm("sleepy", [tmp_path / "algs"])
     timeout = algo.time_limit(factor=2, floor=0.1)
     with pytest.raises(AlgorithmFailure, match="timed out after 1 s"):
@@ -263,21 +315,35 @@ def test_config_limits_reach_the_algorithm(tmp_path):
 
     make_algo(tmp_path / "algorithms", "one", "def compute(v, m, p, w):\n    pass\n", runtime_s=4)
     make_algo(tmp_path / "algorithms", "two", "def compute(v, m, p, w):\n    pass\n", runtime_s=4)
-    base = {"archive": {"backend": "directory", "path": str(tmp_path / "archive")}, "projects": ["P"],
-            "scratch_dir": str(tmp_path / "scratch")}
+    base = {
+        "archive": {"backend": "directory", "path": str(tmp_path / "archive")},
+        "projects": ["P"],
+        "scratch_dir": str(tmp_path / "scratch"),
+    }
     config = {**base, "algorithms": {"one": {}, "two": {"timeout_s": 7}}}
     validate_schema(config)
     settings = check_config(config, tmp_path)
     assert settings.algorithm_timeout("one") == max(MIN_TIMEOUT_S, 4 * TIMEOUT_FACTOR)
     assert settings.algorithm_timeout("two") == 7
     assert settings.algorithm_output_keep() == OUTPUT_KEEP  # the schema's default agrees
-    config = {**base, "algorithms": {"one": {}},
-              "limits": {"algorithm_timeout_factor": 3, "algorithm_min_timeout_s": 5, "algorithm_output_kib": 2}}
+    config = {
+        **base,
+        "algorithms": {"one": {}},
+        "limits": {
+            "algorithm_timeout_factor": 3,
+            "algorithm_min_timeout_s": 5,
+            "algorithm_output_kib": 2,
+        },
+    }
     validate_schema(config)
     settings = check_config(config, tmp_path)
     assert settings.algorithm_timeout("one") == 12 and settings.algorithm_output_keep() == 2048
-    for bad in ({"algorithm_timeout_factor": 0}, {"algorithm_min_timeout_s": -1}, {"algorithm_output_kib": 0},
-                {"algorithm_timeout_factr": 2}):
+    for bad in (
+        {"algorithm_timeout_factor": 0},
+        {"algorithm_min_timeout_s": -1},
+        {"algorithm_output_kib": 0},
+        {"algorithm_timeout_factr": 2},
+    ):
         with pytest.raises(ConfigError, match="limits"):
             validate_schema({**base, "algorithms": {"one": {}}, "limits": bad})
 
@@ -314,7 +380,11 @@ def test_algorithm_dies_with_a_killed_job(tmp_path):
     import sys
 
     pidfile = tmp_path / "algorithm.pid"
-    job = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    job = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import os, time
         from pathlib import Path
         from qmroct.algorithms.child import run_forked
@@ -323,7 +393,9 @@ def test_algorithm_dies_with_a_killed_job(tmp_path):
             time.sleep(300)
             return 0
         run_forked(hang, 300, 1000)
-    """)])
+    """),
+        ]
+    )
     try:
         deadline = time.monotonic() + 60
         while not (pidfile.is_file() and pidfile.read_text()) and time.monotonic() < deadline:
@@ -376,13 +448,17 @@ def test_octave_runtime_is_isolated_the_same_way(tmp_path, scan, case):
     body, reason = OCTAVE_CASES[case]
     folder = tmp_path / "algs" / "octbad"
     folder.mkdir(parents=True)
-    (folder / "octbad_kqi.m").write_text(f"function result = octbad_kqi(vol, meta, params, outdir)\n{body}end\n")
+    (folder / "octbad_kqi.m").write_text(
+        f"function result = octbad_kqi(vol, meta, params, outdir)\n{body}end\n"
+    )
     (folder / "algorithm.yaml").write_text(
         "name: octbad\nversion: '1'\nruntime: octave\nentry: octbad_kqi.m\n"
         "kqis: [{name: a, unit: px, higher_is_better: true}]\n"
     )
     with pytest.raises(AlgorithmFailure) as err:
-        load_algorithm("octbad", [tmp_path / "algs"]).run(scan[0], scan[1], {}, tmp_path / "w", timeout=10)
+        load_algorithm("octbad", [tmp_path / "algs"]).run(
+            scan[0], scan[1], {}, tmp_path / "w", timeout=10
+        )
     assert reason in err.value.message
     if case == "quits":
         assert "leaving early" in err.value.output

@@ -78,12 +78,11 @@ class CappedOutput:
     def text(self) -> str:
         if not self.dropped:
             return bytes(self.head + self.tail).decode(errors="replace")
-        return (
-            self.head.decode(errors="replace")
-            + f"\n[... {self.dropped} bytes of output dropped; the first and the last "
-            f"{self.keep} bytes are kept ...]\n"
-            + self.tail.decode(errors="replace")
+        note = (
+            f"\n[... {self.dropped} bytes of output dropped; "
+            f"the first and the last {self.keep} bytes are kept ...]\n"
         )
+        return self.head.decode(errors="replace") + note + self.tail.decode(errors="replace")
 
 
 def describe_exit(returncode: int) -> str:
@@ -123,7 +122,9 @@ def run_forked(target: Callable[[], int], timeout: float, keep: int) -> Outcome:
     return _supervise(pid, poll, wait, read_fd, timeout, keep)
 
 
-def run_command(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float, keep: int) -> Outcome:
+def run_command(
+    cmd: list[str], cwd: Path, env: dict[str, str], timeout: float, keep: int
+) -> Outcome:
     """Run a program (Octave, a compiled algorithm, a fresh Python) the same way.
 
     Raises OSError when the program cannot be started.

@@ -28,7 +28,9 @@ def main(argv: list[str]) -> int:
     meta = json.loads(Path(meta_path).read_text())
     params = json.loads(Path(params_path).read_text())
     module = f"qmroct_isolated_algorithm_{name}"
-    return python_child(name, Path(entry), function, Path(volume_path), meta, params, Path(outdir), module)
+    return python_child(
+        name, Path(entry), function, Path(volume_path), meta, params, Path(outdir), module
+    )
 
 
 if __name__ == "__main__":
