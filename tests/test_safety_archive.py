@@ -154,7 +154,7 @@ def test_hostile_archive_computes_or_fails_alone(workflow, tmp_path):
         experiments = archive / "DEMO" / "subjects" / "SUBJX" / "experiments"
         for label in (PERIODIC, LONG, "-rf", "K[x]^1"):
             records = [json.loads(p.read_text())["label"] for p in (experiments / label / "assessors").glob("*/assessor.json")]
-            assert sorted(records) == [f"{label}_qmroct_layers", f"{label}_qmroct_noise"]
+            assert sorted(records) == [f"{label}_qmroct_layers_v1-0-0", f"{label}_qmroct_noise_v1-0-0"]
         receipt = next((workflow.root / "results/writeback/DEMO").glob("x.*.json"))
         assert "not a valid XNAT label" in json.loads(receipt.read_text())["skipped"]
 

@@ -59,7 +59,8 @@ def test_full_run_then_nothing_to_do(workflow):
     # Assessments written into the archive, one per session and algorithm.
     for session in sessions:
         assessors = sorted(p.name for p in (session / "assessors").iterdir() if not p.name.startswith("."))
-        assert assessors == [f"{session.name}_qmroct_layers", f"{session.name}_qmroct_noise"]
+        # labels carry the algorithm version (a bump writes a new assessor, qmroct.assessment)
+        assert assessors == [f"{session.name}_qmroct_layers_v1-0-0", f"{session.name}_qmroct_noise_v1-0-0"]
         assert (session / "assessors" / assessors[0] / "assessor.xml").read_bytes().startswith(b"<?xml")
 
     # Each session's scans were staged (read from the archive and decoded) once, for all algorithms.

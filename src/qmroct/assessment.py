@@ -48,9 +48,42 @@ def xsd_datetime(value: Any) -> str | None:
     return moment.isoformat(timespec=spec)
 
 
-def assessment_label(session_label: str, algorithm: str) -> str:
-    """The stable label that makes a rerun replace, never duplicate."""
-    return f"{session_label}_qmroct_{algorithm}"
+def version_token(version: str) -> str:
+    """An algorithm version as a label part: ``1.0.0`` -> ``v1-0-0``.
+
+    XNAT labels take letters, digits, ``_`` and ``-`` only (qmroct.paths.check_label).
+    Dotted versions map one to one (they contain no ``-``); anything else is made safe and
+    given a digest of the exact version, so two versions never share a label.
+    """
+    if re.fullmatch(r"[0-9A-Za-z]+(\.[0-9A-Za-z]+)*", version):
+        return "v" + version.replace(".", "-")
+    safe = re.sub(r"[^0-9A-Za-z]+", "-", version).strip("-") or "x"
+    return f"v{safe}_{hashlib.sha256(version.encode()).hexdigest()[:8]}"
+
+
+def assessment_label(session_label: str, algorithm: str, version: str | None = None) -> str:
+    """The label that makes a rerun replace, never duplicate. With ``version`` it carries
+    the algorithm version, so a version bump writes a new assessor beside the old one."""
+    if version is None:
+        return f"{session_label}_qmroct_{algorithm}"
+    return f"{session_label}_qmroct_{algorithm}_{version_token(version)}"
+
+
+SUPERSEDED_FIELD = "qmroct_superseded_by"
+
+
+def mark_superseded(xml: bytes, by_label: str) -> bytes:
+    """The assessor document with a ``qmroct_superseded_by`` field: the assessor stays,
+    readers see which newer one replaces it (still valid against xnat.xsd)."""
+    root = ET.fromstring(xml)
+    fields = root.find(f"{{{XNAT_NS}}}fields")
+    if fields is None:
+        raise ValueError("not a qmroct assessor document (no xnat:fields)")
+    for field_el in fields.findall(f"{{{XNAT_NS}}}field"):
+        if field_el.get("name") == SUPERSEDED_FIELD:
+            fields.remove(field_el)
+    ET.SubElement(fields, f"{{{XNAT_NS}}}field", {"name": SUPERSEDED_FIELD}).text = by_label
+    return ET.tostring(root, xml_declaration=True, encoding="UTF-8")
 
 
 @dataclass
@@ -67,13 +100,17 @@ class Assessment:
     provenance: dict[str, Any] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)  # resource file name -> local path
     date: str = ""  # ISO date of the computation (provenance, not content)
+    # Whether the label carries the algorithm version (the archive says: Archive.versioned_labels)
+    versioned: bool = False
 
     @property
     def label(self) -> str:
-        return assessment_label(self.session_label, self.algorithm)
+        version = self.version if self.versioned else None
+        return assessment_label(self.session_label, self.algorithm, version)
 
     @classmethod
-    def from_result(cls, result: dict[str, Any], files: dict[str, Path] | None = None) -> "Assessment":
+    def from_result(cls, result: dict[str, Any], files: dict[str, Path] | None = None,
+                    versioned: bool = False) -> "Assessment":
         """Build from a KQI result document (see qmroct.results)."""
         session = result["session"]
         algorithm = result["algorithm"]
@@ -99,6 +136,7 @@ class Assessment:
             provenance=provenance,
             files=dict(files or {}),
             date=str(provenance.get("end_time", ""))[:10],
+            versioned=versioned,
         )
 
     def content(self) -> dict[str, Any]:

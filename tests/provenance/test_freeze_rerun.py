@@ -44,7 +44,20 @@ def test_freeze_validate_rerun_and_a_tampered_kqi(checkout, tmp_path, validator_
     assert (crate / "workflow" / "src" / "qmroct" / "scanio" / "dicom.py").is_file()
     assert index["run_manifests"], "the run manifest that computed the results travels with them"
 
-    # Rerun from the recorded commit: every KQI reproduced.
+    # Bump the algorithm's version, commit, run: a new assessor beside the cited one.
+    manifest = root / "algorithms" / "noise" / "algorithm.yaml"
+    manifest.write_text(manifest.read_text().replace('version: "1.0.0"', 'version: "1.0.1"'))
+    subprocess.run(["git", "-C", str(root), "commit", "-qam", "noise 1.0.1"], check=True,
+                   env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e", "GIT_COMMITTER_NAME": "t",
+                        "GIT_COMMITTER_EMAIL": "t@e", "PATH": "/usr/bin:/bin"})
+    checkout.run()
+    for session in sorted(checkout.archive.glob("DEMO/subjects/*/experiments/*")):
+        old, new = (f"{session.name}_qmroct_noise_v1-0-0", f"{session.name}_qmroct_noise_v1-0-1")
+        records = {p.parent.name: json.loads(p.read_text()) for p in (session / "assessors").glob("*/assessor.json")}
+        assert set(records) == {old, new}
+        assert records[old]["superseded_by"] == new and "superseded_by" not in records[new]
+
+    # Rerun from the recorded commit (the code has moved on since): every KQI reproduced.
     ok = qmroct_cli(root, "rerun", "frozen/paper1", "--workdir", str(tmp_path / "rerun1"))
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert f"code: git {checkout.commit}" in ok.stdout

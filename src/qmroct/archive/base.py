@@ -133,6 +133,9 @@ class Archive(ABC):
     """One archive backend. Instances are cheap to create and connect lazily."""
 
     backend: str = "abstract"
+    # Assessor labels carry the algorithm version and older versions stay, marked superseded
+    # (qmroct.assessment); a backend sets this once it keeps and marks them.
+    versioned_labels: bool = False
 
     @abstractmethod
     def check(self) -> None:

@@ -61,6 +61,7 @@ def sha256_file(path: Path) -> str:
 
 class DirectoryArchive(Archive):
     backend = "directory"
+    versioned_labels = True  # a version bump writes a new assessor; the older stays, superseded
 
     def __init__(self, path: str | Path, checksum_cache: str | Path | None = None) -> None:
         self.root = Path(path)
@@ -125,8 +126,11 @@ class DirectoryArchive(Archive):
                 scans = [self._scan(scan_dir, cache)
                          for scan_dir in sorted((session_dir / "scans").glob("*"), key=lambda p: _natural(p.name))
                          if (scan_dir / "scan.json").is_file() or (scan_dir / "scan.json").is_symlink()]
+                # where it was read is where it is written, whatever session.json says
+                folder = session_dir.relative_to(self.root).as_posix()
                 sessions.append(Session(project=project, subject=subject, label=label, id=session_id,
-                                        session_type=session_type, scans=tuple(scans)))
+                                        session_type=session_type, scans=tuple(scans),
+                                        extra={"folder": folder}))
         self._save_cache(cache)
         return sessions
 
@@ -206,7 +210,11 @@ class DirectoryArchive(Archive):
         whose label or subject discovery refused."""
         if session.problem:
             raise ArchiveError(f"session {session.key}: not writing into the archive: {session.problem}")
-        path = self.root / session.project / "subjects" / session.subject / "experiments" / session.label
+        folder = session.extra.get("folder")
+        if folder:
+            path = self.root / folder
+        else:
+            path = self.root / session.project / "subjects" / session.subject / "experiments" / session.label
         try:
             path = confined(self.root, path)
         except UnsafePath as exc:
@@ -234,6 +242,7 @@ class DirectoryArchive(Archive):
         digest = assessment.digest
         record_path = target / "assessor.json"
         if record_path.is_file() and _read_json(record_path).get("digest") == digest:
+            self._supersede_others(base, assessors, session, assessment)
             return WriteOutcome(assessment.label, "unchanged")
         action = "updated" if target.exists() else "created"
         # Build the new assessor beside the old one and swap, so a crash never
@@ -250,7 +259,8 @@ class DirectoryArchive(Archive):
                 except UnsafePath as exc:
                     raise ArchiveError(f"session {session.key}: assessment file {name!r}: {exc}") from None
                 shutil.copyfile(path, destination)
-            record = {"label": assessment.label, "digest": digest, "provenance": assessment.provenance, "written": _now()}
+            record = {"label": assessment.label, "algorithm": assessment.algorithm, "version": assessment.version,
+                      "digest": digest, "provenance": assessment.provenance, "written": _now()}
             (staging / "assessor.json").write_text(json.dumps(record, indent=1, default=str))
             if target.exists():
                 old = assessors / _work_name("old")
@@ -262,7 +272,49 @@ class DirectoryArchive(Archive):
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         self._append_history(base, assessment, action)
+        self._supersede_others(base, assessors, session, assessment)
         return WriteOutcome(assessment.label, action)
+
+    def _supersede_others(self, base: Path, assessors: Path, session: Session, assessment) -> list[str]:
+        """Older assessors of the same algorithm (other versions, or the unversioned label
+        of earlier qmroct) stay, marked superseded by this one: a paper may cite them. This
+        one, superseded earlier (a version rolled back), is current again."""
+        from qmroct.assessment import SUPERSEDED_FIELD, assessment_label, mark_superseded
+
+        unversioned = assessment_label(session.label, assessment.algorithm)
+        marked = []
+        for folder in sorted(assessors.iterdir()):
+            record_path = folder / "assessor.json"
+            if folder.name.startswith(".") or folder.is_symlink() or not record_path.is_file() \
+                    or record_path.is_symlink():
+                continue
+            record = _read_json(record_path)
+            legacy = "algorithm" not in record and record.get("label") == unversioned
+            if record.get("algorithm") != assessment.algorithm and not legacy:
+                continue  # another algorithm (never matched by label prefix: noise vs noise_octave)
+            if record.get("label") == assessment.label:
+                if record.pop("superseded_by", None) is not None:
+                    record.pop("superseded", None)
+                    _replace_text(record_path, json.dumps(record, indent=1, default=str))
+                continue
+            if record.get("superseded_by") == assessment.label:
+                continue
+            record.update(superseded_by=assessment.label, superseded=_now())
+            xml_path = folder / "assessor.xml"
+            try:
+                xml = mark_superseded(xml_path.read_bytes(), assessment.label)
+            except (OSError, ValueError, SyntaxError) as exc:  # the record still says it
+                record["superseded_note"] = f"{SUPERSEDED_FIELD} not set in assessor.xml: {exc}"
+            else:
+                _replace_bytes(xml_path, xml)
+            _replace_text(record_path, json.dumps(record, indent=1, default=str))
+            marked.append(str(record.get("label") or folder.name))
+        for label in marked:
+            with open(base / "history.jsonl", "a") as fh:
+                fh.write(json.dumps({"time": _now(), "pipeline_name": f"qmroct {assessment.algorithm}",
+                                     "version": assessment.version, "status": "Complete",
+                                     "details": f"assessor {label} superseded by {assessment.label}"}) + "\n")
+        return marked
 
     def _append_history(self, base: Path, assessment, action: str) -> None:
         history = base / "history.jsonl"
@@ -355,6 +407,17 @@ def _text(info: dict[str, Any], key: str, default: str) -> str:
     if not isinstance(value, str):
         raise ArchiveError(f"metadata field {key!r} is not text: {str(value)[:60]!r}")
     return value
+
+
+def _replace_bytes(path: Path, data: bytes) -> None:
+    """Replace a file's content atomically (a reader never sees half of it)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _replace_text(path: Path, text: str) -> None:
+    _replace_bytes(path, text.encode())
 
 
 def _read_json(path: Path) -> dict[str, Any]:
