@@ -198,6 +198,8 @@ def rerun_config(crate: Path, index: dict[str, Any], code: Path, here: Path) -> 
     config = yaml.safe_load((code / "config.yaml").read_text())
     config.setdefault("writeback", {})["enabled"] = False
     archive = config["archive"]
+    if archive.get("backend") == "xnat":
+        archive["history"] = False  # no History rows for a check: the archive stays as it was
     if archive.get("backend") == "directory" and not Path(archive["path"]).is_absolute():
         for base in (here, Path(index.get("original_workdir") or here)):
             if (base / archive["path"]).is_dir():
