@@ -48,11 +48,11 @@ def read_vendor(path: Path | str, max_bytes: int | None = None) -> Volume:
     if suffix in (".e2e", ".sdb") or head.startswith(b"CMDb"):
         return read_heyex_e2e(path)
     if suffix in (".fds", ".fda"):
-        return _read_oct_converter(path, suffix)
+        return _read_oct_converter(path, suffix, max_bytes)
     if suffix == ".img":
-        return _read_oct_converter(path, suffix)
+        return _read_oct_converter(path, suffix, max_bytes)
     if suffix == ".oct":
-        return _read_oct_converter(path, suffix)
+        return _read_oct_converter(path, suffix, max_bytes)
     raise ScanError(path, "unrecognised format (expected DICOM OPT, .npy, Heidelberg .vol/.e2e, Topcon .fds/.fda, "
                           "Zeiss .img or Bioptigen .OCT)")
 
@@ -154,7 +154,27 @@ def _laterality(text: Any) -> str:
 
 
 # --------------------------------------------------------- oct-converter set
-def _read_oct_converter(path: Path, suffix: str) -> Volume:
+def _check_bioptigen(path: Path, limit: int) -> None:
+    """Bound oct-converter's Bioptigen reader before it runs: it reads every length field
+    with file.read(n), which allocates n bytes even past the end of the file, and then
+    allocates the volume its header declares (np.empty). Parsed here from memory (the
+    file is within the limit), where a read stops at the end, with the reader's own
+    structure; then the declared volume is checked against the limit."""
+    import io
+
+    from oct_converter.readers.boct import BOCT
+
+    parsed = BOCT.file_structure.parse_stream(io.BytesIO(path.read_bytes()))
+    header, frames = parsed.header, parsed.data
+    if not frames:
+        raise ValueError("no frames")
+    count = header.frames.value * header.scans.value
+    voxels = count * frames[0].image.columns * frames[0].image.rows
+    check_decoded_size(path, voxels, voxels * 2, limit)
+
+
+def _read_oct_converter(path: Path, suffix: str, limit: int | None = None) -> Volume:
+    limit = decoded_limit_bytes() if limit is None else limit
     try:
         from oct_converter import readers
     except ImportError as exc:
@@ -173,6 +193,7 @@ def _read_oct_converter(path: Path, suffix: str) -> Volume:
         elif suffix == ".img":
             oct_vol, device = readers.IMG(path).read_oct_volume(), "Carl Zeiss Meditec Cirrus"
         else:
+            _check_bioptigen(path, limit)
             oct_vol, device = readers.BOCT(path).read_oct_volume()[0], "Bioptigen"
         data = np.asarray(oct_vol.volume, dtype=np.float32)
     except ScanError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ import numpy as np
 # (rules/common.smk), because readers run deep inside staging, far from the config.
 MAX_DECODED_ENV = "QMROCT_SCAN_DECODED_MB"
 DEFAULT_MAX_DECODED_MB = 2048
+NPY_HEADER_MAX = 65536  # numpy itself refuses headers over 10,000 bytes by default
 
 
 class ScanError(ValueError):
@@ -130,12 +132,14 @@ def _read_npy(path: Path, limit: int) -> Volume:
     # file's size before np.load allocates that much.
     try:
         with open(path, "rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
-            else:
-                shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
-            offset = fh.tell()
+            # from a bounded buffer: a damaged header length would make a file read allocate it
+            head = io.BytesIO(fh.read(NPY_HEADER_MAX))
+        version = np.lib.format.read_magic(head)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(head)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(head)
+        offset = head.tell()
     except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
         raise ScanError(path, f"unreadable .npy header: {exc}") from exc
     if dtype.hasobject or dtype.kind not in "biuf":
