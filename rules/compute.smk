@@ -30,6 +30,9 @@ for _name, _algo in SETTINGS.algorithms.items():
         resources:
             mem_mb=int(_algo.resources.get("mem_mb", 2000)),
             runtime=max(1, int(float(_algo.resources.get("runtime_s", 60)) / 60) + 1),
+            # seconds, from earlier runs' measured durations or the manifest: what a remote
+            # executor's pool is sized from (runtime has whole minutes, 30x too much here)
+            runtime_s=expected_runtime_s(_name, _algo.resources.get("runtime_s", 60)),
         params:
             algorithm=algorithm_identity(_algo, SETTINGS.algorithm_params(_name)),
         script:

@@ -133,12 +133,19 @@ class Project:
 
 
 def make_workdir(
-    root: Path, samples=("s1", "s2", "s3", "s4"), algos=("alpha", "beta"), sleep=0.2
+    root: Path,
+    samples=("s1", "s2", "s3", "s4"),
+    algos=("alpha", "beta"),
+    sleep=0.2,
+    runtime_s: int = 0,
 ) -> Path:
+    """The test workflow in ``root/wd``; ``runtime_s`` > 0 declares that runtime (seconds) on
+    its pool rules, 0 declares none."""
     wd = root / "wd"
     shutil.copytree(WORKFLOW, wd)
     (wd / "config.yaml").write_text(
         f"samples: [{', '.join(samples)}]\nalgos: [{', '.join(algos)}]\nsleep: {sleep}\n"
+        f"runtime_s: {runtime_s}\n"
     )
     (wd / "data").mkdir(exist_ok=True)
     for s in samples:

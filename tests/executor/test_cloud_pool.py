@@ -210,3 +210,37 @@ def test_lease_is_renewed_while_the_run_lives(project, nova_cloud, in_tmp):
         assert reaper.find_dead(cl.CloudAdapter(project.conn)) == {}
     finally:
         finish(pool, project)
+
+
+def test_pool_start_reaps_servers_of_dead_runs(project, nova_cloud, in_tmp):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    expired = _tool_server(project, "expired", **{cl.MD_EXPIRES: str(int(time.time()) - 5)})
+    crashed = _tool_server(project, "crashed", **{cl.MD_PID: str(dead.pid)})
+    _tool_server(project, "alive")  # a live run (this process, fresh lease): left alone
+    foreign = project.conn.compute.create_server(
+        name="foreign",
+        image_id=IMAGE,
+        flavor_id="1",
+        networks="none",
+        metadata={cl.MD_EXPIRES: "0"},
+    )
+    project.conn.compute.wait_for_server(foreign, interval=0.3, wait=60)
+    pool = make_pool(project, max_servers=1, leak_check_interval=0.5)
+    pool.start()
+    try:
+        wait(lambda: pool.stats.leaks_reaped == 2, 60, "the leak cleanup")
+        wait(
+            lambda: sorted(s.name for s in project.servers()) == ["alive", "foreign"],
+            60,
+            "the dead runs' servers to go",
+        )
+        logs = "\n".join(pool.logs)
+        assert f"leak cleanup: deleting expired ({expired.id})" in logs and "lease expired" in logs
+        assert f"leak cleanup: deleting crashed ({crashed.id})" in logs and "is gone" in logs
+    finally:
+        for s in project.servers():
+            if s.name in ("alive", "foreign"):
+                project.conn.compute.delete_server(s)
+                project.conn.compute.wait_for_delete(s, interval=0.3)
+        finish(pool, project)

@@ -265,3 +265,22 @@ def test_ctrl_c_kills_remote_jobs_and_deletes_servers(project, nova_cloud, tmp_p
     assert "killed" in log and "remote job" in log, log[-3000:]
     assert _remote_job_pids("--mode") == []
     assert_clean(project, nova_cloud)
+
+
+def test_fast_jobs_boot_no_more_servers_than_their_work_needs(project, nova_cloud, tmp_path):
+    """Two submissions of jobs that declare 1 s each (runtime_s), plus two local rules: the
+    pool boots at most one server per submission and every server it boots runs a job (it
+    used to count each job, local ones included, as a minute of pool work and boot four)."""
+    wd = make_workdir(tmp_path, samples=("s1", "s2"), runtime_s=1)
+    rc, log = run_snakemake(wd, project.executor_args(max_servers=4), project.env())
+    assert rc == 0, log[-4000:]
+    summ = run_summary(wd)
+    assert summ["jobs_done"] == 2
+    assert summ["servers_created"] <= 2, summ
+    assert len(summ["per_server"]) == summ["servers_created"], summ  # none booted for nothing
+    # the summary sets the planner's estimate against the measured work
+    assert 0 < summ["predicted_work_seconds"] < 10, summ
+    assert summ["actual_work_seconds"] > 0
+    assert "work predicted" in log
+    assert (wd / "results/all.txt").exists()  # the local rules ran on the head
+    assert_clean(project, nova_cloud)

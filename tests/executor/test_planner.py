@@ -91,3 +91,17 @@ def test_planner_is_fast():
         )
     )
     assert time.time() - t < 5
+
+
+def test_planner_boots_no_more_servers_than_the_submissions_can_fill():
+    # 12 slot-s of work, but only 2 submissions still to place (the rest is jobs running on
+    # servers being replaced, say): on 1-slot servers, more than 2 new ones get nothing to do
+    r = req(work_seconds=12.0, longest_job=1.5, cores=2, boot_seconds={"m1.medium": 3.0})
+    assert plan_boots(r).boots == {"m1.medium": 4}  # the divisible-work model alone
+    r.units = 2
+    assert plan_boots(r).boots == {"m1.medium": 2}
+    # one slot already there (booting): only one more is of use
+    r.existing = [ExistingServer(slots=1, available_in=2.0)]
+    assert plan_boots(r).boots == {"m1.medium": 1}
+    r.units = 1
+    assert plan_boots(r).boots == {}

@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 
 from snakemake_executor_plugin_openstack import scheduling as sch
-from snakemake_executor_plugin_openstack.model import JobState, PoolJob, Server, ServerState
+from snakemake_executor_plugin_openstack.model import (
+    Backlog,
+    JobState,
+    PoolJob,
+    Server,
+    ServerState,
+)
 from snakemake_executor_plugin_openstack.quota import Flavor, Resources
 from snakemake_executor_plugin_openstack.ssh import JobIO
 
@@ -152,7 +158,7 @@ def test_plan_request_sees_ready_and_booting_servers():
         queued,
         [],
         servers,
-        backlog=0.0,
+        backlog=Backlog(),
         now=100.0,
         budget=Resources(2, 4, 8192),
         flavors=[MEDIUM],
@@ -163,6 +169,24 @@ def test_plan_request_sees_ready_and_booting_servers():
     assert (req.cores, req.mem_mb, req.longest_job, req.work_seconds) == (2, 1000, 8, 12)
     assert [(e.slots, e.available_in) for e in req.existing] == [(1, 0.0), (1, 6.0)]
     assert req.boot_seconds == {"m1.medium": 10.0} and req.budget == Resources(2, 4, 8192)
+    assert req.units == 2
+
+
+def test_plan_request_adds_the_work_still_to_be_submitted():
+    backlog = Backlog(work_seconds=30.0, units=3, longest=20.0, cores=2)
+    req = sch.plan_request(
+        [pjob("1", est=4)],
+        [],
+        [],
+        backlog,
+        0.0,
+        Resources(4, 8, 10**5),
+        [MEDIUM],
+        0,
+        est,
+        lambda f: 10.0,
+    )
+    assert (req.work_seconds, req.units, req.longest_job, req.cores) == (34.0, 4, 20.0, 2)
 
 
 def test_single_use_servers_boot_one_per_job_the_slots_cannot_take():
@@ -171,7 +195,7 @@ def test_single_use_servers_boot_one_per_job_the_slots_cannot_take():
         queued,
         [],
         [server("r", submissions=0)],
-        0.0,
+        Backlog(),
         0.0,
         Resources(3, 20, 10**6),
         [MEDIUM],

@@ -8,7 +8,7 @@ import os
 import re
 import threading
 import time
-from typing import AsyncGenerator, List
+from typing import AsyncGenerator, List, Optional
 
 from snakemake_interface_common.exceptions import WorkflowError
 from snakemake_interface_executor_plugins.executors.base import SubmittedJobInfo
@@ -17,12 +17,35 @@ from snakemake_interface_executor_plugins.executors.remote import RemoteExecutor
 from snakemake_interface_executor_plugins.jobs import JobExecutorInterface
 
 from . import cloud as cl
-from .model import JobState, PoolConfig, PoolJob
+from .model import Backlog, JobState, PoolConfig, PoolJob
 from .pool import Pool
 from .settings import split_list
 from .ssh import JobIO, tar_paths
 
 MAX_SOURCE_BYTES = 10 * 1024 * 1024
+
+
+def declared_seconds(resources) -> Optional[float]:
+    """A job's declared runtime in seconds: the ``runtime_s`` resource (seconds), else
+    Snakemake's ``runtime`` (whole minutes, so at least 60 s), else None."""
+    for name, scale in (("runtime_s", 1.0), ("runtime", 60.0)):
+        try:
+            value = float(resources.get(name, 0) or 0)
+        except (TypeError, ValueError):
+            value = 0.0
+        if value > 0:
+            return value * scale
+    return None
+
+
+def submission_seconds(member_seconds: list, cores: int, default: float) -> float:
+    """Expected run time of one submission whose members declared ``member_seconds`` (None:
+    not declared). A group's members share the submission's cores; members without an
+    estimate ride along with the declared ones. Nothing declared: ``default`` per member."""
+    declared = [s for s in member_seconds if s]
+    if declared:
+        return max(max(declared), sum(declared) / max(1, cores))
+    return default * max(1.0, len(member_seconds) / max(1, cores))
 
 
 def split_outputs(job, members) -> tuple[list[str], list[str]]:
@@ -80,9 +103,12 @@ class Executor(RemoteExecutor):
         self.pool = Pool(self.cfg, adapter, self._log, backlog=self._backlog)
         self.run_dir = os.path.join(".snakemake", "openstack", self.pool.run_id)
         os.makedirs(self.run_dir, exist_ok=True)
-        self._backlog_work = 0.0
+        self._backlog_work = Backlog()
+        self._unit_cores_cache: dict[int, int] = {}
+        self._pending: dict = {}  # job not yet submitted -> expected seconds of its submission
         self._backlog_at = 0.0
-        self._submitted_members = {}
+        self._submitted_jobs: set = set()  # every Snakemake job handed to the pool
+        self._declared_by_rule: dict[str, Optional[float]] = {}
         self._sources_ready = False
         self.next_seconds_between_status_checks = s.status_interval
         # the DAG is known before the first job is handed over: start booting right away
@@ -124,38 +150,90 @@ class Executor(RemoteExecutor):
     def _kind(self, job) -> str:
         return ",".join(sorted(set(job.rules)))
 
-    def _estimate(self, job) -> float:
-        rt = job.resources.get("runtime", 0)
+    def _declared(self, job) -> Optional[float]:
         try:
-            rt = float(rt or 0)
-        except (TypeError, ValueError):
-            rt = 0
-        if rt > 0:
-            return rt * 60.0
-        n = len(list(job.jobs)) if job.is_group() else 1
+            return declared_seconds(job.resources)
+        except Exception:  # resources that need inputs not there yet: no estimate
+            return None
+
+    def _estimate(self, job) -> float:
+        """Seconds one submission is expected to run: measured for its kind in this run,
+        else from its members' declared runtimes, else ``default_job_seconds``."""
+        measured = self.pool.runtime_estimate(self._kind(job), None)
+        if measured is not None:
+            return measured
+        members = list(job.jobs) if job.is_group() else [job]
         cores, _ = self._demand(job)
-        default = self.default_job_seconds * max(1.0, n / cores)
-        return self.pool.runtime_estimate(self._kind(job), default)
+        declared = [self._declared(j) for j in members]
+        return submission_seconds(declared, cores, self.default_job_seconds)
+
+    def _rule_seconds(self, job) -> Optional[float]:
+        """Declared seconds of a job not yet submitted, cached per rule: the backlog is
+        summed over the whole DAG every few seconds, and runtimes are mostly per rule."""
+        rule = job.rule.name
+        if rule not in self._declared_by_rule:
+            self._declared_by_rule[rule] = self._declared(job)
+        declared = self._declared_by_rule[rule]
+        return declared if declared else self.pool.runtime_estimate(rule, None)
+
+    def _unit_cores(self, job) -> int:
+        try:
+            return self._demand(job)[0]
+        except Exception:  # resources that need inputs not there yet
+            return 1
 
     def _update_backlog(self, force: bool = False):
-        """Slot-seconds of work the DAG still holds beyond what was submitted (planner input)."""
+        """Pool work the DAG still holds beyond what was submitted (the planner's input), as
+        the submissions it will come in: one per group instance, one per other job. Local
+        rules (localrules: the workflow's write-back, tables, report, `all`) run on this
+        machine and are not pool work."""
         now = time.monotonic()
         if not force and now - self._backlog_at < 5.0:
             return
         self._backlog_at = now
+        dag = self.workflow.dag
         try:
-            remaining = sum(1 for _ in self.workflow.dag.needrun_jobs())
+            units: dict[int, tuple] = {}
+            for j in dag.needrun_jobs():
+                if j.is_local or j in self._submitted_jobs:
+                    continue
+                group = dag.get_job_group(j)
+                unit = group if group is not None else j
+                units.setdefault(id(unit), (unit, []))[1].append(j)
         except Exception:
             return
-        in_flight = sum(
-            n
-            for key, n in self._submitted_members.items()
-            if not self.pool.jobs.get(key) or not self.pool.jobs[key].finished
+        seconds, cores = [], []
+        self._pending = {}
+        for key, (unit, members) in units.items():
+            if key not in self._unit_cores_cache:  # a group's cores: computed once
+                self._unit_cores_cache[key] = self._unit_cores(unit)
+            c = self._unit_cores_cache[key]
+            cores.append(c)
+            declared = [self._rule_seconds(m) for m in members]
+            seconds.append(submission_seconds(declared, c, self.default_job_seconds))
+            for m in members:
+                self._pending[m] = seconds[-1]
+        self._backlog_work = Backlog(
+            work_seconds=sum(seconds),
+            units=len(seconds),
+            longest=max(seconds, default=0.0),
+            cores=max(cores, default=1),
         )
-        est = self.pool.runtime_estimate("*", self.default_job_seconds)
-        self._backlog_work = max(0, remaining - in_flight) * est
 
-    def _backlog(self) -> float:
+    def _take_from_backlog(self, members) -> None:
+        """A submission leaves the backlog at once (the next full count may be seconds away:
+        counted twice, its work would make the planner boot for nothing)."""
+        taken = {self._pending.pop(m) for m in members if m in self._pending}
+        if taken:
+            b = self._backlog_work
+            self._backlog_work = Backlog(
+                work_seconds=max(0.0, b.work_seconds - sum(taken)),
+                units=max(0, b.units - 1),
+                longest=b.longest,
+                cores=b.cores,
+            )
+
+    def _backlog(self) -> Backlog:
         return self._backlog_work
 
     def _prepare_sources(self):
@@ -214,7 +292,8 @@ class Executor(RemoteExecutor):
             est_seconds=self._estimate(job),
             io=io_,
         )
-        self._submitted_members[key] = len(members)
+        self._submitted_jobs.update(members)
+        self._take_from_backlog(members)
         self._update_backlog()
         self.pool.submit(pj)
         self.report_job_submission(SubmittedJobInfo(job, external_jobid=key, aux={"pj": pj}))

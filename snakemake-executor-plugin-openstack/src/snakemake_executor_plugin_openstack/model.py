@@ -53,6 +53,16 @@ class PoolJob:
         return self.state in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
 
 
+@dataclass(frozen=True)
+class Backlog:
+    """Pool work the workflow still holds beyond what was submitted (the planner's input)."""
+
+    work_seconds: float = 0.0  # expected run time, summed over the submissions to come
+    units: int = 0  # submissions to come (a group job is one)
+    longest: float = 0.0  # seconds, the longest of them
+    cores: int = 1  # the largest core demand among them
+
+
 class ServerState:
     # launch state machine (Nodepool's order: request, build, reachable, ready)
     START = "start"

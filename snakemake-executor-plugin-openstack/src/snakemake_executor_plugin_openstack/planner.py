@@ -9,6 +9,7 @@ Model (a small MILP solved with CBC):
 * ``w`` is the work each server takes: ``w <= s * (T - a)`` if used, ``w = 0`` otherwise,
   ``sum w = W``; ``T`` (the makespan) is at least the longest single job.
 * Budget: new servers fit in the remaining quota / pool caps (instances, cores, RAM).
+* At most as many new servers as the submissions not covered by existing slots can fill.
 * Objective: minimise ``T`` plus a small price per booted server.  A server that would finish
   booting after the work is done cannot take work, so it only adds cost and is never chosen.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Optional
 from .quota import Flavor, Resources, how_many_fit, slots
 
 
@@ -37,6 +39,9 @@ class PlanRequest:
     budget: Resources
     existing: list[ExistingServer] = field(default_factory=list)
     boot_price: float = 0.02  # fraction of a boot time charged per new server
+    # submissions the work comes in (None: any number). Work is not divisible below one
+    # submission: servers beyond those the submissions can fill would boot for nothing
+    units: Optional[int] = None
 
 
 @dataclass
@@ -58,11 +63,16 @@ def plan_boots(req: PlanRequest, time_limit: float = 1.0) -> Plan:
         return Plan({}, 0.0, "no work")
     W = float(req.work_seconds)
     cand: list[tuple[Flavor, int, float, int]] = []  # flavor, slots, boot, max count
+    unplaced = None
+    if req.units is not None:
+        unplaced = max(0, req.units - sum(e.slots for e in req.existing if e.slots > 0))
     for f in req.flavors:
         s = slots(f, req.cores, req.mem_mb)
         if s <= 0:
             continue
         n = how_many_fit(req.budget, f)
+        if unplaced is not None:
+            n = min(n, math.ceil(unplaced / s))
         if n > 0:
             cand.append((f, s, float(req.boot_seconds.get(f.name, 120.0)), n))
     existing = [e for e in req.existing if e.slots > 0]

@@ -23,10 +23,18 @@ from collections import deque
 from typing import Callable, Optional
 
 from . import cloud as cl
-from . import scheduling
+from . import reaper, scheduling
 from .jobs import JobRunner
 from .lifecycle import ServerLifecycle
-from .model import JobState, LaunchFailed, PoolConfig, PoolJob, Server, ServerState  # noqa: F401
+from .model import (
+    Backlog,
+    JobState,
+    LaunchFailed,
+    PoolConfig,
+    PoolJob,
+    Server,
+    ServerState,
+)  # noqa: F401
 from .planner import plan_boots
 from .quota import QuotaCache, Resources, budget, pool_caps
 from .status import PoolStats, fmt_resources, status_line
@@ -39,13 +47,13 @@ class Pool(ServerLifecycle, JobRunner):
         adapter: cl.CloudAdapter,
         log: Callable[[str, str], None],
         run_id: Optional[str] = None,
-        backlog: Optional[Callable[[], float]] = None,
+        backlog: Optional[Callable[[], Backlog]] = None,
     ):
         self.cfg = cfg
         self.cloud = adapter
         self.log = log  # log(level, message)
         self.run_id = run_id or uuid.uuid4().hex[:12]
-        self.backlog = backlog or (lambda: 0.0)  # slot-seconds of work not yet submitted
+        self.backlog = backlog or Backlog  # work the workflow holds beyond what was submitted
         self.servers: list[Server] = []
         self.queue: deque[PoolJob] = deque()
         self.jobs: dict[str, PoolJob] = {}
@@ -86,6 +94,22 @@ class Pool(ServerLifecycle, JobRunner):
         self.thread.start()
         while self._wake is None:
             time.sleep(0.01)
+        if self.cfg.leak_check_interval > 0:
+            self.loop.call_soon_threadsafe(self._spawn, self._reap_leaks())
+
+    async def _reap_leaks(self):
+        """Delete servers of runs that died, under the same two-pass rules as
+        ``snakemake-openstack-reap`` (``qmroct cloud reap``): crashed runs are cleaned up by
+        the next run instead of waiting for someone to remember the reaper."""
+        out = reaper.LineLogger(self.log, "openstack: leak cleanup: ")
+        try:
+            victims = await self._api(
+                reaper.reap, self.cloud, interval=self.cfg.leak_check_interval, out=out, wait=False
+            )
+        except Exception as e:  # the run goes on; the reaper can still be run by hand
+            self.log("warning", f"openstack: leak cleanup failed: {type(e).__name__}: {e}")
+            return
+        self.stats.leaks_reaped += len(victims)
 
     def call(self, coro, timeout: Optional[float] = None):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
@@ -203,12 +227,17 @@ class Pool(ServerLifecycle, JobRunner):
         if self._fatal_error is not None:
             return
         queued = [j for j in self.queue if not j.finished]
-        backlog = max(0.0, float(self.backlog() or 0.0))
-        if not queued and backlog <= 0:
+        backlog = self.backlog()
+        if not queued and backlog.work_seconds <= 0:
             return
         # replan when the queue, the backlog or a server changed, at most every 0.5 s
         now = time.monotonic()
-        key = (len(queued), round(backlog), tuple((s.name, s.state) for s in self.servers))
+        key = (
+            len(queued),
+            round(backlog.work_seconds),
+            backlog.units,
+            tuple((s.name, s.state) for s in self.servers),
+        )
         if key == self._last_plan_key and now - self._last_plan_time < 5.0:
             return
         if now - self._last_plan_time < 0.5:

@@ -30,6 +30,25 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+class LineLogger:
+    """A file-like ``out`` for ``reap`` that hands each printed line to ``log(level, text)``
+    (the pool's logger), so the cleanup at pool start shows in the run's log."""
+
+    def __init__(self, log: Callable[[str, str], None], prefix: str):
+        self.log, self.prefix, self._buf = log, prefix, ""
+
+    def write(self, text: str) -> int:
+        self._buf += text
+        while "\n" in self._buf:
+            line, self._buf = self._buf.split("\n", 1)
+            if line:
+                self.log("info", self.prefix + line)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
 def why_dead(
     md: dict,
     now: Optional[float] = None,

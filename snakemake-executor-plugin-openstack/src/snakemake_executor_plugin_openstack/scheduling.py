@@ -11,7 +11,7 @@ import math
 from collections import deque
 from typing import Callable, Iterable, Optional
 
-from .model import PoolJob, Server, ServerState
+from .model import Backlog, PoolJob, Server, ServerState
 from .planner import ExistingServer, PlanRequest
 from .quota import Flavor, Resources, fits, how_many_fit
 
@@ -150,7 +150,7 @@ def plan_request(
     queued: list[PoolJob],
     running: list[PoolJob],
     servers: list[Server],
-    backlog: float,
+    backlog: Backlog,
     now: float,
     budget: Resources,
     flavors: list[Flavor],
@@ -158,18 +158,21 @@ def plan_request(
     est: Callable[[PoolJob], float],
     boot_estimate: Callable[[Flavor], float],
 ) -> PlanRequest:
-    """The planner's inputs from the pool's state (see ``planner.py`` for the model)."""
-    cores = max([j.cores for j in queued] or [1])
+    """The planner's inputs from the pool's state and the work not yet submitted (see
+    ``planner.py`` for the model)."""
+    pending = backlog.units > 0
+    cores = max([j.cores for j in queued] + ([backlog.cores] if pending else []) or [1])
     mem = max([j.mem_mb for j in queued] or [0])
     return PlanRequest(
-        work_seconds=remaining_work(queued, running, backlog, now, est),
-        longest_job=max([est(j) for j in queued] or [0.0]),
+        work_seconds=remaining_work(queued, running, backlog.work_seconds, now, est),
+        longest_job=max([est(j) for j in queued] + [backlog.longest] or [0.0]),
         cores=cores,
         mem_mb=mem,
         flavors=flavors,
         boot_seconds={f.name: boot_estimate(f) for f in flavors},
         budget=budget,
         existing=existing_capacity(servers, cores, mem, max_jobs_per_server, now, boot_estimate),
+        units=len(queued) + backlog.units,
     )
 
 

@@ -137,6 +137,12 @@ class ExecutorSettings(ExecutorSettingsBase):
         "Servers carry an expiry this far in the future, renewed while the run is alive; "
         "the reaper deletes servers whose expiry passed.",
     )
+    leak_check_interval: float = _f(
+        10.0,
+        "When the pool starts, servers of this tool whose run died (lease expired, or the run's "
+        "process on this machine gone) are deleted, with the two passes of "
+        "snakemake-openstack-reap this many seconds apart (0: no cleanup).",
+    )
     remote_scratch: str = _f(
         "${TMPDIR:-/tmp}/snakemake-openstack",
         "Remote directory (shell expression) holding the per-job scratch directories.",

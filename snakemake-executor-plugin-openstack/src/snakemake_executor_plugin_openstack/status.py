@@ -26,6 +26,7 @@ class PoolStats:
     vm_losses: int = 0
     resubmissions: int = 0
     delete_failures: int = 0
+    leaks_reaped: int = 0  # servers of dead runs deleted when the pool started
     cancelled_remote: int = 0
     plans: int = 0
     vm_seconds: float = 0.0
