@@ -108,8 +108,19 @@ def imported_distributions(code_files: Iterable[Path]) -> list[str]:
                 modules.update(alias.name.split(".")[0] for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                 modules.add(node.module.split(".")[0])
-    owners = metadata.packages_distributions()
-    return sorted({dist for module in modules for dist in owners.get(module, [])})
+    # Most distributions are named like their module (numpy); only the others need the full
+    # module -> distribution map, which reads every installed distribution (slow per job).
+    found, unknown = set(), set()
+    for module in modules - set(sys.stdlib_module_names):
+        try:
+            metadata.version(module)
+            found.add(module)
+        except metadata.PackageNotFoundError:
+            unknown.add(module)
+    if unknown:
+        owners = metadata.packages_distributions()
+        found.update(dist for module in unknown for dist in owners.get(module, []))
+    return sorted(found)
 
 
 def distribution_versions(names: Iterable[str]) -> dict[str, str]:
@@ -208,8 +219,18 @@ def algorithm_environment(algo, code_files: Iterable[Path] = ()) -> dict[str, An
 
 @functools.lru_cache(maxsize=None)
 def distributions_digest() -> str:
-    text = "\n".join(installed_distributions())
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    """One value for the whole environment: the sorted ``*.dist-info``/``*.egg-info`` folder
+    names on sys.path (name and version each). A directory listing, not a metadata read:
+    it runs in every compute job."""
+    import os
+
+    names = set()
+    for entry in sys.path:
+        try:
+            names.update(n for n in os.listdir(entry or ".") if n.endswith((".dist-info", ".egg-info")))
+        except OSError:
+            continue
+    return "sha256:" + hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()
 
 
 def environment_key(env: dict[str, Any]) -> dict[str, Any]:
