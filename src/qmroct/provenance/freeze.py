@@ -233,6 +233,8 @@ def _write(out: Path, workdir: Path, name: str, settings, results: list[FrozenRe
     _copy_code(workdir, settings, algorithms, code_dir)
     config = redact(settings.raw)
     config["algorithms"] = {a: settings.raw["algorithms"].get(a) or {} for a in algorithms}
+    if "algorithm_paths" in config:  # the crate holds them all in workflow/algorithms/
+        config["algorithm_paths"] = ["algorithms"]
     # Only studies whose criteria name frozen algorithms: the frozen config must pass check-config.
     config["studies"] = {
         study: spec for study, spec in (config.get("studies") or {}).items()
