@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import logging
+from urllib.parse import quote
 
 import pytest
 import requests
 
 from qmroct.archive.xnat import XnatArchive
 from qmroct.archive.xnat_history import INTERRUPTED
+from qmroct.archive.xnat_state import last_modified
 from tests.xnat.helpers import USER, seed_session
 from tests.xnat.test_writeback import make_assessment
 
@@ -216,14 +218,53 @@ def test_own_write_backs_leave_the_state_token_alone(xnat_env, pyxnat_interface,
                       cache_dir=str(tmp_path / "cache"))
     plain = XnatArchive(server=xnat_env.url, projects=["OCT"], backoff=0.02)  # no ledger
     s1, s2 = arc.discover(["OCT"])
-    token, modified = arc.state_token(["OCT"]), arc._last_modified(s1)
+    token, modified = arc.state_token(["OCT"]), last_modified(arc, s1)
     arc.write_assessment(s1, make_assessment(tmp_path, s1))
     arc.write_assessment(s1, make_assessment(tmp_path, s1, snr=(1.0, 2.0)))
     arc.set_scan_quality(s1, "trial", {"1": "usable"})
-    assert arc._last_modified(s1) != modified  # the server propagated our writes
+    assert last_modified(arc, s1) != modified  # the server propagated our writes
     assert plain.state_token(["OCT"]) != token  # which a token of raw values would see
     assert arc.state_token(["OCT"]) == token
     # anyone else's change still counts
     pyxnat_interface.select("/project/OCT/subject/S2/experiment/S2_V1/scan/1/resource/DICOM"
                             ).file("extra.dcm").put(b"new data", format="DICOM")
     assert arc.state_token(["OCT"]) != token
+
+
+# ---------------------------------------------------------------- 5. digests and file names
+def test_files_without_digest_are_checked_by_size_and_recorded(xnat_env, pyxnat_interface,
+                                                               tmp_path):
+    """CatalogUtils fills digest only when the site's checksums setting was on."""
+    xnat_env.store.checksums = False
+    seed_session(pyxnat_interface, "OCT", "S1", "S1_V1", scans=("1",), files_per_scan=2)
+    arc = XnatArchive(server=xnat_env.url, projects=["OCT"], backoff=0.01, retries=1, timeout=5)
+    s = arc.discover(["OCT"])[0]
+    assert [f.checksum for f in s.scans[0].files] == ["", ""]
+    assert s.extra["files_without_digest"] == ["1/S1_V1_1_000.dcm", "1/S1_V1_1_001.dcm"]
+    assert s.to_dict()["extra"]["files_without_digest"]  # in the manifest
+    got = arc.fetch(s, tmp_path / "ok")
+    assert [p.stat().st_size for p in got["1"]] == [4096, 4096]
+    # a short file is still caught by its size
+    row = xnat_env.store.one("SELECT resource_id, path FROM files WHERE path LIKE ?", "%_001.dcm")
+    xnat_env.store.file_path(row["resource_id"], row["path"]).write_bytes(b"short")
+    with pytest.raises(Exception, match=r"got 5 bytes, XNAT lists 4096"):
+        arc.fetch(s, tmp_path / "bad")
+
+
+@pytest.mark.parametrize("name", ["a b.dcm", "100%.dcm", "scan#2.dcm", "x %23 y#.dcm"])
+def test_raw_file_uris_with_special_characters(xnat_env, password, pyxnat_interface, tmp_path,
+                                               name):
+    """CatalogUtils puts the relative path into the URI raw, unencoded."""
+    seed_session(pyxnat_interface, "OCT", "S1", "S1_V1", scans=("1",), files_per_scan=0)
+    arc = XnatArchive(server=xnat_env.url, projects=["OCT"], backoff=0.01)
+    s = arc.discover(["OCT"])[0]
+    url = f"{xnat_env.url}/data/experiments/{s.id}/scans/1/resources/DICOM/files/"
+    put = requests.put(url + quote(name, safe=""), params={"inbody": "true"}, data=b"payload",
+                       auth=(USER, password))
+    assert put.ok
+    listing = requests.get(url, params={"format": "json"}, auth=(USER, password)).json()
+    assert listing["ResultSet"]["Result"][0]["URI"].endswith(f"/files/{name}")
+    s = arc.discover(["OCT"])[0]
+    assert [f.name for f in s.scans[0].files] == [name]
+    got = arc.fetch(s, tmp_path / "dl")
+    assert [p.read_bytes() for p in got["1"]] == [b"payload"]

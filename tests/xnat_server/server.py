@@ -1237,7 +1237,8 @@ class XnatHandler(BaseHTTPRequestHandler):
 
     # ---------------------------------------------------------- files
     def file_uri(self, t: Target, path: str) -> str:
-        return f"{t.base}/resources/{t.resource['id']}/files/{quote(path)}"
+        # CatalogUtils.getEntryDetails: parent URI + the raw relative path, not encoded
+        return f"{t.base}/resources/{t.resource['id']}/files/{path}"
 
     def get_files(self, t: Target) -> None:
         store = self.app.store
@@ -1270,7 +1271,7 @@ class XnatHandler(BaseHTTPRequestHandler):
                 return self.send_bytes(204, b"")
             raise
         path = store.file_path(t.resource["id"], t.file_path)
-        size = row["size"]
+        size = path.stat().st_size  # what is on disk (the catalogue may say otherwise)
         self.drain()
         self.send_response(200)
         self.status_sent = 200

@@ -19,13 +19,11 @@ rows), ``xnat_quality`` (scan quality); this one holds the archive itself:
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import logging
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -44,7 +42,7 @@ from qmroct.archive import xnat_assessors
 from qmroct.archive.xnat_history import XnatHistory
 from qmroct.archive.xnat_http import XnatAuthError, XnatHttp, XnatNotFound, file_path_of
 from qmroct.archive.xnat_quality import natural_key, set_scan_quality
-from qmroct.archive.xnat_state import OwnWrites
+from qmroct.archive.xnat_state import OwnWrites, own_write
 from qmroct.archive.xnat_tokens import check_server_url, pyxnat_interface, resolve_credentials
 from qmroct.assessment import Assessment
 
@@ -189,24 +187,6 @@ class XnatArchive(Archive):
                 digest.update("\t".join(key).encode() + b"\n")
         return "xnat:" + digest.hexdigest()[:32]
 
-    def _last_modified(self, session: Session) -> str:
-        rows = self.http.listing(
-            f"/data/projects/{quote(session.project)}/experiments",
-            columns="ID,last_modified",
-            what=f"sessions of {session.project}",
-        )
-        return next((r.get("last_modified", "") for r in rows if r.get("ID") == session.id), "")
-
-    @contextlib.contextmanager
-    def own_write(self, session: Session) -> Iterator[None]:
-        """Around a write to the session: its last_modified change is qmroct's own."""
-        if self.own_writes is None:
-            yield
-            return
-        before = self._last_modified(session)
-        yield
-        self.own_writes.record(session.id, before, self._last_modified(session))
-
     def discover(self, projects: list[str]) -> list[Session]:
         sessions = []
         for project in projects or self.projects:
@@ -244,17 +224,7 @@ class XnatArchive(Archive):
                     f"{base}/resources/{quote(rid)}/files",
                     what=f"files of scan {s['ID']} resource {res.get('label')}",
                 ):
-                    path = file_path_of(f["URI"])
-                    name = path if len(selected) == 1 else f"{res.get('label')}/{path}"
-                    digest = (f.get("digest") or "").strip()
-                    files.append(
-                        FileEntry(
-                            name=name,
-                            size=int(f.get("Size") or 0),
-                            checksum=f"md5:{digest}" if MD5.fullmatch(digest) else "",
-                            uri=f["URI"],
-                        )
-                    )
+                    files.append(_file_entry(f, res.get("label", "") if len(selected) > 1 else ""))
             scans.append(
                 Scan(
                     id=s["ID"],
@@ -263,6 +233,16 @@ class XnatArchive(Archive):
                     quality=s.get("quality", ""),
                     files=tuple(sorted(files, key=lambda f: f.name)),
                 )
+            )
+        # XNAT fills a digest only if its checksums setting was on when the file came
+        # (CatalogUtils): such files are checked by size alone, and the manifest says so
+        unverified = [f"{s.id}/{f.name}" for s in scans for f in s.files if not f.checksum]
+        if unverified:
+            log.warning(
+                "XNAT %s/%s: %d file(s) without a digest at XNAT, checked by size only",
+                project,
+                row["label"],
+                len(unverified),
             )
         return Session(
             project=project,
@@ -275,6 +255,7 @@ class XnatArchive(Archive):
                 "subject_id": row.get("subject_ID", ""),
                 "date": row.get("date", ""),
                 "server": self.http.server,
+                **({"files_without_digest": unverified} if unverified else {}),
             },
         )
 
@@ -351,7 +332,7 @@ class XnatArchive(Archive):
         return xnat_assessors.put_document(self, session, label, document, old_id)
 
     def write_assessment(self, session: Session, assessment: Assessment) -> WriteOutcome:
-        with self.own_write(session):
+        with own_write(self, session):
             return xnat_assessors.write_assessment(self, session, assessment)
 
     # ------------------------------------------------------------------ scan quality, History
@@ -362,7 +343,7 @@ class XnatArchive(Archive):
         verdicts: dict[str, str],
         reasons: dict[str, str] | None = None,
     ) -> dict[str, str]:
-        with self.own_write(session):
+        with own_write(self, session):
             return set_scan_quality(self, session, study, verdicts, reasons)
 
     def record_history(
@@ -384,6 +365,18 @@ class XnatArchive(Archive):
 
 
 # ====================================================================== helpers
+def _file_entry(row: dict[str, str], resource: str) -> FileEntry:
+    """A file listing row as a FileEntry (named with its resource when a scan has several)."""
+    path = file_path_of(row["URI"])
+    digest = (row.get("digest") or "").strip()
+    return FileEntry(
+        name=f"{resource}/{path}" if resource else path,
+        size=int(row.get("Size") or 0),
+        checksum=f"md5:{digest}" if MD5.fullmatch(digest) else "",
+        uri=row["URI"],
+    )
+
+
 def _safe(part: str) -> str:
     cleaned = re.sub(r"[^A-Za-z0-9._\-]", "_", part)
     return cleaned if cleaned not in ("", ".", "..") else "_"

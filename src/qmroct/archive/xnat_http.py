@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import requests
 
@@ -68,6 +69,12 @@ def looks_like_error_page(body: bytes | str) -> bool:
 def file_path_of(uri: str) -> str:
     """A file's path inside its resource, from a listing's URI (XNAT gives it raw)."""
     return FILES_PREFIX.sub("", uri, count=1)
+
+
+def file_url(uri: str) -> str:
+    """A listing's file URI made requestable: XNAT gives it raw (the relative path
+    as stored: spaces, ``%``, ``#``), so every segment is percent-encoded here."""
+    return "/".join(quote(part, safe="") for part in uri.split("/"))
 
 
 class XnatHttp:
@@ -227,7 +234,7 @@ class XnatHttp:
             # identity: size and digest are the stored file's, and a plain body
             # can be read straight into the buffer
             response = self.get(
-                uri,
+                file_url(uri),
                 stream=True,
                 ok=(200,),
                 headers={"Accept-Encoding": "identity"},

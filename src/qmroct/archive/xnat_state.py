@@ -24,6 +24,12 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+if TYPE_CHECKING:
+    from qmroct.archive.base import Session
+    from qmroct.archive.xnat import XnatArchive
 
 MAX_ENTRIES = 20_000  # a bound on the ledger; the oldest mappings go first
 
@@ -67,3 +73,23 @@ class OwnWrites:
     def resolve(origins: dict[str, dict[str, str]], session_id: str, last_modified: str) -> str:
         """The session's last_modified before qmroct's own writes."""
         return origins.get(session_id, {}).get(last_modified, last_modified)
+
+
+def last_modified(archive: XnatArchive, session: Session) -> str:
+    rows = archive.http.listing(
+        f"/data/projects/{quote(session.project)}/experiments",
+        columns="ID,last_modified",
+        what=f"sessions of {session.project}",
+    )
+    return next((r.get("last_modified", "") for r in rows if r.get("ID") == session.id), "")
+
+
+@contextlib.contextmanager
+def own_write(archive: XnatArchive, session: Session) -> Iterator[None]:
+    """Around a write to the session: its last_modified change is qmroct's own."""
+    if archive.own_writes is None:
+        yield
+        return
+    before = last_modified(archive, session)
+    yield
+    archive.own_writes.record(session.id, before, last_modified(archive, session))
