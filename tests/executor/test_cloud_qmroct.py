@@ -98,3 +98,6 @@ def test_qmroct_workflow_on_openstack_matches_local(project, nova_cloud, small_a
     assert len(logs) == 3 and all("compute_noise" in p.read_text() for p in logs)
     assert (remote / "results/report/index.html").exists()
     assert project.servers() == []
+    # issue 16: the end-of-run lines appeared twice
+    assert log.count("openstack summary:") == 1, log[-3000:]
+    assert log.count(" server(s) of run ") <= 1, log[-3000:]

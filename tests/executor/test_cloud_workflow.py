@@ -216,6 +216,8 @@ def test_algorithm_failure_is_reported_with_its_log(project, nova_cloud, tmp_pat
     assert rc != 0
     assert "algorithm exploded on purpose" in (wd / "logs/algo/s1_alpha.log").read_text()
     assert "job exited with code" in log and "algorithm exploded on purpose" in log
+    # a failing run too says its end-of-run lines once (issue 16 saw them twice)
+    assert log.count("openstack summary:") == 1 and log.count(" server(s) of run ") <= 1
     summ = run_summary(wd)
     assert summ["vm_losses"] == 0 and summ["jobs_failed"] == 1 and summ["jobs_done"] == 1, summ
     assert (wd / "results/s2/alpha.json").exists()
