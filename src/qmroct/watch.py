@@ -117,7 +117,8 @@ class Watcher:
 
     # -- signals -----------------------------------------------------------------
     def _on_signal(self, signum: int, frame: Any) -> None:
-        log.info("%s: stopping%s", signal.Signals(signum).name, " after the current run ends" if self.proc else "")
+        name = signal.Signals(signum).name
+        log.info("%s: %s", name, "ending the current run as Ctrl-C would, then stopping" if self.proc else "stopping")
         self.stop.set()
         proc = self.proc
         if proc is not None and proc.poll() is None:
@@ -259,7 +260,12 @@ class Watcher:
         os.replace(log_path, runhistory.run_dir(run_id) / "snakemake.log")
         if status < 0 and status != -signal.SIGINT:
             self.needs_unlock = True  # killed hard: its lock and incomplete markers stay
-        note = "interrupted" if self.interrupted else ("" if hooks_ran or status == 0 else _last_error(text))
+        if status == 0:
+            note = ""  # finished before the signal reached it
+        elif self.interrupted:
+            note = "interrupted"
+        else:
+            note = "" if hooks_ran else _last_error(text)
         summary = runhistory.finalise_run(run_id, status, iso(started_at), trigger, started_at, note=note)
         runhistory.notify(config, summary)
         if status == 0:
@@ -285,10 +291,11 @@ def _tee(stream, out) -> None:
 
 
 def _last_error(text: str) -> str:
+    """The error Snakemake stopped with: its 'XxxError in ...' line and the message after it."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if "Error" in line or "error" in line:
-            return line[:500]
+    for i in range(len(lines) - 1, -1, -1):
+        if "Error" in lines[i] or "error" in lines[i]:
+            return " ".join(lines[i:i + 2])[:500]
     return lines[-1][:500] if lines else "snakemake printed nothing"
 
 
