@@ -374,31 +374,41 @@ def test_forked_child_runs_in_its_own_process_group():
     assert outcome.returncode == 0 and pgid == pid and pid != str(os.getpid())
 
 
-def test_algorithm_dies_with_a_killed_job(tmp_path):
+JOBS = {
+    # A forked Python algorithm: it writes its own pid.
+    "forked": """
+        import os, time
+        from pathlib import Path
+        from qmroct.algorithms.child import run_forked
+        def hang():
+            Path({pidfile!r}).write_text(str(os.getpid()))
+            time.sleep(300)
+            return 0
+        run_forked(hang, 300, 1000)
+    """,
+    # A program (Octave, an executable): the shell writes its pid, then becomes sleep.
+    "program": """
+        from pathlib import Path
+        from qmroct.algorithms.child import run_command
+        script = "echo $$ > {pidfile}; exec sleep 300"
+        run_command(["sh", "-c", script], Path("."), {{"PATH": "/usr/bin:/bin"}}, 300, 1000)
+    """,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(JOBS))
+def test_algorithm_dies_with_a_killed_job(tmp_path, kind):
     """kill -9 of the job process (Snakemake cancelling it) does not leave the algorithm running."""
     import subprocess
     import sys
 
     pidfile = tmp_path / "algorithm.pid"
-    job = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            textwrap.dedent(f"""
-        import os, time
-        from pathlib import Path
-        from qmroct.algorithms.child import run_forked
-        def hang():
-            Path({str(pidfile)!r}).write_text(str(os.getpid()))
-            time.sleep(300)
-            return 0
-        run_forked(hang, 300, 1000)
-    """),
-        ]
-    )
+    code = textwrap.dedent(JOBS[kind].format(pidfile=str(pidfile)))
+    job = subprocess.Popen([sys.executable, "-c", code])
     try:
         deadline = time.monotonic() + 60
-        while not (pidfile.is_file() and pidfile.read_text()) and time.monotonic() < deadline:
+        while not (pidfile.is_file() and pidfile.read_text().strip()):
+            assert time.monotonic() < deadline and job.poll() is None, "the algorithm never started"
             time.sleep(0.05)
         algorithm = int(pidfile.read_text())
         assert _alive(algorithm)

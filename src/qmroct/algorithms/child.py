@@ -30,6 +30,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -130,6 +131,9 @@ def run_command(
     Raises OSError when the program cannot be started.
     """
     read_fd, write_fd = os.pipe()
+    parent = os.getpid()
+    # preexec_fn runs Python between fork and exec: safe only while no other thread runs.
+    die_with_parent = (lambda: _die_with_parent(parent)) if threading.active_count() == 1 else None
     try:
         proc = subprocess.Popen(
             cmd,
@@ -139,6 +143,7 @@ def run_command(
             stderr=write_fd,
             env=env,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
     except OSError:
         os.close(read_fd)
@@ -196,7 +201,7 @@ def _exit_status(exc: SystemExit) -> int:
 
 def _die_with_parent(parent: int) -> None:
     """Linux: SIGKILL this child when the job process dies (a job killed by Snakemake
-    must not leave its algorithm running)."""
+    must not leave its algorithm running). Kept across exec (not for set-user-ID programs)."""
     if not sys.platform.startswith("linux"):
         return
     try:
