@@ -210,6 +210,18 @@ def test_relative_names_and_confinement(tmp_path):
         confined(tmp_path / "root", tmp_path / "root" / "link" / "x")
 
 
+def test_an_index_from_before_path_keys_still_reads(tmp_path):
+    from qmroct.discovery import read_session_index
+
+    index = tmp_path / "sessions.tsv"
+    index.write_text("project\tsubject\tsession\tscan\nDEMO\tS1\tSUBJ001_V1\t1\nDEMO\tS1\t" + "A" * 30 + "\t1\n")
+    from qmroct.paths import path_segment
+
+    periodic = path_segment("A" * 30)
+    assert periodic != "A" * 30
+    assert read_session_index(index) == (("DEMO", "SUBJ001_V1"), ("DEMO", periodic))
+
+
 def test_discovery_vets_every_backend_and_marks_duplicate_labels(tmp_path, small_demo):
     session = Session("DEMO", "S1", "../up", id="E1")
     assert "not a valid XNAT label" in vet_session(session).problem

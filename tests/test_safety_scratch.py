@@ -152,3 +152,15 @@ def test_check_scratch_dir_resolves_relative_to_the_working_directory(tmp_path):
     if home != Path("/"):
         with pytest.raises(ScratchError, match="home"):
             check_scratch_dir(str(home), tmp_path)
+
+
+@pytest.mark.slow
+def test_snakemake_refuses_a_dangerous_scratch_dir_before_any_job(workflow):
+    config = workflow.config()
+    config["scratch_dir"] = "."
+    workflow.write_config(config)
+    (workflow.root / "precious.txt").write_text("keep")
+    proc = workflow.run(check=False)
+    assert proc.returncode != 0 and "scratch_dir" in proc.stdout + proc.stderr
+    assert (workflow.root / "precious.txt").read_text() == "keep" and not (workflow.root / "results").exists()
+

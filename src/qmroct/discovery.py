@@ -140,7 +140,8 @@ def _read_index_cached(path: str, mtime_ns: int) -> tuple[tuple[str, str], ...]:
     pairs: dict[tuple[str, str], None] = {}
     with open(path, newline="") as fh:
         for row in csv.DictReader(fh, delimiter="\t"):
-            pairs[(row["project"], row["path_key"])] = None
+            # an index written before path keys existed: the label was the path
+            pairs[(row["project"], row.get("path_key") or path_segment(row["session"]))] = None
     return tuple(pairs)
 
 
