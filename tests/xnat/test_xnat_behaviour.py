@@ -268,3 +268,34 @@ def test_raw_file_uris_with_special_characters(xnat_env, password, pyxnat_interf
     assert [f.name for f in s.scans[0].files] == [name]
     got = arc.fetch(s, tmp_path / "dl")
     assert [p.read_bytes() for p in got["1"]] == [b"payload"]
+
+
+# ---------------------------------------------------------------- 6. rights and scan types
+def test_scan_quality_only_on_scan_types_that_carry_it(arc_session, xnat_server, password):
+    arc, s = arc_session
+    xnat_server.store.put_scan(s.id, "3", "xnat:imageScanData", {"type": "LOCALIZER"})
+    refused = requests.put(f"{xnat_server.url}/data/experiments/{s.id}/scans/3",
+                           params={"xsiType": "xnat:imageScanData",
+                                   "xnat:imageScanData/quality": "usable"}, auth=(USER, password))
+    assert refused.status_code == 400
+    out = arc.set_scan_quality(s, "trial", {"1": "usable", "3": "unusable"})
+    assert out == {"1": "set", "3": "no quality field"}
+    quality = {r["id"]: r["quality"] for r in xnat_server.store.q(
+        "SELECT id, quality FROM scans WHERE experiment_id=?", s.id)}
+    assert quality == {"1": "usable", "2": "", "3": ""}
+
+
+def test_removing_stale_files_needs_delete_rights(arc_session, xnat_server, tmp_path):
+    arc, s = arc_session
+    a = make_assessment(tmp_path, s)
+    arc.write_assessment(s, a)
+    xnat_server.store.rebuild_keeps_resources = True  # the branch where files survive
+    xnat_server.store.no_delete.add(USER)
+    fewer = make_assessment(tmp_path / "b", s, snr=(5.0, 6.0))
+    fewer.files.pop("layers_scan1.txt")
+    with pytest.raises(Exception, match=r"stale file layers_scan1.txt .* needs delete rights"):
+        arc.write_assessment(s, fewer)
+    xnat_server.store.no_delete.discard(USER)  # with the right: the stale file goes
+    assert arc.write_assessment(s, fewer).action == "updated"
+    aid = xnat_server.store.one("SELECT id FROM experiments WHERE session_id=?", s.id)["id"]
+    assert resource_files(xnat_server, aid) == [("QMROCT", "noise.json")]

@@ -1111,7 +1111,7 @@ class XnatHandler(BaseHTTPRequestHandler):
             merged = merge_assessor_xml(
                 None if created else store.experiment(None, eid)["xml"], xml_doc, allow_deletion)
             store.q("UPDATE experiments SET xml=?, xsi_type=? WHERE id=?", merged, xsi_type, eid)
-        if kept_resources is not None:
+        if kept_resources is not None and not store.rebuild_keeps_resources:
             for resource in store.resources(f"exp:{eid}"):
                 if resource["label"] not in kept_resources:
                     store.delete_resource(resource["id"])
@@ -1180,6 +1180,10 @@ class XnatHandler(BaseHTTPRequestHandler):
 
     def put_scan(self, t: Target) -> None:
         xsi_type = self.query.get("xsiType")
+        if xsi_type == "xnat:imageScanData":
+            # the base type of every scan has no element of its own: XNAT cannot
+            # build an item of it from a PUT (issue 15; stricter where unsettled)
+            raise HttpError(400, "xnat:imageScanData cannot be instantiated: use a concrete scan type")
         created = self.app.store.put_scan(t.experiment["id"], t.ref, xsi_type, self.fields_from_query(xsi_type))
         self.send_text(201 if created else 200, t.ref)
 
@@ -1333,6 +1337,8 @@ class XnatHandler(BaseHTTPRequestHandler):
         self.send_text(200, "")
 
     def delete_file(self, t: Target) -> None:
+        if self.user in self.app.store.no_delete:  # FileList.handleDelete: canDelete
+            raise HttpError(403, "User account doesn't have permission to delete this file.")
         try:
             self.app.store.delete_file(t.resource["id"], t.file_path)
         except NotFound:

@@ -79,6 +79,10 @@ class Store:
         # the site's "checksums" setting: a file gets its digest only if it was on
         # when the file arrived (CatalogUtils.setChecksum); tests switch it off
         self.checksums = True
+        self.no_delete: set[str] = set()  # logins without delete rights (403 on file deletes)
+        # whether an assessor rebuilt from XML alone keeps resources the XML does not
+        # name: XNAT's source does not settle it; removed (stricter) unless a test asks
+        self.rebuild_keeps_resources = False
         self.token_cleanup_interval = token_cleanup_interval
         self.next_token_cleanup = time.time() + token_cleanup_interval
         self.lock = threading.RLock()

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from qmroct.archive.base import Session, WriteOutcome
-from qmroct.archive.xnat_http import XnatNotFound, XnatUnanswered, file_path_of
+from qmroct.archive.base import ArchiveError, Session, WriteOutcome
+from qmroct.archive.xnat_http import XnatForbidden, XnatNotFound, XnatUnanswered, file_path_of
 from qmroct.archive.xnat_quality import fields_of
 from qmroct.checksums import file_digest
 
@@ -136,12 +136,13 @@ def _stored_files(archive: XnatArchive, resource: str) -> dict[str, str] | None:
 
 
 def _resource_complete(archive: XnatArchive, resource: str, assessment: Assessment) -> bool:
+    """The resource holds exactly the assessment's files (a stale one left by an
+    interrupted write-back makes it incomplete), each with its digest if listed."""
     stored = _stored_files(archive, resource)
     if stored is None:
         return not assessment.files
-    return all(
-        name in stored and (not stored[name] or stored[name] == _md5(path))
-        for name, path in assessment.files.items()
+    return set(stored) == set(assessment.files) and all(
+        not stored[name] or stored[name] == _md5(path) for name, path in assessment.files.items()
     )
 
 
@@ -174,7 +175,13 @@ def _upload_files(archive: XnatArchive, resource: str, assessment: Assessment) -
             what=f"upload {name}",
         )
     for name in sorted(set(stored) - set(assessment.files)):
-        http.delete(f"{resource}/files/{quote_path(name)}", what=f"remove stale {name}")
+        try:
+            http.delete(f"{resource}/files/{quote_path(name)}", what=f"remove stale {name}")
+        except XnatForbidden:
+            raise ArchiveError(
+                f"XNAT refused to remove the stale file {name} of {assessment.label} (403): the "
+                f"account '{http.user}' needs delete rights on assessors (docs/xnat.md)"
+            ) from None
 
 
 def quote_path(name: str) -> str:

@@ -44,6 +44,10 @@ class XnatUnanswered(ArchiveError):
     XNAT may or may not have done what was asked."""
 
 
+class XnatForbidden(ArchiveError):
+    """XNAT answered 403: the account lacks the right for this call."""
+
+
 class XnatAuthError(ArchiveError):
     """XNAT answered 401: bad credentials, or an expired/invalidated alias token."""
 
@@ -167,6 +171,10 @@ class XnatHttp:
                 message = error_text(response)
                 response.close()
                 raise XnatNotFound(f"XNAT {what}: not found (404 {message})")
+            if status == 403:
+                message = error_text(response)
+                response.close()
+                raise XnatForbidden(f"XNAT {what}: forbidden (403 {message})")
             if status not in ok:
                 message = error_text(response)
                 response.close()
