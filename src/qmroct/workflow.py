@@ -111,6 +111,8 @@ def writeback_step(snakemake: Any) -> None:
     session = load_manifest(snakemake.input.session)
     with archive_for(snakemake.config) as archive:
         receipt = write_back(session, archive, [Path(p) for p in snakemake.input.results])
+        # History trouble never fails a step; it is logged and kept in the receipt
+        receipt["history_warnings"] = list(getattr(archive, "history_warnings", []))
     write_json_atomic(Path(snakemake.output.receipt), receipt)
     for item in receipt["assessments"]:
         log.info("%s: %s", item["label"], item["action"])

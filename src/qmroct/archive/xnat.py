@@ -359,6 +359,11 @@ class XnatArchive(Archive):
     def queued_run(self, session: Session, algorithm: str) -> str | None:
         return self.history.queued_run(session, algorithm)
 
+    @property
+    def history_warnings(self) -> list[str]:
+        """History calls that failed (logged, never raised)."""
+        return list(self.history.warnings)
+
     def history_entries(self, session: Session) -> list[dict[str, Any]]:
         """The session's qmroct History rows (what XNAT shows as History)."""
         return self.history.entries(session)
