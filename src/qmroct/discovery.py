@@ -31,9 +31,10 @@ from qmroct.archive import open_archive
 from qmroct.archive.base import Scan, Session
 from qmroct.paths import UnsafePath, check_label, check_relative, path_segment
 
-INDEX_COLUMNS = ["project", "subject", "session", "session_id", "scan", "type", "file", "size", "checksum",
-                 "fingerprint", "path_key", "problem"]
-SCAN_ID = re.compile(r"[A-z0-9_-][A-z0-9_.-]{0,99}")  # XNAT's label characters, plus dots after the first
+INDEX_COLUMNS = ["project", "subject", "session", "session_id", "scan", "type", "file", "size",
+                 "checksum", "fingerprint", "path_key", "problem"]
+# XNAT's label characters, plus dots after the first
+SCAN_ID = re.compile(r"[A-z0-9_-][A-z0-9_.-]{0,99}")
 
 
 def archive_for(config: dict[str, Any]):

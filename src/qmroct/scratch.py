@@ -82,7 +82,8 @@ def claim(run_dir: Path | str, owner: Owner | None = None) -> Path:
         run_dir.mkdir(mode=0o700)
     except FileExistsError:
         if run_dir.is_symlink() or not (run_dir / MARKER).is_file():
-            raise ScratchError(f"{run_dir} exists and is not a qmroct run folder; not using it") from None
+            raise ScratchError(f"{run_dir} exists and is not a qmroct run folder; "
+                               "not using it") from None
         return run_dir
     owner = owner or _owner_for(run_dir)
     tmp = run_dir / f"{MARKER}.{os.getpid()}.tmp"
@@ -170,7 +171,8 @@ def check_scratch_dir(scratch_dir: str, workdir: Path | str, archive_path: Path 
         raise ScratchError(f"{where} is your home folder or contains it")
     for folder in (workdir, *(Path(p).resolve() for p in also_not)):
         if scratch == folder or folder.is_relative_to(scratch):
-            raise ScratchError(f"{where} is the working directory or contains it; use a subfolder such as 'scratch'")
+            raise ScratchError(f"{where} is the working directory or contains it; "
+                               "use a subfolder such as 'scratch'")
     if archive_path is not None:
         archive = (workdir / Path(archive_path).expanduser()).resolve()
         if scratch == archive or scratch.is_relative_to(archive) or archive.is_relative_to(scratch):

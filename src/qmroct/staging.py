@@ -52,7 +52,8 @@ class StagedScan:
 
 def stage_dir(scratch_root: Path, session: Session) -> Path:
     # path_key, never the label: a label is archive content (qmroct.paths)
-    return Path(scratch_root) / session.project / session.path_key / session.fingerprint.split(":")[-1][:16]
+    fingerprint = session.fingerprint.split(":")[-1][:16]
+    return Path(scratch_root) / session.project / session.path_key / fingerprint
 
 
 @contextmanager

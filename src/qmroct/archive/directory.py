@@ -83,14 +83,17 @@ class DirectoryArchive(Archive):
         """(subject folder name, session folder, problem) for every session folder."""
         project_dir = self._project_dir(project)
         if not is_confined(self.root, project_dir):
-            raise ArchiveError(f"project folder {project_dir} leads outside the archive {self.root}")
+            raise ArchiveError(f"project folder {project_dir} leads outside the archive "
+                               f"{self.root}")
         for subject_dir in sorted((project_dir / "subjects").glob("*")):
             if not is_confined(self.root, subject_dir):
                 yield subject_dir.name, subject_dir, "subject folder is a link out of the archive"
                 continue
             for session_dir in sorted((subject_dir / "experiments").glob("*")):
-                if not is_confined(self.root, session_dir) or not is_confined(self.root, session_dir / "session.json"):
-                    yield subject_dir.name, session_dir, "session folder is a link out of the archive"
+                if not (is_confined(self.root, session_dir)
+                        and is_confined(self.root, session_dir / "session.json")):
+                    problem = "session folder is a link out of the archive"
+                    yield subject_dir.name, session_dir, problem
                 elif (session_dir / "session.json").is_file():
                     yield subject_dir.name, session_dir, ""
 
@@ -104,7 +107,8 @@ class DirectoryArchive(Archive):
                 for name in sorted(filenames):
                     if name == "history.jsonl":
                         continue
-                    st = os.lstat(os.path.join(dirpath, name))  # links: their own stamp, never the target's
+                    # links: their own stamp, never the target's
+                    st = os.lstat(os.path.join(dirpath, name))
                     h.update(f"{dirpath}/{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         return "sha256:" + h.hexdigest()[:32]
 
@@ -118,25 +122,29 @@ class DirectoryArchive(Archive):
                     continue
                 try:
                     info = _metadata(session_dir / "session.json")
-                    label, session_id = _text(info, "label", session_dir.name), _text(info, "ID", session_dir.name)
+                    label = _text(info, "label", session_dir.name)
+                    session_id = _text(info, "ID", session_dir.name)
                     session_type = _text(info, "xsiType", SESSION_TYPE)
                 except ArchiveError as exc:
                     sessions.append(Session(project, subject, session_dir.name, problem=str(exc)))
                     continue
-                scans = [self._scan(scan_dir, cache)
-                         for scan_dir in sorted((session_dir / "scans").glob("*"), key=lambda p: _natural(p.name))
-                         if (scan_dir / "scan.json").is_file() or (scan_dir / "scan.json").is_symlink()]
+                scan_dirs = sorted((session_dir / "scans").glob("*"),
+                                   key=lambda p: _natural(p.name))
+                scans = [self._scan(scan_dir, cache) for scan_dir in scan_dirs
+                         if (scan_dir / "scan.json").is_file()
+                         or (scan_dir / "scan.json").is_symlink()]
                 # where it was read is where it is written, whatever session.json says
                 folder = session_dir.relative_to(self.root).as_posix()
-                sessions.append(Session(project=project, subject=subject, label=label, id=session_id,
-                                        session_type=session_type, scans=tuple(scans),
-                                        extra={"folder": folder}))
+                sessions.append(Session(project=project, subject=subject, label=label,
+                                        id=session_id, session_type=session_type,
+                                        scans=tuple(scans), extra={"folder": folder}))
         self._save_cache(cache)
         return sessions
 
     def _scan(self, scan_dir: Path, cache: dict[str, Any]) -> Scan:
         """One scan; a link out of the archive or unreadable metadata is the scan's problem."""
-        if not is_confined(self.root, scan_dir) or not is_confined(self.root, scan_dir / "scan.json"):
+        if not (is_confined(self.root, scan_dir)
+                and is_confined(self.root, scan_dir / "scan.json")):
             return Scan(id=scan_dir.name, problem="scan folder is a link out of the archive")
         try:
             info = _metadata(scan_dir / "scan.json")
@@ -148,11 +156,14 @@ class DirectoryArchive(Archive):
         files = []
         for resource_files in sorted((scan_dir / "resources").glob("*/files")):
             if not is_confined(self.root, resource_files):
-                return Scan(id=scan.id, type=scan.type, problem=(
-                    f"resource folder {resource_files.parent.name}/files is a link out of the archive"))
+                resource = resource_files.parent.name
+                return Scan(id=scan.id, type=scan.type,
+                            problem=f"resource folder {resource}/files is a link out of "
+                                    "the archive")
             for f in sorted(resource_files.iterdir()):
                 if not is_confined(self.root, f):
-                    return Scan(id=scan.id, type=scan.type, problem=f"file {f.name} is a link out of the archive")
+                    return Scan(id=scan.id, type=scan.type,
+                                problem=f"file {f.name} is a link out of the archive")
                 if f.is_file():
                     files.append(self._file_entry(f, cache))
         return Scan(id=scan.id, type=scan.type, series_description=scan.series_description,
@@ -191,7 +202,8 @@ class DirectoryArchive(Archive):
                     source = confined(self.root, self.root / entry.uri)
                     target = confined(dest, dest / scan.id / entry.name)
                 except UnsafePath as exc:
-                    raise SessionUnavailable(f"session {session.key}: scan {scan.id}: {exc}") from None
+                    raise SessionUnavailable(
+                        f"session {session.key}: scan {scan.id}: {exc}") from None
                 if not source.is_file():
                     raise SessionUnavailable(f"session {session.key}: scan {scan.id} file {entry.name} is gone from the archive")
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -209,7 +221,8 @@ class DirectoryArchive(Archive):
         """The session's folder, resolved; never one outside the archive or of a session
         whose label or subject discovery refused."""
         if session.problem:
-            raise ArchiveError(f"session {session.key}: not writing into the archive: {session.problem}")
+            raise ArchiveError(f"session {session.key}: not writing into the archive: "
+                               f"{session.problem}")
         folder = session.extra.get("folder")
         if folder:
             path = self.root / folder
@@ -218,7 +231,8 @@ class DirectoryArchive(Archive):
         try:
             path = confined(self.root, path)
         except UnsafePath as exc:
-            raise ArchiveError(f"session {session.key}: not writing into the archive: {exc}") from None
+            raise ArchiveError(
+                f"session {session.key}: not writing into the archive: {exc}") from None
         if not (path / "session.json").is_file():
             raise SessionUnavailable(f"session {session.key} is no longer in the archive")
         return path
@@ -226,7 +240,8 @@ class DirectoryArchive(Archive):
     def _assessors_dir(self, session: Session, base: Path) -> Path:
         assessors = base / "assessors"
         if assessors.is_symlink() or (assessors.exists() and not assessors.is_dir()):
-            raise ArchiveError(f"session {session.key}: not writing: {assessors} is a link or not a folder")
+            raise ArchiveError(f"session {session.key}: not writing: {assessors} "
+                               "is a link or not a folder")
         assessors.mkdir(exist_ok=True)
         return assessors
 
@@ -257,7 +272,8 @@ class DirectoryArchive(Archive):
                 try:  # names come from algorithms' outputs: keep them in the folder
                     destination = confined(files_dir, files_dir / name)
                 except UnsafePath as exc:
-                    raise ArchiveError(f"session {session.key}: assessment file {name!r}: {exc}") from None
+                    raise ArchiveError(
+                        f"session {session.key}: assessment file {name!r}: {exc}") from None
                 shutil.copyfile(path, destination)
             record = {"label": assessment.label, "algorithm": assessment.algorithm, "version": assessment.version,
                       "digest": digest, "provenance": assessment.provenance, "written": _now()}

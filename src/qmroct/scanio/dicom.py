@@ -189,12 +189,14 @@ def _read_dataset(path: Path, limit: int) -> Dataset:
             stop_when=lambda tag, vr, length: tag == PIXEL_DATA)
         header.file_meta = meta
     except Exception as exc:
-        raise ScanError(path, f"corrupt deflated DICOM header ({type(exc).__name__}: {exc})") from exc
+        raise ScanError(path, f"corrupt deflated DICOM header "
+                              f"({type(exc).__name__}: {exc})") from exc
     promised = _check_pixel_data(path, header, limit, check_length=False)
     data += inflater.decompress(inflater.unconsumed_tail, promised + DEFLATE_HEADROOM)
     if inflater.unconsumed_tail:
         raise ScanError(path, "deflated data set inflates to more than its header promises")
-    ds = pydicom.filereader.read_dataset(DicomBytesIO(bytes(data)), is_implicit_VR=False, is_little_endian=True)
+    ds = pydicom.filereader.read_dataset(DicomBytesIO(bytes(data)), is_implicit_VR=False,
+                                         is_little_endian=True)
     # its pixel data is native (uncompressed) once inflated
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
@@ -217,7 +219,8 @@ def _check_pixel_data(path: Path, ds: Dataset, limit: int, check_length: bool = 
     except (AttributeError, TypeError, ValueError) as exc:
         raise ScanError(path, f"corrupt pixel data header ({type(exc).__name__}: {exc})") from exc
     if min(rows, cols, frames, samples, bits) < 1:
-        raise ScanError(path, f"corrupt pixel data header: {frames} frames of {rows} x {cols}, {bits} bits")
+        raise ScanError(path, f"corrupt pixel data header: {frames} frames of {rows} x {cols}, "
+                              f"{bits} bits")
     voxels = rows * cols * frames * samples
     stored = (voxels * bits + 7) // 8
     check_decoded_size(path, voxels, stored, limit)
@@ -225,7 +228,8 @@ def _check_pixel_data(path: Path, ds: Dataset, limit: int, check_length: bool = 
     if check_length and (syntax is None or not syntax.is_compressed):
         held = len(ds.PixelData)
         if held < stored:
-            raise ScanError(path, f"corrupt or truncated pixel data: {held} bytes, the header promises {stored}")
+            raise ScanError(path, f"corrupt or truncated pixel data: {held} bytes, "
+                                  f"the header promises {stored}")
     return stored
 
 
