@@ -33,7 +33,7 @@ HOSTILE = {
     ),
     "exits3": ("import os\ndef compute(v, m, p, w):\n    os._exit(3)\n", "exited with status 3"),
 }
-CHATTY = f"""
+CHATTY = """
 import sys
 def compute(v, m, p, w):
     print("CHATTY-FIRST")
@@ -41,7 +41,7 @@ def compute(v, m, p, w):
     for _ in range(80 * 1024):
         sys.stdout.write(line)
     print("CHATTY-LAST")
-    return {VALID}
+    {ending}
 """
 
 
@@ -59,9 +59,12 @@ def _add_algorithm(root, name: str, body: str) -> None:
 def test_hostile_algorithms_are_failed_rows_and_the_report_is_built(workflow):
     for name, (body, _) in HOSTILE.items():
         _add_algorithm(workflow.root, name, body)
-    _add_algorithm(workflow.root, "chatty", CHATTY)
+    _add_algorithm(workflow.root, "chatty", CHATTY.format(ending=f"return {VALID}"))
+    # The same 80 MB, then a failure: the row's reason carries a short tail, the console none.
+    _add_algorithm(workflow.root, "chatfail", CHATTY.format(ending="raise RuntimeError('gave up')"))
     config = workflow.config()
-    config["algorithms"] = {"noise": {}, "chatty": {}, **{name: {} for name in HOSTILE}}
+    config["algorithms"] = {"noise": {}, "chatty": {}, "chatfail": {}}
+    config["algorithms"].update({name: {} for name in HOSTILE})
     config["studies"] = {"demo_trial": {"criteria": ["noise.snr_db >= 15"]}}
     # runtime_s 0.5 x 1, floor 2 s: the endless loop is stopped after 2 s.
     config["limits"] = {"algorithm_timeout_factor": 1, "algorithm_min_timeout_s": 2}
@@ -75,6 +78,9 @@ def test_hostile_algorithms_are_failed_rows_and_the_report_is_built(workflow):
     assert len(scans) == 6  # 3 sessions x 2 scans
     assert set(tidy[tidy["algorithm"] == "noise"]["status"]) == {"ok"}
     assert set(tidy[tidy["algorithm"] == "chatty"]["status"]) == {"ok"}
+    chatfail = tidy[tidy["algorithm"] == "chatfail"]
+    assert len(chatfail) == len(scans) and set(chatfail["status"]) == {"failed"}
+    assert all("RuntimeError: gave up" in e and len(e) < 8000 for e in chatfail["error"])
     for name, (_, reason) in HOSTILE.items():
         rows = tidy[tidy["algorithm"] == name]
         assert len(rows) == len(scans), name  # one failed row per scan, none missing
@@ -87,8 +93,10 @@ def test_hostile_algorithms_are_failed_rows_and_the_report_is_built(workflow):
     assert (root / "results/tables/studies/demo_trial.tsv").is_file()
 
     # Case 9: the job's log has the head and tail of the 80 MB, the console has none of it.
-    logs = sorted(root.glob("logs/compute/**/chatty.log"))
-    assert len(logs) == 3
+    logs = sorted(root.glob("logs/compute/**/chatty.log")) + sorted(
+        root.glob("logs/compute/**/chatfail.log")
+    )
+    assert len(logs) == 6
     for log in logs:
         text = log.read_text()
         assert (

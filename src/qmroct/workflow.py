@@ -44,6 +44,7 @@ def discover_step(snakemake: Any) -> None:
 
 
 def compute_step(snakemake: Any) -> None:
+    from qmroct.algorithms.runner import TAIL_HEADER
     from qmroct.compute import compute_session, now_iso, write_json_atomic
     from qmroct.discovery import archive_for, load_manifest
 
@@ -82,7 +83,10 @@ def compute_step(snakemake: Any) -> None:
     write_json_atomic(Path(snakemake.output.kqi), result)
     for scan in result["scans"]:
         if scan["status"] != "ok":
-            log.warning("session %s scan %s: %s", session.key, scan["scan"], scan["error"])
+            # The reason only: the algorithm's output (its tail is in the error too) is already
+            # in the log file, and the console gets none of it.
+            reason = (scan["error"] or "").split(TAIL_HEADER, 1)[0]
+            log.warning("session %s scan %s: %s", session.key, scan["scan"], reason)
     log.info("%s %s on %s: %s (%d scans)", name, algo.version, session.key, result["status"], len(result["scans"]))
 
 

@@ -50,6 +50,8 @@ OUTPUT_NAME = "kqi.json"
 # Written by a Python child whose algorithm raised: the exact reason for the parent.
 FAILURE_NAME = "_failure.json"
 STDERR_TAIL_LINES = 40
+# Between a failure's reason and the tail of the algorithm's output in str(AlgorithmFailure).
+TAIL_HEADER = "\n--- output (tail) ---\n"
 STDERR_TAIL_CHARS = 4000
 # Wall-clock limit of one call: max(MIN_TIMEOUT_S, TIMEOUT_FACTOR x the manifest's
 # runtime_s). The floor keeps tiny runtime_s values from timing out on a loaded
@@ -74,7 +76,7 @@ class AlgorithmFailure(RuntimeError):
 
     def __str__(self) -> str:
         if self.stderr_tail:
-            return f"{self.message}\n--- output (tail) ---\n{self.stderr_tail}"
+            return f"{self.message}{TAIL_HEADER}{self.stderr_tail}"
         return self.message
 
 
