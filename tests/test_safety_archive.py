@@ -26,7 +26,14 @@ import pytest
 from qmroct.archive.base import Session
 from qmroct.archive.directory import DirectoryArchive
 from qmroct.discovery import discover, vet_session
-from qmroct.paths import UnsafePath, check_label, check_relative, confined, is_periodic, path_segment
+from qmroct.paths import (
+    UnsafePath,
+    check_label,
+    check_relative,
+    confined,
+    is_periodic,
+    path_segment,
+)
 from qmroct.scratch import Owner, claim
 
 from tests.test_safety_scans import deflated_bomb
@@ -54,7 +61,11 @@ def _clone(archive: Path, folder: str, label: str | None = None, **session_chang
     target = archive / "DEMO" / "subjects" / "SUBJX" / "experiments" / folder
     shutil.copytree(source, target)
     info = json.loads((target / "session.json").read_text())
-    info.update(label=folder if label is None else label, ID=folder if label is None else "X1", subject="SUBJX")
+    info.update(
+        label=folder if label is None else label,
+        ID=folder if label is None else "X1",
+        subject="SUBJX",
+    )
     info.update(session_changes)
     (target / "session.json").write_text(json.dumps(info))
     return target
@@ -70,7 +81,9 @@ def test_hostile_archive_computes_or_fails_alone(workflow, tmp_path):
     _clone(archive, "EVIL1", label="../../../../x")
     evil2 = _clone(archive, "EVIL2")
     scan_json = evil2 / "scans" / "1" / "scan.json"
-    scan_json.write_text(json.dumps(json.loads(scan_json.read_text()) | {"ID": str(outside / "abs")}))
+    scan_json.write_text(
+        json.dumps(json.loads(scan_json.read_text()) | {"ID": str(outside / "abs")})
+    )
     _clone(archive, "Unicode_Séance", label="Séance")  # not a label XNAT accepts
     # case 3: a files/ folder linked to a folder of secrets, an assessors/ folder linked elsewhere
     secrets_dir = tmp_path / "secrets"
@@ -124,23 +137,37 @@ def test_hostile_archive_computes_or_fails_alone(workflow, tmp_path):
         # In the archive, only assessors and history changed.
         after_archive = _snapshot(archive)
         changed = {p for p in after_archive if before_archive.get(p) != after_archive[p]}
-        assert changed and all("/assessors/" in p or p.endswith("history.jsonl") for p in changed), changed
+        assert changed and all(
+            "/assessors/" in p or p.endswith("history.jsonl") for p in changed
+        ), changed
         assert set(before_archive) <= set(after_archive)
 
         index = (workflow.root / "results/discovery/sessions.tsv").read_text()
         assert secret_digest not in index
-        assert secret_digest not in "".join(p.read_text() for p in (workflow.root / "results").rglob("*.json"))
+        assert secret_digest not in "".join(
+            p.read_text() for p in (workflow.root / "results").rglob("*.json")
+        )
 
-        tidy = pd.read_csv(workflow.root / "results/tables/kqi.tsv", sep="\t", dtype={"scan": str},
-                           keep_default_na=False)
+        tidy = pd.read_csv(
+            workflow.root / "results/tables/kqi.tsv",
+            sep="\t",
+            dtype={"scan": str},
+            keep_default_na=False,
+        )
         status = tidy.groupby("session")["status"].agg(set).to_dict()
-        errors = tidy.groupby(["session", "scan"])["error"].agg(lambda e: " ".join(set(e))).to_dict()
+        errors = (
+            tidy.groupby(["session", "scan"])["error"].agg(lambda e: " ".join(set(e))).to_dict()
+        )
         # the good sessions and the odd-but-valid labels computed
-        for label in [p.name for p in sorted(archive.glob("DEMO/subjects/SUBJ0*/experiments/*"))] + [
-                PERIODIC, LONG, "-rf", "K[x]^1", "LINKASSESS"]:
+        for label in [
+            p.name for p in sorted(archive.glob("DEMO/subjects/SUBJ0*/experiments/*"))
+        ] + [PERIODIC, LONG, "-rf", "K[x]^1", "LINKASSESS"]:
             assert status[label] == {"ok"}, (label, status.get(label))
         # the hostile ones failed alone, with the reason
-        assert status["../../../../x"] == {"failed"} and "not a valid XNAT label" in errors[("../../../../x", "1")]
+        assert (
+            status["../../../../x"] == {"failed"}
+            and "not a valid XNAT label" in errors[("../../../../x", "1")]
+        )
         assert status["Séance"] == {"failed"}
         assert "not a valid XNAT scan ID" in errors[("EVIL2", str(outside / "abs"))]
         assert "link out of the archive" in errors[("LINKFILES", "1")]
@@ -153,12 +180,19 @@ def test_hostile_archive_computes_or_fails_alone(workflow, tmp_path):
         # valid labels were written back (the long one under an encoded folder name)
         experiments = archive / "DEMO" / "subjects" / "SUBJX" / "experiments"
         for label in (PERIODIC, LONG, "-rf", "K[x]^1"):
-            records = [json.loads(p.read_text())["label"] for p in (experiments / label / "assessors").glob("*/assessor.json")]
-            assert sorted(records) == [f"{label}_qmroct_layers_v1-0-0", f"{label}_qmroct_noise_v1-0-0"]
+            records = [
+                json.loads(p.read_text())["label"]
+                for p in (experiments / label / "assessors").glob("*/assessor.json")
+            ]
+            assert sorted(records) == [
+                f"{label}_qmroct_layers_v1-0-0",
+                f"{label}_qmroct_noise_v1-0-0",
+            ]
         receipt = next((workflow.root / "results/writeback/DEMO").glob("x.*.json"))
         assert "not a valid XNAT label" in json.loads(receipt.read_text())["skipped"]
 
-        # scratch: our run folder and the dead run's are gone, the neighbour's and the user's file stay
+        # scratch: our run folder and the dead run's are gone; the neighbour's and the user's
+        # file stay
         assert not dead.exists()
         assert (neighbour / "staged.json").is_file() and (scratch / "notes.txt").is_file()
         assert sorted(p.name for p in scratch.iterdir()) == ["notes.txt", "run-1-aaaaaaaa"]
@@ -188,7 +222,18 @@ def test_labels_follow_xnats_rule():
 
 def test_path_segments_are_safe_stable_and_distinct():
     assert path_segment("SUBJ001_V1") == "SUBJ001_V1"
-    names = [PERIODIC, LONG, "../../x", "/etc/passwd", "", ".", "..", "K[x]^1", "é" * 300, "a" * 101]
+    names = [
+        PERIODIC,
+        LONG,
+        "../../x",
+        "/etc/passwd",
+        "",
+        ".",
+        "..",
+        "K[x]^1",
+        "é" * 300,
+        "a" * 101,
+    ]
     segments = [path_segment(n) for n in names]
     assert len(set(segments)) == len(names)
     for name, segment in zip(names, segments):
@@ -205,7 +250,10 @@ def test_relative_names_and_confinement(tmp_path):
     (tmp_path / "root").mkdir()
     (tmp_path / "root" / "in").mkdir()
     (tmp_path / "root" / "link").symlink_to(tmp_path)
-    assert confined(tmp_path / "root", tmp_path / "root" / "in") == (tmp_path / "root" / "in").resolve()
+    assert (
+        confined(tmp_path / "root", tmp_path / "root" / "in")
+        == (tmp_path / "root" / "in").resolve()
+    )
     with pytest.raises(UnsafePath):
         confined(tmp_path / "root", tmp_path / "root" / "link" / "x")
 
@@ -214,7 +262,9 @@ def test_an_index_from_before_path_keys_still_reads(tmp_path):
     from qmroct.discovery import read_session_index
 
     index = tmp_path / "sessions.tsv"
-    index.write_text("project\tsubject\tsession\tscan\nDEMO\tS1\tSUBJ001_V1\t1\nDEMO\tS1\t" + "A" * 30 + "\t1\n")
+    index.write_text(
+        "project\tsubject\tsession\tscan\nDEMO\tS1\tSUBJ001_V1\t1\nDEMO\tS1\t" + "A" * 30 + "\t1\n"
+    )
     from qmroct.paths import path_segment
 
     periodic = path_segment("A" * 30)
@@ -286,8 +336,13 @@ def test_interrupted_write_back_is_cleaned_by_the_next(tmp_path, small_demo):
     first = sorted(archive.glob("DEMO/subjects/*/experiments/*"))[0]
     assessors = first / "assessors"
     deadline = time.monotonic() + 60
-    while not (assessors.is_dir() and any(p.name.startswith(".qmroct-writing.") for p in assessors.iterdir())):
-        assert writer.poll() is None and time.monotonic() < deadline, "the writer never started writing"
+    while not (
+        assessors.is_dir()
+        and any(p.name.startswith(".qmroct-writing.") for p in assessors.iterdir())
+    ):
+        assert (
+            writer.poll() is None and time.monotonic() < deadline
+        ), "the writer never started writing"
         time.sleep(0.05)
     live = _interrupted_writer(archive, fifo)  # a second, live writer of the same session
     while len([p for p in assessors.iterdir() if p.name.startswith(".qmroct-writing.")]) < 2:

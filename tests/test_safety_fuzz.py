@@ -42,8 +42,12 @@ from qmroct.staging import stage_session
 
 LIMIT = 4 * 2**20
 MEMORY_BOUND = 3 * LIMIT + 4 * 2**20
-FUZZ = settings(deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 @functools.cache
@@ -52,8 +56,14 @@ def seeds() -> dict[str, bytes]:
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
         data = np.random.default_rng(2).integers(0, 3000, (3, 24, 16)).astype(np.float32)
-        write_opt_dicom(folder / "a.dcm", data, spacing_mm={"bscan": 0.1, "depth": 0.004, "ascan": 0.01},
-                        patient_id="P", study_id="S", series_number=1)
+        write_opt_dicom(
+            folder / "a.dcm",
+            data,
+            spacing_mm={"bscan": 0.1, "depth": 0.004, "ascan": 0.01},
+            patient_id="P",
+            study_id="S",
+            series_number=1,
+        )
         ds = pydicom.dcmread(folder / "a.dcm")
         ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
         ds.save_as(folder / "d.dcm")
@@ -105,13 +115,13 @@ def _mutate(data: bytes, ops) -> bytes:
                 continue
             if where == 0:  # an IS string: any number of frames
                 text = str(value % 10**8).encode().ljust(8)
-                out[at + 8:at + 16] = text[:8]
+                out[at + 8 : at + 16] = text[:8]
             else:
-                out[at + 8:at + 10] = struct.pack("<H", value & 0xFFFF)
+                out[at + 8 : at + 10] = struct.pack("<H", value & 0xFFFF)
             continue
         at = int(where * len(out))
         if kind == "flip":
-            out[at:at + len(value)] = value
+            out[at : at + len(value)] = value
         elif kind == "cut":
             del out[at:]
         else:
@@ -120,15 +130,22 @@ def _mutate(data: bytes, ops) -> bytes:
 
 
 @settings(FUZZ, max_examples=150)
-@given(seed=st.sampled_from(["a.dcm", "d.dcm", "v.npy", "v.vol"]), ops=st.lists(mutation, min_size=1, max_size=4))
+@given(
+    seed=st.sampled_from(["a.dcm", "d.dcm", "v.npy", "v.vol"]),
+    ops=st.lists(mutation, min_size=1, max_size=4),
+)
 def test_mutated_scans_raise_only_scan_errors_within_the_memory_bound(seed, ops):
     _read_bounded(_mutate(seeds()[seed], ops), seed)
 
 
 @settings(FUZZ, max_examples=60)
-@given(data=st.binary(max_size=3000),
-       name=st.sampled_from(["x.dcm", "x.npy", "x.vol", "x.e2e", "x.fds", "x.fda", "x.img", "x.oct", "x"]),
-       magic=st.sampled_from([b"", b"\x93NUMPY", b"HSF-OCT-", b"\0" * 128 + b"DICM", b"CMDb"]))
+@given(
+    data=st.binary(max_size=3000),
+    name=st.sampled_from(
+        ["x.dcm", "x.npy", "x.vol", "x.e2e", "x.fds", "x.fda", "x.img", "x.oct", "x"]
+    ),
+    magic=st.sampled_from([b"", b"\x93NUMPY", b"HSF-OCT-", b"\0" * 128 + b"DICM", b"CMDb"]),
+)
 def test_random_bytes_raise_only_scan_errors_within_the_memory_bound(data, name, magic):
     seeds()  # the readers warmed up
     _read_bounded(magic + data, name)
@@ -139,7 +156,9 @@ plain = st.text(alphabet="ABCxyz019_-", min_size=1, max_size=12)
 names = st.one_of(
     plain,
     st.text(min_size=1, max_size=20),
-    st.sampled_from(["..", ".", "../../x", "/etc/passwd", "a/b", "-rf", "K[x]^1", "a\\b", "Sé ance"]),
+    st.sampled_from(
+        ["..", ".", "../../x", "/etc/passwd", "a/b", "-rf", "K[x]^1", "a\\b", "Sé ance"]
+    ),
     st.builds(lambda p: "../" * 3 + p, plain),
     st.builds(lambda p: "/" + p, plain),
     st.builds(lambda p: "-" + p, plain),
@@ -151,8 +170,12 @@ names = st.one_of(
 
 def _component(name: str, fallback: str) -> str:
     """``name`` as a folder name when the file system takes it, else ``fallback``."""
-    ok = ("/" not in name and "\0" not in name and name not in ("", ".", "..")
-          and len(name.encode("utf-8", "surrogatepass")) <= 255)
+    ok = (
+        "/" not in name
+        and "\0" not in name
+        and name not in ("", ".", "..")
+        and len(name.encode("utf-8", "surrogatepass")) <= 255
+    )
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
@@ -160,12 +183,16 @@ def _component(name: str, fallback: str) -> str:
     return name if ok else fallback
 
 
-def _hostile_session(archive: Path, template: Path, label: str, scan_id: str, file_name: str, n: int) -> None:
+def _hostile_session(
+    archive: Path, template: Path, label: str, scan_id: str, file_name: str, n: int
+) -> None:
     """A copy of ``template`` as subject SUBJH<n>, with hostile label, ID, scan ID and file name."""
     subject = f"SUBJH{n}"
     target = archive / "DEMO" / "subjects" / subject / "experiments" / _component(label, f"h{n}")
     shutil.copytree(template, target)
-    (target / "session.json").write_text(json.dumps({"label": label, "ID": label, "subject": subject}))
+    (target / "session.json").write_text(
+        json.dumps({"label": label, "ID": label, "subject": subject})
+    )
     scan = target / "scans" / "1"
     (scan / "scan.json").write_text(json.dumps({"ID": scan_id, "type": "OCT"}))
     dicom = next(scan.rglob("*.dcm"))
@@ -183,9 +210,13 @@ def _tree(root: Path) -> dict[str, tuple[int, int]]:
 
 def _allowed(path: str, root: Path) -> bool:
     rel = Path(path).relative_to(root).as_posix()
-    return (rel.startswith(("results/", "scratch/"))
-            or re.fullmatch(r"archive/DEMO/subjects/[^/]+/experiments/[^/]+/(assessors/.+|history\.jsonl)", rel)
-            is not None)
+    return (
+        rel.startswith(("results/", "scratch/"))
+        or re.fullmatch(
+            r"archive/DEMO/subjects/[^/]+/experiments/[^/]+/(assessors/.+|history\.jsonl)", rel
+        )
+        is not None
+    )
 
 
 class _Doc:
@@ -209,8 +240,13 @@ def test_random_layouts_compute_or_fail_alone_and_write_only_where_allowed(small
         for n, (label, scan_id, file_name) in enumerate(layout):
             _hostile_session(root / "archive", template, label, scan_id, file_name, n)
         before = _tree(root)
-        config = {"archive": {"backend": "directory", "path": str(root / "archive")}, "projects": ["DEMO"]}
-        sessions = discover(config, root / "results" / "discovery", root / "results" / "discovery" / "sessions.tsv")
+        config = {
+            "archive": {"backend": "directory", "path": str(root / "archive")},
+            "projects": ["DEMO"],
+        }
+        sessions = discover(
+            config, root / "results" / "discovery", root / "results" / "discovery" / "sessions.tsv"
+        )
         archive = DirectoryArchive(root / "archive")
         scratch = claim(run_folder(root / "scratch"))
         (root / "results" / "kqi.json").write_text("{}")
@@ -226,11 +262,17 @@ def test_random_layouts_compute_or_fail_alone_and_write_only_where_allowed(small
             if session.label in good and session.subject.startswith("SUBJ0"):
                 assert not session.problem and all(s.volume_path for s in staged.values())
             if not session.problem:
-                archive.write_assessment(session, _Doc(f"{session.label}_qmroct_noise",
-                                                       {"kqi.json": root / "results" / "kqi.json"}))
+                archive.write_assessment(
+                    session,
+                    _Doc(
+                        f"{session.label}_qmroct_noise", {"kqi.json": root / "results" / "kqi.json"}
+                    ),
+                )
         after = _tree(root)
         changed = [p for p in after if before.get(p) != after[p]]
-        assert all(_allowed(p, root) for p in changed), [p for p in changed if not _allowed(p, root)]
+        assert all(_allowed(p, root) for p in changed), [
+            p for p in changed if not _allowed(p, root)
+        ]
         assert set(before) <= set(after)
 
 
@@ -260,13 +302,21 @@ def test_random_layouts_through_snakemake(workflow, layout):
 
     workflow.run(timeout=600)  # succeeds: a hostile session is a failed row, not a failed job
 
-    tidy = pd.read_csv(workflow.root / "results/tables/kqi.tsv", sep="\t", dtype={"scan": str}, keep_default_na=False)
+    tidy = pd.read_csv(
+        workflow.root / "results/tables/kqi.tsv",
+        sep="\t",
+        dtype={"scan": str},
+        keep_default_na=False,
+    )
     assert len(tidy.drop_duplicates(["subject", "session"])) == len(layout)
     assert (tidy[tidy.status == "failed"]["error"] != "").all()
     after = _tree(outside)
     changed = [Path(p) for p in after if before.get(p) != after[p]]
     for path in changed:
         rel = path.relative_to(workflow.root).as_posix()  # raises when outside the workflow
-        assert rel.startswith(("results/", "logs/", ".snakemake/", ".qmroct/")) or "/assessors/" in rel \
-            or rel.endswith("history.jsonl"), rel
+        assert (
+            rel.startswith(("results/", "logs/", ".snakemake/", ".qmroct/"))
+            or "/assessors/" in rel
+            or rel.endswith("history.jsonl")
+        ), rel
     assert not (workflow.root / "scratch").exists()

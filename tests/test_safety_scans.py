@@ -124,7 +124,9 @@ def test_heyex_vol_header_checked_against_the_limit(tmp_path):
 def test_file_larger_than_the_limit_and_the_configured_limit(tmp_path, monkeypatch):
     small_dicom(tmp_path / "a.dcm", shape=(4, 64, 64))  # 128 KB as float32
     assert read_scan(tmp_path / "a.dcm").data.shape == (4, 64, 64)
-    monkeypatch.setenv(MAX_DECODED_ENV, "0.05")  # what rules/common.smk sets from limits/scan_decoded_mb
+    monkeypatch.setenv(
+        MAX_DECODED_ENV, "0.05"
+    )  # what rules/common.smk sets from limits/scan_decoded_mb
     with pytest.raises(ScanError, match="limits/scan_decoded_mb"):
         read_scan(tmp_path / "a.dcm")
 

@@ -16,7 +16,16 @@ import pytest
 import yaml
 
 from qmroct.config import ConfigError, check_config, load_settings
-from qmroct.scratch import MARKER, Owner, ScratchError, check_scratch_dir, claim, read_owner, release, run_folder
+from qmroct.scratch import (
+    MARKER,
+    Owner,
+    ScratchError,
+    check_scratch_dir,
+    claim,
+    read_owner,
+    release,
+    run_folder,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,8 +60,12 @@ def test_check_config_refuses_scratch_that_cleanup_could_destroy(tmp_path, scrat
     with pytest.raises(ConfigError, match=reason):
         load_settings(path)
     # the command line says the same and fails
-    proc = subprocess.run([sys.executable, "-m", "qmroct.cli", "check-config", str(path)],
-                          capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "qmroct.cli", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2 and reason in proc.stderr and "scratch_dir" in proc.stderr
 
 
@@ -162,5 +175,6 @@ def test_snakemake_refuses_a_dangerous_scratch_dir_before_any_job(workflow):
     (workflow.root / "precious.txt").write_text("keep")
     proc = workflow.run(check=False)
     assert proc.returncode != 0 and "scratch_dir" in proc.stdout + proc.stderr
-    assert (workflow.root / "precious.txt").read_text() == "keep" and not (workflow.root / "results").exists()
-
+    assert (workflow.root / "precious.txt").read_text() == "keep" and not (
+        workflow.root / "results"
+    ).exists()
