@@ -101,7 +101,7 @@ def _stage(directory: Path, session: Session, archive: Archive) -> None:
     fetched = archive.fetch(replace(session, scans=fetchable), raw) if fetchable else {}
     for scan in fetchable:
         try:
-            paths = [confined(raw, p) for p in fetched.get(scan.id, [])]
+            paths = [Path(p) for p in fetched.get(scan.id, []) if confined(raw, p)]
             volume = _read_scan_files(scan.id, paths)
             target = confined(directory, directory / scan.id)
         except UnsafePath as exc:
