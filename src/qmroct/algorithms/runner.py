@@ -184,7 +184,9 @@ class Algorithm:
         if self.runtime == "python" and not isolate:
             self._run_inprocess(volume_path, meta, merged, workdir)
         else:
-            outcome = self._run_child(volume_path, meta, merged, workdir, limit, mcr_root, output_keep)
+            outcome = self._run_child(
+                volume_path, meta, merged, workdir, limit, mcr_root, output_keep
+            )
             captured = outcome.output
             self._judge(outcome, limit, workdir)
         try:
@@ -197,15 +199,25 @@ class Algorithm:
         return result
 
     def _run_child(
-        self, volume_path: Path, meta: dict, params: dict, workdir: Path, limit: float, mcr_root, keep: int
+        self,
+        volume_path: Path,
+        meta: dict,
+        params: dict,
+        workdir: Path,
+        limit: float,
+        mcr_root,
+        keep: int,
     ) -> Outcome:
         if self.runtime == "python" and hasattr(os, "fork") and threading.active_count() == 1:
             entry, function = self.path / self.entry, self.function or "compute"
-            return run_forked(
-                lambda: python_child(self.name, entry, function, volume_path, meta, params, workdir, self._module_name),
-                limit,
-                keep,
-            )
+            module = self._module_name
+
+            def child() -> int:
+                return python_child(
+                    self.name, entry, function, volume_path, meta, params, workdir, module
+                )
+
+            return run_forked(child, limit, keep)
         staged: list[Path] = []
         try:
             input_path = volume_path
@@ -228,18 +240,18 @@ class Algorithm:
 
     def _judge(self, outcome: Outcome, limit: float, workdir: Path) -> None:
         """An AlgorithmFailure naming how the child ended, unless it exited 0 with its output."""
-        tail = _tail(outcome.output)
+        tail, printed = _tail(outcome.output), outcome.output
         reported = _read_reported_failure(workdir / FAILURE_NAME)
         if outcome.timed_out:
-            raise AlgorithmFailure(f"{self.name}: timed out after {limit:g} s", tail, outcome.output)
+            raise AlgorithmFailure(f"{self.name}: timed out after {limit:g} s", tail, printed)
         if outcome.returncode == 1 and reported:
-            raise AlgorithmFailure(reported["message"], reported.get("detail") or tail, outcome.output)
+            raise AlgorithmFailure(reported["message"], reported.get("detail") or tail, printed)
         if outcome.returncode != 0:
-            raise AlgorithmFailure(f"{self.name}: {describe_exit(outcome.returncode)}", tail, outcome.output)
+            reason = describe_exit(outcome.returncode)
+            raise AlgorithmFailure(f"{self.name}: {reason}", tail, printed)
         if not (workdir / OUTPUT_NAME).is_file():
-            raise AlgorithmFailure(
-                f"{self.name}: exited 0 without writing its output ({OUTPUT_NAME})", tail, outcome.output
-            )
+            reason = f"exited 0 without writing its output ({OUTPUT_NAME})"
+            raise AlgorithmFailure(f"{self.name}: {reason}", tail, printed)
 
     def _child_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -270,7 +282,9 @@ class Algorithm:
         if self.runtime == "python":
             # Only when forking is unsafe (other threads running): a fresh interpreter.
             entry = str(self.path / self.entry)
-            return [sys.executable, "-m", "qmroct.algorithms.pyrun", self.name, entry, self.function or "compute", *args]
+            function = self.function or "compute"
+            pyrun = [sys.executable, "-m", "qmroct.algorithms.pyrun"]
+            return [*pyrun, self.name, entry, function, *args]
         if self.runtime == "octave":
             octave = os.environ.get("OCTAVE_EXECUTABLE") or shutil.which("octave-cli") or shutil.which("octave")
             if not octave:
@@ -403,7 +417,8 @@ def call_python(
         except Exception as exc:
             sys.modules.pop(module_name, None)
             raise AlgorithmFailure(
-                f"{name}: importing {Path(entry).name} failed: {exc!r}", _tail(traceback.format_exc())
+                f"{name}: importing {Path(entry).name} failed: {exc!r}",
+                _tail(traceback.format_exc()),
             ) from exc
     fn = getattr(module, function, None)
     if not callable(fn):
@@ -415,7 +430,8 @@ def call_python(
     try:
         result = fn(volume, dict(meta), dict(params), Path(workdir))
     except Exception as exc:
-        raise AlgorithmFailure(f"{name}: {type(exc).__name__}: {exc}", _tail(traceback.format_exc())) from exc
+        reason = f"{name}: {type(exc).__name__}: {exc}"
+        raise AlgorithmFailure(reason, _tail(traceback.format_exc())) from exc
     try:
         text = json.dumps(jsonable(result), allow_nan=False, indent=1)
     except (TypeError, ValueError) as exc:
@@ -443,7 +459,8 @@ def python_child(
     try:
         call_python(name, entry, function, volume_path, meta, params, workdir, module_name)
     except AlgorithmFailure as exc:
-        (Path(workdir) / FAILURE_NAME).write_text(json.dumps({"message": exc.message, "detail": exc.stderr_tail}))
+        reported = {"message": exc.message, "detail": exc.stderr_tail}
+        (Path(workdir) / FAILURE_NAME).write_text(json.dumps(reported))
         print(exc.stderr_tail or exc.message, file=sys.stderr)
         return 1
     return 0
