@@ -85,6 +85,9 @@ def test_mixtures_of_environments_and_identities_are_found():
     assert len(envs) == 1 and "2 different environments" in envs[0]
     stale = mixtures([_frozen(settings, "2.4.6", "s1", version="0.9")], settings)
     assert len(stale) == 1 and "1 differ from the workflow's current code" in stale[0]
+    worker = _frozen(settings, "2.4.6", "s4")
+    worker.doc["provenance"]["environment"]["qmroct_pipeline"] = "sha256:" + "0" * 64
+    assert any("other than the workflow's" in m for m in mixtures(same + [worker], settings))
 
 
 def test_a_rerun_against_xnat_writes_nothing_into_it(tmp_path):

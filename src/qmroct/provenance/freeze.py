@@ -139,6 +139,12 @@ def mixtures(results: list[FrozenResult], settings) -> list[str]:
             problems.append(f"{name}: {len(idents)} identities among {len(own)} results (versions "
                             f"{', '.join(versions)}); {stale} differ from the workflow's current code, "
                             f"params or qmroct pipeline (rerun snakemake to bring them up to date)")
+        foreign = sum(1 for r in own if (r.doc.get("provenance", {}).get("environment") or {})
+                      .get("qmroct_pipeline", r.doc["algorithm"].get("pipeline_checksum"))
+                      != r.doc["algorithm"].get("pipeline_checksum"))
+        if foreign:
+            problems.append(f"{name}: {foreign} results were computed by qmroct code other than the "
+                            f"workflow's (a worker with another qmroct installed?)")
         envs = {json.dumps(identity.environment_key(r.doc.get("provenance", {}).get("environment") or {}),
                            sort_keys=True) for r in own}
         if len(envs) > 1:

@@ -204,6 +204,9 @@ def algorithm_environment(algo, code_files: Iterable[Path] = ()) -> dict[str, An
         "executable": sys.executable,
         "qmroct": qmroct_version(),
         "packages": distribution_versions(dists),
+        # What this process's qmroct code hashes to: equal to the identity's pipeline_checksum
+        # (computed by the head) unless a worker runs other qmroct code (a stale image).
+        "qmroct_pipeline": cached_pipeline_checksum(algo.runtime),
         # The whole environment in one value: equal to the head's run manifest entry when
         # the worker had the same environment (the full list would bloat every result).
         "distributions_sha256": distributions_digest(),

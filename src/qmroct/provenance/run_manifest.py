@@ -313,4 +313,6 @@ def _env_summary(env: dict[str, Any]) -> str:
     items = [f"python {env.get('python')}", f"qmroct {env.get('qmroct')}"]
     items += [f"{k} {v}" for k, v in sorted((env.get("packages") or {}).items())]
     items += [f"{k} {env[k]}" for k in ("octave", "matlab_runtime") if env.get(k)]
+    if env.get("qmroct_pipeline"):
+        items.append(f"qmroct code {str(env['qmroct_pipeline'])[7:19]}")
     return ", ".join(items)
