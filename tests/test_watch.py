@@ -20,8 +20,13 @@ from qmroct.watch import LOCK_FILE, STATE_FILE, backoff_delay
 
 def _write_lock(path: Path, **fields) -> None:
     me = ProcessId.of(os.getpid())
-    info = LockInfo(pid=me.pid, start_ticks=me.start_ticks, boot_id=me.boot_id, host=socket.gethostname(),
-                    since="2026-01-01T00:00:00+0000")
+    info = LockInfo(
+        pid=me.pid,
+        start_ticks=me.start_ticks,
+        boot_id=me.boot_id,
+        host=socket.gethostname(),
+        since="2026-01-01T00:00:00+0000",
+    )
     data = asdict(info) | fields
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data))
@@ -30,7 +35,9 @@ def _write_lock(path: Path, **fields) -> None:
 @pytest.fixture
 def sleeper():
     """A live process that is not us (a holder or an orphaned run)."""
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
     yield proc
     proc.stdin.close()
     proc.wait(timeout=30)
@@ -114,13 +121,23 @@ def test_compare_sessions():
 def test_run_record_merges_into_the_manifest(tmp_path):
     folder = tmp_path / runhistory.RUNS_DIR / "20260101T000000Z-abcdef"
     folder.mkdir(parents=True)
-    (folder / "manifest.json").write_text(json.dumps({"run_id": "20260101T000000Z-abcdef", "git": {"commit": "x"}}))
-    runhistory.merge_summary("20260101T000000Z-abcdef", {"outcome": "running", "trigger": "manual"}, tmp_path)
-    runhistory.merge_summary("20260101T000000Z-abcdef", {"outcome": "success", "exit_status": 0}, tmp_path)
+    (folder / "manifest.json").write_text(
+        json.dumps({"run_id": "20260101T000000Z-abcdef", "git": {"commit": "x"}})
+    )
+    runhistory.merge_summary(
+        "20260101T000000Z-abcdef", {"outcome": "running", "trigger": "manual"}, tmp_path
+    )
+    runhistory.merge_summary(
+        "20260101T000000Z-abcdef", {"outcome": "success", "exit_status": 0}, tmp_path
+    )
     record = json.loads((folder / "manifest.json").read_text())
     assert record["git"] == {"commit": "x"}  # the reproducibility sections stay
-    assert record["summary"] == {"outcome": "success", "trigger": "manual", "exit_status": 0,
-                                 "run_id": "20260101T000000Z-abcdef"}
+    assert record["summary"] == {
+        "outcome": "success",
+        "trigger": "manual",
+        "exit_status": 0,
+        "run_id": "20260101T000000Z-abcdef",
+    }
     with pytest.raises(ValueError):
         runhistory.run_dir("../../etc")
 
@@ -130,15 +147,41 @@ def _record(root: Path, run_id: str, **summary) -> None:
 
 
 def test_runs_table_and_history_page(tmp_path):
-    _record(tmp_path, "20260101T000000Z-aaaaaa", start="2026-01-01T00:00:00+00:00", end="2026-01-01T00:03:00+00:00",
-            trigger="first check", sessions={"new": 3, "changed": 0, "unchanged": 0}, jobs={"compute_noise": 3},
-            failures={}, failure_list=[], outcome="success", exit_status=0)
-    _record(tmp_path, "20260102T000000Z-bbbbbb", start="2026-01-02T00:00:00+00:00", end="2026-01-02T00:01:00+00:00",
-            trigger="archive changed", sessions={"new": 1, "changed": 0, "unchanged": 3},
-            jobs={"compute_noise": 1}, failures={"scan not readable": 1}, outcome="success", exit_status=0,
-            failure_list=[{"project": "P", "session": "S<1>", "scan": "1", "algorithm": "noise",
-                           "reason": "scan not readable: truncated"}],
-            pool={"vm_minutes": 4.5, "servers": 2})
+    _record(
+        tmp_path,
+        "20260101T000000Z-aaaaaa",
+        start="2026-01-01T00:00:00+00:00",
+        end="2026-01-01T00:03:00+00:00",
+        trigger="first check",
+        sessions={"new": 3, "changed": 0, "unchanged": 0},
+        jobs={"compute_noise": 3},
+        failures={},
+        failure_list=[],
+        outcome="success",
+        exit_status=0,
+    )
+    _record(
+        tmp_path,
+        "20260102T000000Z-bbbbbb",
+        start="2026-01-02T00:00:00+00:00",
+        end="2026-01-02T00:01:00+00:00",
+        trigger="archive changed",
+        sessions={"new": 1, "changed": 0, "unchanged": 3},
+        jobs={"compute_noise": 1},
+        failures={"scan not readable": 1},
+        outcome="success",
+        exit_status=0,
+        failure_list=[
+            {
+                "project": "P",
+                "session": "S<1>",
+                "scan": "1",
+                "algorithm": "noise",
+                "reason": "scan not readable: truncated",
+            }
+        ],
+        pool={"vm_minutes": 4.5, "servers": 2},
+    )
     table = runhistory.runs_table(runhistory.list_runs(tmp_path)).splitlines()
     assert table[0].split()[:4] == ["run", "start", "min", "trigger"]
     assert table[1].startswith("20260101T000000Z-aaaaaa") and "3.0" in table[1]
@@ -150,7 +193,9 @@ def test_runs_table_and_history_page(tmp_path):
     runhistory.write_pages("20260102T000000Z-bbbbbb", tmp_path)
     page = (tmp_path / runhistory.HISTORY_PAGE).read_text()
     assert "../runs/20260102T000000Z-bbbbbb/failures.html" in page and "4.5 min, 2 servers" in page
-    failures = (tmp_path / runhistory.RUNS_DIR / "20260102T000000Z-bbbbbb/failures.html").read_text()
+    failures = (
+        tmp_path / runhistory.RUNS_DIR / "20260102T000000Z-bbbbbb/failures.html"
+    ).read_text()
     assert "S&lt;1&gt;" in failures and "truncated" in failures
 
 
@@ -167,17 +212,35 @@ def test_status_exit_codes(tmp_path, sleeper):
 
     # A live watcher, archive fine, last run clean: healthy.
     _write_lock(tmp_path / LOCK_FILE, pid=sleeper.pid, start_ticks=process_start_ticks(sleeper.pid))
-    set_state(pid=sleeper.pid, last_check="2026-01-01T00:00:00+00:00", archive={"reachable": True},
-              next_poll="2026-01-01T00:05:00+00:00", mode="watch", started="x")
-    _record(tmp_path, "20260101T000000Z-aaaaaa", start="2026-01-01T00:00:00+00:00", outcome="success",
-            exit_status=0, failures={})
+    set_state(
+        pid=sleeper.pid,
+        last_check="2026-01-01T00:00:00+00:00",
+        archive={"reachable": True},
+        next_poll="2026-01-01T00:05:00+00:00",
+        mode="watch",
+        started="x",
+    )
+    _record(
+        tmp_path,
+        "20260101T000000Z-aaaaaa",
+        start="2026-01-01T00:00:00+00:00",
+        outcome="success",
+        exit_status=0,
+        failures={},
+    )
     info, code = collect(tmp_path)
     assert code == 0, render(info)
     assert "next poll: 2026-01-01T00:05:00+00:00" in render(info)
 
     # The last run had failures: 1.
-    _record(tmp_path, "20260102T000000Z-bbbbbb", start="2026-01-02T00:00:00+00:00", outcome="success",
-            exit_status=0, failures={"algorithm failure": 2})
+    _record(
+        tmp_path,
+        "20260102T000000Z-bbbbbb",
+        start="2026-01-02T00:00:00+00:00",
+        outcome="success",
+        exit_status=0,
+        failures={"algorithm failure": 2},
+    )
     assert collect(tmp_path)[1] == 1
     _record(tmp_path, "20260102T000000Z-bbbbbb", failures={}, exit_status=1, outcome="failed")
     assert collect(tmp_path)[1] == 1
@@ -218,13 +281,16 @@ def test_notify_gets_the_summary_and_no_secrets(tmp_path, monkeypatch):
     script = tmp_path / "notify.py"
     script.write_text(
         "import json, os, sys\n"
-        f"json.dump({{'stdin': sys.stdin.read(), 'env': dict(os.environ), 'argv': sys.argv}}, open({str(out)!r}, 'w'))\n"
+        "got = {'stdin': sys.stdin.read(), 'env': dict(os.environ), 'argv': sys.argv}\n"
+        f"json.dump(got, open({str(out)!r}, 'w'))\n"
     )
     monkeypatch.setenv("XNAT_PASS", "hunter2-secret")
     monkeypatch.setenv("OS_PASSWORD", "cloud-pw-secret")
     monkeypatch.setenv("MY_API_TOKEN", "tok-secret")
     summary = {"run_id": "r", "outcome": "failed", "note": "login as alice:hunter2-secret failed"}
-    code = runhistory.notify({"notify": {"command": [sys.executable, str(script), "--room", "qc"]}}, summary)
+    code = runhistory.notify(
+        {"notify": {"command": [sys.executable, str(script), "--room", "qc"]}}, summary
+    )
     assert code == 0
     got = json.loads(out.read_text())
     assert json.loads(got["stdin"])["outcome"] == "failed"

@@ -30,14 +30,21 @@ def _venv_qmroct() -> Path:
 
 
 def _verify(unit: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=120
+    )
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed (apt-get install systemd)")
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None,
+    reason="systemd-analyze not installed (apt-get install systemd)",
+)
 def test_systemd_unit_verifies(tmp_path):
     unit = _block("ini")
     assert "KillMode=mixed" in unit and "ExecStart=/srv/qmroct/.venv/bin/qmroct watch" in unit
-    text = unit.replace(f"{PLACEHOLDER}/.venv/bin/qmroct", str(_venv_qmroct())).replace(PLACEHOLDER, str(tmp_path))
+    text = unit.replace(f"{PLACEHOLDER}/.venv/bin/qmroct", str(_venv_qmroct())).replace(
+        PLACEHOLDER, str(tmp_path)
+    )
     path = tmp_path / "qmroct-watch.service"
     path.write_text(text)
     proc = _verify(path)

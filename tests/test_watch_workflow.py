@@ -27,12 +27,20 @@ SECRET = "s3cret-pass-for-the-test"
 
 
 def _env(**extra: str) -> dict[str, str]:
-    return dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}", **extra)
+    return dict(
+        os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}", **extra
+    )
 
 
 def qmroct(wf, *args: str, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*QMROCT, *args], cwd=wf.root, capture_output=True, text=True, timeout=timeout,
-                          env=_env(**env))
+    return subprocess.run(
+        [*QMROCT, *args],
+        cwd=wf.root,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_env(**env),
+    )
 
 
 def watch_once(wf, *options: str, args=RUN_ARGS, **env: str) -> subprocess.CompletedProcess:
@@ -43,8 +51,13 @@ def watch_once(wf, *options: str, args=RUN_ARGS, **env: str) -> subprocess.Compl
 
 def start_watcher(wf, *options: str, args=RUN_ARGS, **env: str) -> subprocess.Popen:
     out = open(wf.root / "watcher.out", "a")
-    return subprocess.Popen([*QMROCT, "watch", *options, "--", *args], cwd=wf.root, stdout=out,
-                            stderr=subprocess.STDOUT, env=_env(**env))
+    return subprocess.Popen(
+        [*QMROCT, "watch", *options, "--", *args],
+        cwd=wf.root,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=_env(**env),
+    )
 
 
 def wait_for(condition, timeout: float, what: str):
@@ -130,14 +143,26 @@ def test_one_run_per_change_history_notify(workflow, tmp_path):
     marker = workflow.root / "snakemake-started.txt"
     recorder = workflow.root / "recorder.py"
     recorder.write_text(RECORDER.format(marker=str(marker)))
-    proc = watch_once(workflow, "--snakemake", f"{sys.executable} {recorder}",
-                      args=("--profile", "openstack"), XNAT_PASS=SECRET)
+    proc = watch_once(
+        workflow,
+        "--snakemake",
+        f"{sys.executable} {recorder}",
+        args=("--profile", "openstack"),
+        XNAT_PASS=SECRET,
+    )
     assert "no change" in proc.stderr
     assert not marker.exists(), "an unchanged archive must not start snakemake"
     assert len(runs(workflow)) == 2
 
     # 4. A new session: exactly one run, computing only it (the same recorder now sees a start).
+    #    One of its scans is truncated: a failure, by reason, in the summary and on its page.
     key = add_session(workflow, tmp_path, start=7)
+    broken = sorted(
+        (workflow.archive / "DEMO/subjects").glob(
+            f"*/experiments/{key.split('/')[1]}/scans/1/resources/*/files/*"
+        )
+    )[0]
+    broken.write_bytes(broken.read_bytes()[:3000])
     watch_once(workflow, "--snakemake", f"{sys.executable} {recorder}", XNAT_PASS=SECRET)
     assert marker.read_text().count("\n") == 1
     assert len(runs(workflow)) == 3
@@ -147,7 +172,14 @@ def test_one_run_per_change_history_notify(workflow, tmp_path):
     assert s["sessions"]["new"] == 1 and s["sessions"]["new_sessions"] == [key]
     assert s["sessions"]["unchanged"] == 3 and s["sessions"]["changed"] == 0
     assert s["jobs"]["compute_noise"] == 1 and s["jobs"]["discover"] == 1
-    assert s["failures"] == {} and (workflow.root / "results/runs" / run_id / "snakemake.log").is_file()
+    assert s["failures"] == {"scan not readable": 1}, s["failures"]
+    [failure] = s["failure_list"]
+    assert (
+        f"{failure['project']}/{failure['session']}",
+        failure["scan"],
+        failure["algorithm"],
+    ) == (key, "1", "noise")
+    assert (workflow.root / "results/runs" / run_id / "snakemake.log").is_file()
     project, label = key.split("/")
     assert (workflow.root / "results/kqi" / project / label / "noise.json").is_file()
     assert workflow.planned_jobs() == {}
@@ -163,12 +195,16 @@ def test_one_run_per_change_history_notify(workflow, tmp_path):
     table = qmroct(workflow, "runs").stdout.splitlines()
     assert len(table) == 4 and table[-1].startswith(run_id) and "archive changed" in table[-1]
     status = qmroct(workflow, "status", "--max-age", "3600")
-    assert status.returncode == 0, status.stdout
-    assert run_id in status.stdout and "1 new" in status.stdout
+    assert status.returncode == 1, status.stdout  # the last run recorded a failure
+    assert (
+        run_id in status.stdout
+        and "1 new" in status.stdout
+        and "scan not readable 1" in status.stdout
+    )
     assert qmroct(workflow, "status").returncode == 2  # no watcher running
     history = (workflow.root / "results/report/runs.html").read_text()
     assert f"../runs/{run_id}/failures.html" in history and manual in history
-    assert (workflow.root / "results/runs" / run_id / "failures.html").is_file()
+    assert label in (workflow.root / "results/runs" / run_id / "failures.html").read_text()
     assert "runs.html" in (workflow.root / "results/report/index.html").read_text()
 
 
@@ -205,9 +241,16 @@ def test_unreachable_archive_backs_off_and_recovers(workflow):
         wait_for(lambda: state(workflow).get("archive_failures", 0) >= 5, 60, "five failed polls")
         assert watcher.poll() is None, "the watcher must survive an unreachable archive"
         status = qmroct(workflow, "status")
-        assert status.returncode == 2 and "UNREACHABLE" in status.stdout and "does not exist" in status.stdout
-        delays = [float(line.rsplit("next try in ", 1)[1].split()[0])
-                  for line in (workflow.root / "watcher.out").read_text().splitlines() if "next try in" in line]
+        assert (
+            status.returncode == 2
+            and "UNREACHABLE" in status.stdout
+            and "does not exist" in status.stdout
+        )
+        delays = [
+            float(line.rsplit("next try in ", 1)[1].split()[0])
+            for line in (workflow.root / "watcher.out").read_text().splitlines()
+            if "next try in" in line
+        ]
         assert delays[:4] == [0.3, 0.6, 1.2, 1.2], delays
         assert runs(workflow) == []
 
@@ -247,7 +290,9 @@ def test_second_watcher_starts_no_run_and_a_crashed_one_is_taken_over(workflow, 
     assert "took over the stale lock" in proc.stderr
     assert len(runs(workflow)) == 2
     s = summary(workflow, runs(workflow)[-1])
-    assert s["outcome"] == "success" and s["sessions"]["new"] == 1 and s["jobs"]["compute_noise"] == 1
+    assert (
+        s["outcome"] == "success" and s["sessions"]["new"] == 1 and s["jobs"]["compute_noise"] == 1
+    )
     assert not (workflow.root / ".qmroct/watch/lock").exists()
 
 

@@ -46,9 +46,18 @@ def test_watch_against_xnat(tmp_path):
 
         root = copy_workflow(tmp_path / "wf")
         config = yaml.safe_load((root / "config.yaml").read_text())
-        config.update(archive={"backend": "xnat", "server": server.url, "retries": 0, "backoff": 0.1,
-                               "timeout": 10},
-                      projects=["DEMO"], algorithms={"noise": {}}, studies={})
+        config.update(
+            archive={
+                "backend": "xnat",
+                "server": server.url,
+                "retries": 0,
+                "backoff": 0.1,
+                "timeout": 10,
+            },
+            projects=["DEMO"],
+            algorithms={"noise": {}},
+            studies={},
+        )
         (root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         wf = _Workflow(root)
         env = {"XNAT_USER": USER, "XNAT_PASS": password}
@@ -80,11 +89,19 @@ def test_watch_against_xnat(tmp_path):
 
             # A new session uploaded: one run, computing only it.
             upload_archive(intf, demo / "archive", only={"SUBJ002_V1"})
-            wait_for(lambda: len(runs(wf)) > settled and summary(wf, runs(wf)[-1]).get("end")
-                     and summary(wf, runs(wf)[-1]).get("outcome") != "running", 300, "the run for the new session")
+            wait_for(
+                lambda: len(runs(wf)) > settled
+                and summary(wf, runs(wf)[-1]).get("end")
+                and summary(wf, runs(wf)[-1]).get("outcome") != "running",
+                300,
+                "the run for the new session",
+            )
             s = summary(wf, runs(wf)[-1])
             assert s["trigger"] == "archive changed" and s["outcome"] == "success", s
-            assert s["sessions"]["new_sessions"] == ["DEMO/SUBJ002_V1"] and s["jobs"]["compute_noise"] == 1
+            assert (
+                s["sessions"]["new_sessions"] == ["DEMO/SUBJ002_V1"]
+                and s["jobs"]["compute_noise"] == 1
+            )
             assert qmroct(wf, "status", **env).returncode == 0
         finally:
             watcher.send_signal(signal.SIGTERM)

@@ -224,18 +224,27 @@ class RunLedger(logging.Handler):
                     self.finished.append(self.jobs.get(int(record.job_id), ("?", {})))
                 elif event == "job_error":
                     _, wildcards = self.jobs.get(int(record.jobid), ("", {}))
-                    self.failed.append({
-                        "rule": record.rule_name,
-                        "wildcards": wildcards,
-                        "log": [str(p) for p in (getattr(record, "log", None) or [])],
-                    })
+                    self.failed.append(
+                        {
+                            "rule": record.rule_name,
+                            "wildcards": wildcards,
+                            "log": [str(p) for p in (getattr(record, "log", None) or [])],
+                        }
+                    )
         except Exception as err:  # a record is a record: never break the scheduler over it
             log.debug("run ledger ignored a %s event: %s", event, err)
 
 
 class _Run:
-    def __init__(self, run_id: str, start: str, sessions_before: dict[str, str], ledger: RunLedger,
-                 compute_rules: dict[str, str], t0: float):
+    def __init__(
+        self,
+        run_id: str,
+        start: str,
+        sessions_before: dict[str, str],
+        ledger: RunLedger,
+        compute_rules: dict[str, str],
+        t0: float,
+    ):
         self.run_id = run_id
         self.start = start
         self.sessions_before = sessions_before
@@ -246,9 +255,13 @@ class _Run:
     def head_fields(self) -> dict[str, Any]:
         """Written at the start and again at the end (a writer of the manifest's other
         sections may have rewritten the file from its own copy in between)."""
-        return {"start": self.start, "trigger": os.environ.get(TRIGGER_ENV, "manual"),
-                "watch_run_id": os.environ.get(WATCH_ID_ENV), "host": os.uname().nodename,
-                "pid": os.getpid()}
+        return {
+            "start": self.start,
+            "trigger": os.environ.get(TRIGGER_ENV, "manual"),
+            "watch_run_id": os.environ.get(WATCH_ID_ENV),
+            "host": os.uname().nodename,
+            "pid": os.getpid(),
+        }
 
 
 _RUN: _Run | None = None
@@ -302,7 +315,9 @@ def _finish_run(config: dict[str, Any], failed: bool) -> dict[str, Any] | None:
         "exit_status": 1 if failed else 0,
         "outcome": "failed" if failed else "success",
     }
-    failures = result_failures(run.ledger.finished, run.compute_rules) + job_failures(run.ledger.failed)
+    failures = result_failures(run.ledger.finished, run.compute_rules) + job_failures(
+        run.ledger.failed
+    )
     summary["failures"] = failures_by_reason(failures)
     summary["failure_list"] = failures
     pool = pool_usage(run.t0)
@@ -315,8 +330,15 @@ def _finish_run(config: dict[str, Any], failed: bool) -> dict[str, Any] | None:
     return summary
 
 
-def finalise_run(run_id: str, exit_status: int, start: str, trigger: str, started_at: float,
-                 note: str = "", root: Path = Path(".")) -> dict[str, Any]:
+def finalise_run(
+    run_id: str,
+    exit_status: int,
+    start: str,
+    trigger: str,
+    started_at: float,
+    note: str = "",
+    root: Path = Path("."),
+) -> dict[str, Any]:
     """The watcher, after Snakemake exited: the real exit status, and a record even when
     Snakemake stopped before its hooks ran (bad config, its lock held, nothing to do)."""
     record = read_record(run_id, root).get("summary", {})
@@ -346,8 +368,11 @@ def finalise_run(run_id: str, exit_status: int, start: str, trigger: str, starte
 # -- failures -------------------------------------------------------------------
 
 
-def result_failures(finished: list[tuple[str, dict[str, str]]], compute_rules: dict[str, str],
-                    root: Path = Path(".")) -> list[dict[str, Any]]:
+def result_failures(
+    finished: list[tuple[str, dict[str, str]]],
+    compute_rules: dict[str, str],
+    root: Path = Path("."),
+) -> list[dict[str, Any]]:
     """Scans whose result, written by a compute job of this run, records a failure."""
     failures = []
     for rule, wildcards in finished:
@@ -365,15 +390,25 @@ def result_failures(finished: list[tuple[str, dict[str, str]]], compute_rules: d
             failures.append(base | {"scan": "", "reason": doc["error"]})
         for scan in doc.get("scans", ()):
             if scan.get("status") == "failed":
-                failures.append(base | {"scan": str(scan.get("scan", "")), "reason": scan.get("error") or "failed"})
+                failures.append(
+                    base
+                    | {"scan": str(scan.get("scan", "")), "reason": scan.get("error") or "failed"}
+                )
     return failures
 
 
 def job_failures(failed: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Jobs that failed (archive trouble, a crash of the job itself): the session is retried."""
     return [
-        {"project": f["wildcards"].get("project", ""), "session": f["wildcards"].get("session", ""),
-         "algorithm": "", "scan": "", "rule": f["rule"], "log": f["log"], "reason": f"job {f['rule']} failed"}
+        {
+            "project": f["wildcards"].get("project", ""),
+            "session": f["wildcards"].get("session", ""),
+            "algorithm": "",
+            "scan": "",
+            "rule": f["rule"],
+            "log": f["log"],
+            "reason": f"job {f['rule']} failed",
+        }
         for f in failed
     ]
 
@@ -419,20 +454,26 @@ def write_pages(run_id: str, root: Path = Path(".")) -> None:
     summary = read_record(run_id, root).get("summary", {})
     failures = summary.get("failure_list") or []
     rows = "".join(
-        "<tr>" + "".join(_cell(f.get(k, "")) for k in ("project", "session", "scan", "algorithm", "reason")) + "</tr>"
+        "<tr>"
+        + "".join(
+            _cell(f.get(k, "")) for k in ("project", "session", "scan", "algorithm", "reason")
+        )
+        + "</tr>"
         for f in failures
     )
+    def field(key: str) -> str:
+        return html.escape(str(summary.get(key, "?")))
+
+    header = "".join(f"<th>{k}</th>" for k in ("project", "session", "scan", "algorithm", "reason"))
+    table = f"<table border='1'><tr>{header}</tr>{rows}</table>" if failures else "<p>None.</p>"
     page = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>qmroct run {html.escape(run_id)}: failures</title></head><body>",
         f"<h1>Run {html.escape(run_id)}</h1>",
-        f"<p>{html.escape(str(summary.get('outcome', '?')))} (exit {html.escape(str(summary.get('exit_status', '?')))}), "
-        f"trigger {html.escape(str(summary.get('trigger', '?')))}, "
-        f"{html.escape(str(summary.get('start', '?')))} to {html.escape(str(summary.get('end', '?')))}. "
-        f"<a href='{MANIFEST}'>manifest.json</a></p>",
+        f"<p>{field('outcome')} (exit {field('exit_status')}), trigger {field('trigger')}, "
+        f"{field('start')} to {field('end')}. <a href='{MANIFEST}'>manifest.json</a></p>",
         "<h2>Failures</h2>",
-        ("<table border='1'><tr><th>project</th><th>session</th><th>scan</th><th>algorithm</th><th>reason</th></tr>"
-         + rows + "</table>") if failures else "<p>None.</p>",
+        table,
         "</body></html>",
     ]
     (run_dir(run_id, root) / "failures.html").write_text("\n".join(page))
@@ -450,40 +491,71 @@ def write_history_page(root: Path = Path(".")) -> Path:
         link = f"../runs/{html.escape(rid)}/failures.html"
         pool = s.get("pool") or {}
         body.append(
-            "<tr>" + _cell(rid) + _cell(s.get("start", "")) + _cell(s.get("end", "")) + _cell(s.get("trigger", ""))
-            + _cell(f"{sessions.get('new', 0)}/{sessions.get('changed', 0)}/{sessions.get('unchanged', 0)}")
+            "<tr>"
+            + _cell(rid)
+            + _cell(s.get("start", ""))
+            + _cell(s.get("end", ""))
+            + _cell(s.get("trigger", ""))
+            + _cell("/".join(str(sessions.get(k, 0)) for k in ("new", "changed", "unchanged")))
             + _cell(sum((s.get("jobs") or {}).values()))
             + f"<td><a href='{link}'>{n_failures}</a></td>"
             + _cell(f"{pool['vm_minutes']} min, {pool['servers']} servers" if pool else "")
-            + _cell(f"{s.get('outcome', '?')} ({s.get('exit_status', '?')})") + "</tr>"
+            + _cell(f"{s.get('outcome', '?')} ({s.get('exit_status', '?')})")
+            + "</tr>"
         )
-    path.write_text("\n".join([
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>qmroct run history</title>",
-        "<style>body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
-        "td,th{border:1px solid #ccc;padding:3px 7px}</style></head><body>",
-        "<h1>Run history</h1><p><a href='index.html'>quality report</a></p>",
-        "<table><tr><th>run</th><th>start</th><th>end</th><th>trigger</th><th>sessions new/changed/unchanged</th>"
-        "<th>jobs</th><th>failures</th><th>pool</th><th>outcome (exit)</th></tr>",
-        *body, "</table></body></html>",
-    ]))
+    path.write_text(
+        "\n".join(
+            [
+                "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+                "<title>qmroct run history</title><style>body{font-family:system-ui,sans-serif;"
+                "margin:2em}table{border-collapse:collapse;font-size:13px}"
+                "td,th{border:1px solid #ccc;padding:3px 7px}</style></head><body>",
+                "<h1>Run history</h1><p><a href='index.html'>quality report</a></p>",
+                "<table><tr><th>run</th><th>start</th><th>end</th><th>trigger</th>"
+                "<th>sessions new/changed/unchanged</th><th>jobs</th><th>failures</th><th>pool</th>"
+                "<th>outcome (exit)</th></tr>",
+                *body,
+                "</table></body></html>",
+            ]
+        )
+    )
     return path
 
 
 def runs_table(runs: list[dict[str, Any]]) -> str:
     """``qmroct runs``: one line per run, newest last."""
-    header = ["run", "start", "min", "trigger", "new", "chg", "same", "jobs", "failures", "VM-min", "outcome"]
+    header = [
+        "run",
+        "start",
+        "min",
+        "trigger",
+        "new",
+        "chg",
+        "same",
+        "jobs",
+        "failures",
+        "VM-min",
+        "outcome",
+    ]
     rows = [header]
     for s in runs:
         sessions = s.get("sessions") or {}
         failures = s.get("failures") or {}
-        rows.append([
-            s["run_id"], str(s.get("start", ""))[:19], _minutes(s.get("start"), s.get("end")),
-            str(s.get("trigger", "")), str(sessions.get("new", "")), str(sessions.get("changed", "")),
-            str(sessions.get("unchanged", "")), str(sum((s.get("jobs") or {}).values())),
-            ", ".join(f"{k} {v}" for k, v in failures.items()) or "0",
-            str((s.get("pool") or {}).get("vm_minutes", "")),
-            f"{s.get('outcome', '?')} ({s.get('exit_status', '?')})",
-        ])
+        rows.append(
+            [
+                s["run_id"],
+                str(s.get("start", ""))[:19],
+                _minutes(s.get("start"), s.get("end")),
+                str(s.get("trigger", "")),
+                str(sessions.get("new", "")),
+                str(sessions.get("changed", "")),
+                str(sessions.get("unchanged", "")),
+                str(sum((s.get("jobs") or {}).values())),
+                ", ".join(f"{k} {v}" for k, v in failures.items()) or "0",
+                str((s.get("pool") or {}).get("vm_minutes", "")),
+                f"{s.get('outcome', '?')} ({s.get('exit_status', '?')})",
+            ]
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
@@ -526,11 +598,19 @@ def notify(config: dict[str, Any], summary: dict[str, Any]) -> int | None:
     argv = shlex.split(command) if isinstance(command, str) else [str(a) for a in command]
     payload = redact(json.dumps(summary, indent=1, sort_keys=True))
     try:
-        proc = subprocess.run(argv, input=payload, text=True, env=notify_env(), capture_output=True,
-                              timeout=float(spec.get("timeout_s", 60)))
+        proc = subprocess.run(
+            argv,
+            input=payload,
+            text=True,
+            env=notify_env(),
+            capture_output=True,
+            timeout=float(spec.get("timeout_s", 60)),
+        )
     except (OSError, subprocess.TimeoutExpired) as err:
         log.warning("notify command %s did not run: %s", argv[0], err)
         return None
     if proc.returncode != 0:
-        log.warning("notify command %s exited %d: %s", argv[0], proc.returncode, proc.stderr.strip()[-500:])
+        log.warning(
+            "notify command %s exited %d: %s", argv[0], proc.returncode, proc.stderr.strip()[-500:]
+        )
     return proc.returncode

@@ -72,7 +72,7 @@ def _proc_stat_fields(pid: int) -> list[str] | None:
     except OSError:
         return None
     # The command name (field 2) is in parentheses and may itself contain spaces or ')'.
-    return text[text.rindex(")") + 2:].split()
+    return text[text.rindex(")") + 2 :].split()
 
 
 def process_start_ticks(pid: int) -> int | None:
@@ -110,7 +110,9 @@ class LockInfo:
     host: str
     since: str
     purpose: str = "watch"
-    run: dict[str, Any] | None = field(default=None)  # {"pid", "start_ticks", "run_id"} while a run is on
+    run: dict[str, Any] | None = field(
+        default=None
+    )  # {"pid", "start_ticks", "run_id"} while a run is on
 
     def processes(self) -> list[ProcessId]:
         procs = [ProcessId(self.pid, self.start_ticks, self.boot_id)]
@@ -129,7 +131,9 @@ def read_lock(path: Path) -> LockInfo | None:
     except (ValueError, TypeError):
         # A torn or foreign file: treat as a lock of nobody (so stale), never crash on it.
         # (Ours are replaced atomically, so they are never torn.)
-        return LockInfo(pid=-1, start_ticks=None, boot_id=None, host=socket.gethostname(), since="?")
+        return LockInfo(
+            pid=-1, start_ticks=None, boot_id=None, host=socket.gethostname(), since="?"
+        )
 
 
 def lock_alive(info: LockInfo | None) -> bool:
@@ -188,7 +192,11 @@ class RunLock:
             if pid is None:
                 self.info.run = None
             else:
-                self.info.run = {"pid": pid, "start_ticks": process_start_ticks(pid), "run_id": run_id}
+                self.info.run = {
+                    "pid": pid,
+                    "start_ticks": process_start_ticks(pid),
+                    "run_id": run_id,
+                }
             self._write()
 
     def release(self) -> None:

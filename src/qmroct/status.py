@@ -33,7 +33,12 @@ def open_failures(table: Path = KQI_TABLE) -> Counter:
             for row in csv.DictReader(fh, delimiter="\t"):
                 if row.get("status") != "failed":
                     continue
-                key = (row.get("project"), row.get("session"), row.get("scan"), row.get("algorithm"))
+                key = (
+                    row.get("project"),
+                    row.get("session"),
+                    row.get("scan"),
+                    row.get("algorithm"),
+                )
                 if key not in seen:
                     seen.add(key)
                     counts[runhistory.reason_category(row.get("error") or "failed")] += 1
@@ -54,16 +59,28 @@ def _age_s(stamp: str | None) -> float | None:
 def collect(root: Path = Path("."), max_age: float | None = None) -> tuple[dict[str, Any], int]:
     state = read_state(root)
     holder = read_lock(root / LOCK_FILE)
-    watcher_running = bool(holder and holder.purpose == "watch" and lock_alive(holder)
-                           and state.get("pid") == holder.pid)
+    watcher_running = bool(
+        holder
+        and holder.purpose == "watch"
+        and lock_alive(holder)
+        and state.get("pid") == holder.pid
+    )
     recent = max_age is not None and (_age_s(state.get("last_check")) or float("inf")) <= max_age
     archive = state.get("archive") or {}
     runs = [r for r in runhistory.list_runs(root) if r.get("outcome") != "running"]
     last = runs[-1] if runs else None
-    last_failed = bool(last and (last.get("exit_status") not in (0, None) or sum((last.get("failures") or {}).values())))
+    last_failed = bool(
+        last
+        and (last.get("exit_status") not in (0, None) or sum((last.get("failures") or {}).values()))
+    )
     info = {
-        "watcher": {"running": watcher_running, "pid": state.get("pid"), "since": state.get("started"),
-                    "stopped": state.get("stopped"), "mode": state.get("mode")},
+        "watcher": {
+            "running": watcher_running,
+            "pid": state.get("pid"),
+            "since": state.get("started"),
+            "stopped": state.get("stopped"),
+            "mode": state.get("mode"),
+        },
         "last_check": state.get("last_check"),
         "next_poll": state.get("next_poll") if watcher_running else None,
         "archive": archive,
@@ -87,7 +104,9 @@ def render(info: dict[str, Any]) -> str:
     if w["running"]:
         lines.append(f"watcher: running (pid {w['pid']}, {w['mode']}, since {w['since']})")
     else:
-        lines.append(f"watcher: not running (last seen {w.get('stopped') or w.get('since') or 'never'})")
+        lines.append(
+            f"watcher: not running (last seen {w.get('stopped') or w.get('since') or 'never'})"
+        )
     archive = info["archive"]
     if archive.get("reachable") is False:
         lines.append(f"archive: UNREACHABLE since {archive.get('since')}: {archive.get('error')}")
@@ -107,11 +126,14 @@ def render(info: dict[str, Any]) -> str:
             f"last run: {last['run_id']} {last.get('outcome')} (exit {last.get('exit_status')}), "
             f"{last.get('trigger')}, {last.get('start')} to {last.get('end')}; sessions "
             f"{sessions.get('new', 0)} new, {sessions.get('changed', 0)} changed, "
-            f"{sessions.get('unchanged', 0)} unchanged; {sum((last.get('jobs') or {}).values())} jobs; "
+            f"{sessions.get('unchanged', 0)} unchanged; "
+            f"{sum((last.get('jobs') or {}).values())} jobs; "
             f"failures: {', '.join(f'{k} {v}' for k, v in failures.items()) or 'none'}"
         )
     else:
         lines.append("last run: none recorded")
     open_ = info["open_failures"]
-    lines.append("open failures: " + (", ".join(f"{k} {v}" for k, v in sorted(open_.items())) or "none"))
+    lines.append(
+        "open failures: " + (", ".join(f"{k} {v}" for k, v in sorted(open_.items())) or "none")
+    )
     return "\n".join(lines)

@@ -67,7 +67,9 @@ class WatchOptions:
 
 
 def iso(t: float | None) -> str | None:
-    return None if t is None else datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
+    return (
+        None if t is None else datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
+    )
 
 
 def backoff_delay(interval: float, failures: int, cap: float) -> float:
@@ -118,7 +120,11 @@ class Watcher:
     # -- signals -----------------------------------------------------------------
     def _on_signal(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
-        log.info("%s: %s", name, "ending the current run as Ctrl-C would, then stopping" if self.proc else "stopping")
+        log.info(
+            "%s: %s",
+            name,
+            "ending the current run as Ctrl-C would, then stopping" if self.proc else "stopping",
+        )
         self.stop.set()
         proc = self.proc
         if proc is not None and proc.poll() is None:
@@ -134,8 +140,11 @@ class Watcher:
             self.lock.acquire()
         except LockBusy as busy:
             log.warning("not starting: %s", busy)
-            print(f"qmroct watch: another watcher or its run is active here ({busy}); nothing started",
-                  file=sys.stderr)
+            print(
+                f"qmroct watch: another watcher or its run is active here ({busy}); "
+                "nothing started",
+                file=sys.stderr,
+            )
             return 0 if self.options.once else 2
         stale = self.lock.took_over
         if stale is not None:
@@ -143,11 +152,20 @@ class Watcher:
             if stale.run:  # its Snakemake died too, possibly holding Snakemake's own lock
                 self.needs_unlock = True
                 self.close_dead_run(str(stale.run.get("run_id") or ""))
-        previous = {signum: signal.signal(signum, self._on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
+        previous = {
+            signum: signal.signal(signum, self._on_signal)
+            for signum in (signal.SIGTERM, signal.SIGINT)
+        }
         try:
-            self.save(pid=os.getpid(), host=os.uname().nodename, started=iso(time.time()), stopped=None,
-                      mode="once" if self.options.once else "watch", interval=self.options.interval,
-                      run=None)
+            self.save(
+                pid=os.getpid(),
+                host=os.uname().nodename,
+                started=iso(time.time()),
+                stopped=None,
+                mode="once" if self.options.once else "watch",
+                interval=self.options.interval,
+                run=None,
+            )
             while not self.stop.is_set():
                 delay = self.check()
                 if self.options.once or self.stop.is_set():
@@ -168,8 +186,14 @@ class Watcher:
             return
         summary = runhistory.read_record(run_id).get("summary", {})
         if summary.get("outcome") in (None, "running"):
-            runhistory.merge_summary(run_id, {"outcome": "killed", "exit_status": None,
-                                              "note": "the watcher and this run died without ending it"})
+            runhistory.merge_summary(
+                run_id,
+                {
+                    "outcome": "killed",
+                    "exit_status": None,
+                    "note": "the watcher and this run died without ending it",
+                },
+            )
             runhistory.write_pages(run_id)
         self.save(retry_at=time.time())  # finish what it left at the first check
 
@@ -187,9 +211,17 @@ class Watcher:
             failures = int(self.state.get("archive_failures", 0)) + 1
             delay = backoff_delay(self.options.interval, failures, self.options.max_backoff)
             log.warning("archive not usable (%s); next try in %.1f s", err, delay)
-            self.save(last_check=iso(now), archive={"reachable": False, "error": str(err),
-                      "since": (self.state.get("archive") or {}).get("since") if failures > 1 else iso(now)},
-                      archive_failures=failures)
+            self.save(
+                last_check=iso(now),
+                archive={
+                    "reachable": False,
+                    "error": str(err),
+                    "since": (
+                        (self.state.get("archive") or {}).get("since") if failures > 1 else iso(now)
+                    ),
+                },
+                archive_failures=failures,
+            )
             return delay
         if self.state.get("archive_failures"):
             log.info("archive reachable again")
@@ -219,24 +251,45 @@ class Watcher:
         args = self.options.run_args()
         if self.needs_unlock:
             log.info("removing the lock of the dead run (snakemake --unlock)")
-            subprocess.run([*self.options.snakemake, "--unlock", *args], capture_output=True, text=True)
+            subprocess.run(
+                [*self.options.snakemake, "--unlock", *args], capture_output=True, text=True
+            )
             self.needs_unlock = False
         watch_id = runhistory.new_run_id()  # the run's id unless the run manifest names it
         logs = STATE_DIR / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log_path = logs / f"{watch_id}.log"
-        env = dict(os.environ, **{runhistory.RUN_ID_ENV: watch_id, runhistory.WATCH_ID_ENV: watch_id,
-                                  runhistory.TRIGGER_ENV: trigger})
+        env = dict(
+            os.environ,
+            **{
+                runhistory.RUN_ID_ENV: watch_id,
+                runhistory.WATCH_ID_ENV: watch_id,
+                runhistory.TRIGGER_ENV: trigger,
+            },
+        )
         started_at = time.time()
         log.info("run %s (%s): snakemake %s", watch_id, trigger, " ".join(args))
         self.interrupted = False
         with open(log_path, "w") as out:
             # Its own session: a terminal's Ctrl-C reaches the watcher only, which then
             # ends the run on purpose (and records it) instead of racing it.
-            self.proc = subprocess.Popen([*self.options.snakemake, *args], stdout=subprocess.PIPE,
-                                         stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [*self.options.snakemake, *args],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env,
+                start_new_session=True,
+            )
             self.lock.set_run(self.proc.pid, watch_id)
-            self.save(run={"id": watch_id, "pid": self.proc.pid, "started": iso(started_at), "trigger": trigger})
+            self.save(
+                run={
+                    "id": watch_id,
+                    "pid": self.proc.pid,
+                    "started": iso(started_at),
+                    "trigger": trigger,
+                }
+            )
             if self.stop.is_set():  # a signal between the check and the start
                 self.interrupted = True
                 os.killpg(self.proc.pid, signal.SIGINT)
@@ -266,17 +319,27 @@ class Watcher:
             note = "interrupted"
         else:
             note = "" if hooks_ran else _last_error(text)
-        summary = runhistory.finalise_run(run_id, status, iso(started_at), trigger, started_at, note=note)
+        summary = runhistory.finalise_run(
+            run_id, status, iso(started_at), trigger, started_at, note=note
+        )
         runhistory.notify(config, summary)
         if status == 0:
-            self.save(run=None, last_run=run_id, settled={"token": token, "config": digest},
-                      failed_runs=0, retry_at=None)
+            self.save(
+                run=None,
+                last_run=run_id,
+                settled={"token": token, "config": digest},
+                failed_runs=0,
+                retry_at=None,
+            )
         else:
             # An interrupted run is finished by the next watcher at its first check; a failed
             # one (archive trouble in a job) is retried later and later while it keeps failing.
             failed = int(self.state.get("failed_runs", 0)) + (0 if self.interrupted else 1)
-            retry = time.time() + (0.0 if self.interrupted else
-                                   backoff_delay(self.options.interval, failed, self.options.max_backoff))
+            retry = time.time() + (
+                0.0
+                if self.interrupted
+                else backoff_delay(self.options.interval, failed, self.options.max_backoff)
+            )
             self.save(run=None, last_run=run_id, failed_runs=failed, retry_at=retry)
         log.info("run %s: %s (exit %s)", run_id, summary.get("outcome"), status)
 
@@ -295,7 +358,7 @@ def _last_error(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     for i in range(len(lines) - 1, -1, -1):
         if "Error" in lines[i] or "error" in lines[i]:
-            return " ".join(lines[i:i + 2])[:500]
+            return " ".join(lines[i : i + 2])[:500]
     return lines[-1][:500] if lines else "snakemake printed nothing"
 
 
