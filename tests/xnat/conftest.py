@@ -31,7 +31,8 @@ def schemas_present() -> bool:
 
 
 needs_schemas = pytest.mark.skipif(
-    not schemas_present(), reason=f"XNAT XSD schemas not found at {SCHEMAS} (../shared/xnat-schemas is absent)"
+    not schemas_present(),
+    reason=f"XNAT XSD schemas not found at {SCHEMAS} (../shared/xnat-schemas is absent)",
 )
 
 
@@ -42,8 +43,11 @@ def password() -> str:
 
 @pytest.fixture
 def xnat_server(tmp_path, password):
-    server = XnatTestServer(tmp_path / "xnat-data", users={USER: password, "other": "other-pw"},
-                            schema_dir=SCHEMAS if schemas_present() else None)
+    server = XnatTestServer(
+        tmp_path / "xnat-data",
+        users={USER: password, "other": "other-pw"},
+        schema_dir=SCHEMAS if schemas_present() else None,
+    )
     server.store.put_project("OCT", {"name": "OCT test project"})
     with server:
         yield server

@@ -32,7 +32,9 @@ def test_check_bad_password_is_clear(xnat_server, monkeypatch):
 def test_check_unreachable_host_is_clear(monkeypatch, password):
     monkeypatch.setenv("XNAT_USER", USER)
     monkeypatch.setenv("XNAT_PASS", password)
-    arc = XnatArchive(server="http://127.0.0.1:9", projects=["OCT"], backoff=0.01, connect_timeout=1)
+    arc = XnatArchive(
+        server="http://127.0.0.1:9", projects=["OCT"], backoff=0.01, connect_timeout=1
+    )
     with pytest.raises(ArchiveError, match=r"cannot reach XNAT at http://127.0.0.1:9"):
         arc.check()
 
@@ -59,12 +61,18 @@ def test_credentials_from_netrc(xnat_server, password, tmp_path, monkeypatch):
 def test_discover_sessions_scans_files(xnat_env, pyxnat_interface):
     seed_session(pyxnat_interface, "OCT", "S1", "S1_V1", scans=("1", "2"), files_per_scan=2)
     seed_session(pyxnat_interface, "OCT", "S2", "S2_V1", scans=("1",), files_per_scan=3)
-    seed_session(pyxnat_interface, "OCT", "S3", "S3_MR", scans=("1",), session_type="xnat:mrSessionData")
+    seed_session(
+        pyxnat_interface, "OCT", "S3", "S3_MR", scans=("1",), session_type="xnat:mrSessionData"
+    )
     arc = archive(xnat_env)
     sessions = arc.discover(["OCT"])
     assert [s.label for s in sessions] == ["S1_V1", "S2_V1"]  # the MR session is not an OPT session
     s1 = sessions[0]
-    assert s1.subject == "S1" and s1.id.startswith("XNAT_E") and s1.session_type == "xnat:optSessionData"
+    assert (
+        s1.subject == "S1"
+        and s1.id.startswith("XNAT_E")
+        and s1.session_type == "xnat:optSessionData"
+    )
     assert [sc.id for sc in s1.scans] == ["1", "2"]
     assert s1.scans[0].type == "OCT" and s1.scans[0].series_description == "Macula 6x6"
     f = s1.scans[0].files[0]
@@ -84,7 +92,9 @@ def test_fingerprint_and_state_token_follow_content(xnat_env, pyxnat_interface):
     fp1 = arc.discover(["OCT"])[0].fingerprint
     assert arc.state_token(["OCT"]) == token1  # nothing changed
     # a file replaced with other bytes changes the fingerprint and the token
-    f = pyxnat_interface.select("/project/OCT/subject/S1/experiment/S1_V1/scan/1/resource/DICOM/file/S1_V1_1_000.dcm")
+    f = pyxnat_interface.select(
+        "/project/OCT/subject/S1/experiment/S1_V1/scan/1/resource/DICOM/file/S1_V1_1_000.dcm"
+    )
     f.put(b"x" * 4096, format="DICOM", overwrite=True)
     assert arc.state_token(["OCT"]) != token1
     fp2 = arc.discover(["OCT"])[0].fingerprint
@@ -103,5 +113,7 @@ def test_fetch_downloads_verified_files(xnat_env, pyxnat_interface, tmp_path):
     assert sorted(got) == ["1", "2"]
     for scan in session.scans:
         for entry, path in zip(scan.files, got[scan.id]):
-            assert path.read_bytes() == file_bytes("OCT", "S1_V1", scan.id, int(entry.name[-7:-4]), 300_000)
+            assert path.read_bytes() == file_bytes(
+                "OCT", "S1_V1", scan.id, int(entry.name[-7:-4]), 300_000
+            )
     assert not list((tmp_path / "scratch").rglob("*.part"))

@@ -18,8 +18,12 @@ from tests.xnat.test_writeback import make_assessment
 
 @pytest.fixture
 def two_sessions(xnat_env, pyxnat_interface):
-    seed_session(pyxnat_interface, "OCT", "S1", "S1_V1", scans=("1",), files_per_scan=2, size=200_000)
-    seed_session(pyxnat_interface, "OCT", "S2", "S2_V1", scans=("1",), files_per_scan=2, size=200_000)
+    seed_session(
+        pyxnat_interface, "OCT", "S1", "S1_V1", scans=("1",), files_per_scan=2, size=200_000
+    )
+    seed_session(
+        pyxnat_interface, "OCT", "S2", "S2_V1", scans=("1",), files_per_scan=2, size=200_000
+    )
     arc = XnatArchive(server=xnat_env.url, projects=["OCT"], backoff=0.02, timeout=1.0, retries=3)
     return arc, arc.discover(["OCT"])
 
@@ -43,11 +47,15 @@ def test_5xx_and_dropped_connections_are_retried(two_sessions, xnat_server, tmp_
 
 def test_slow_and_truncated_downloads_are_retried(two_sessions, xnat_server, tmp_path, caplog):
     arc, sessions = two_sessions
-    xnat_server.inject("delay", path=r"S2_V1_1_000\.dcm$", delay=2.5, count=1)  # longer than the 1 s timeout
+    xnat_server.inject(
+        "delay", path=r"S2_V1_1_000\.dcm$", delay=2.5, count=1
+    )  # longer than the 1 s timeout
     xnat_server.inject("truncate", path=r"S2_V1_1_001\.dcm$", count=1)
     got = arc.fetch(sessions[1], tmp_path / "b")
     assert [p.stat().st_size for p in got["1"]] == [200_000, 200_000]
-    assert "S2_V1_1_000.dcm: ReadTimeout" in caplog.text  # the slow answer was abandoned and retried
+    assert (
+        "S2_V1_1_000.dcm: ReadTimeout" in caplog.text
+    )  # the slow answer was abandoned and retried
     assert len(statuses(xnat_server, "S2_V1_1_001.dcm")) == 2  # the truncated one was fetched again
 
 
@@ -76,7 +84,10 @@ def test_lost_answer_to_a_put_does_not_duplicate(two_sessions, xnat_server, tmp_
     xnat_server.inject("drop_after", path=r"/assessors/S1_V1_qmroct_noise\?", method="PUT", count=1)
     out = arc.write_assessment(s, make_assessment(tmp_path, s))
     assert out.action in ("created", "updated")
-    labels = [r["label"] for r in xnat_server.store.q("SELECT label FROM experiments WHERE session_id=?", s.id)]
+    labels = [
+        r["label"]
+        for r in xnat_server.store.q("SELECT label FROM experiments WHERE session_id=?", s.id)
+    ]
     assert labels == ["S1_V1_qmroct_noise"]
 
 
@@ -105,7 +116,9 @@ def test_token_keeper_hands_down_only_the_token(xnat_server, password, monkeypat
 def test_token_renewed_before_expiry(tmp_path, password):
     from tests.xnat_server import XnatTestServer
 
-    with XnatTestServer(tmp_path / "d", users={USER: password}, schema_dir=None, token_lifetime=2.0) as server:
+    with XnatTestServer(
+        tmp_path / "d", users={USER: password}, schema_dir=None, token_lifetime=2.0
+    ) as server:
         env = {"XNAT_HOST": server.url, "XNAT_USER": USER, "XNAT_PASS": password}
         keeper = TokenKeeper(environ=env, min_renew_interval=0.2)
         first = keeper.start()

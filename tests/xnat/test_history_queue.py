@@ -26,8 +26,10 @@ def queue_setup(xnat_env, pyxnat_interface, tmp_path):
         path = tmp_path / "sessions" / s.project / f"{s.label}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(s.to_dict()))
-    config = {"archive": {"backend": "xnat", "server": xnat_env.url, "backoff": 0.05, "retries": 1},
-              "projects": ["OCT"]}
+    config = {
+        "archive": {"backend": "xnat", "server": xnat_env.url, "backoff": 0.05, "retries": 1},
+        "projects": ["OCT"],
+    }
     pattern = PATTERN.format(root=tmp_path)
     snakemake_logger = logging.getLogger(SNAKEMAKE_LOGGER)
     level = snakemake_logger.level
@@ -41,16 +43,25 @@ def job_info(rule: str, session, event: str = "job_info") -> None:
     """What Snakemake's scheduler logs when it hands a job to the executor."""
     logging.getLogger(SNAKEMAKE_LOGGER).info(
         f" Rule: {rule}, Jobid: 1",
-        extra={"event": event, "rule_name": rule, "wildcards": {"project": session.project, "session": session.label}})
+        extra={
+            "event": event,
+            "rule_name": rule,
+            "wildcards": {"project": session.project, "session": session.label},
+        },
+    )
 
 
 def rows(arc, session):
-    return sorted((h["pipeline_name"], h["status"], h["details"]) for h in arc.history_entries(session))
+    return sorted(
+        (h["pipeline_name"], h["status"], h["details"]) for h in arc.history_entries(session)
+    )
 
 
 def test_job_info_opens_a_queued_row_the_job_then_claims(queue_setup):
     arc, session, config, pattern = queue_setup
-    handler = start_history_queue(config, pattern, {"compute_noise": "noise", "compute_layers": "layers"})
+    handler = start_history_queue(
+        config, pattern, {"compute_noise": "noise", "compute_layers": "layers"}
+    )
     assert handler is not None
     job_info("compute_noise", session)
     job_info("session_summary", session)  # not an algorithm run: no row
@@ -77,7 +88,10 @@ def test_a_failed_run_marks_what_never_started(queue_setup):
     started = arc.queued_run(session, "noise")
     arc.record_history(session, "noise", "Running", launch_time=started)
     stop_history_queue(failed=True)
-    assert rows(arc, session) == [("qmroct layers", "Failed", NOT_RUN), ("qmroct noise", "Running", "")]
+    assert rows(arc, session) == [
+        ("qmroct layers", "Failed", NOT_RUN),
+        ("qmroct noise", "Running", ""),
+    ]
     # the handler is gone: later job_info records write nothing
     job_info("compute_noise", session)
     assert len(rows(arc, session)) == 2
@@ -90,12 +104,23 @@ def test_history_trouble_never_breaks_the_scheduler(queue_setup, xnat_server, ca
     with caplog.at_level(logging.WARNING):
         job_info("compute_noise", session)  # must not raise into Snakemake's logging call
     # the one History guard (qmroct.archive.xnat_history) logged it
-    assert "History: Queued for OCT/S1_V1 noise not recorded: XNAT history of OCT/S1_V1" in caplog.text
+    assert (
+        "History: Queued for OCT/S1_V1 noise not recorded: XNAT history of OCT/S1_V1" in caplog.text
+    )
     assert rows(arc, session) == []
 
 
 def test_only_xnat_with_history_listens(queue_setup):
     _, _, config, pattern = queue_setup
-    assert start_history_queue({"archive": {"backend": "directory", "path": "x"}}, pattern, {}) is None
-    assert start_history_queue(dict(config, archive=dict(config["archive"], history=False)), pattern, {}) is None
-    assert not any(type(h).__name__ == "QueuedHistory" for h in logging.getLogger(SNAKEMAKE_LOGGER).handlers)
+    assert (
+        start_history_queue({"archive": {"backend": "directory", "path": "x"}}, pattern, {}) is None
+    )
+    assert (
+        start_history_queue(
+            dict(config, archive=dict(config["archive"], history=False)), pattern, {}
+        )
+        is None
+    )
+    assert not any(
+        type(h).__name__ == "QueuedHistory" for h in logging.getLogger(SNAKEMAKE_LOGGER).handlers
+    )

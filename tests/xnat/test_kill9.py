@@ -59,19 +59,33 @@ def test_next_run_cleans_up_after_kill_9(xnat_server, password, pyxnat_interface
     hold = tmp_path / "hold.flag"
     hold.write_text("hold")
     config = yaml.safe_load((root / "config.yaml").read_text())
-    config.update(archive={"backend": "xnat", "server": xnat_server.url, "backoff": 0.1},
-                  projects=["DEMO"], algorithms={"envprobe": {}}, studies={})
-    env = dict(os.environ, XNAT_USER=USER, XNAT_PASS=password, QMROCT_TEST_HOLD=str(hold),
-               PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    config.update(
+        archive={"backend": "xnat", "server": xnat_server.url, "backoff": 0.1},
+        projects=["DEMO"],
+        algorithms={"envprobe": {}},
+        studies={},
+    )
+    env = dict(
+        os.environ,
+        XNAT_USER=USER,
+        XNAT_PASS=password,
+        QMROCT_TEST_HOLD=str(hold),
+        PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+    )
     for key in ("XNAT_HOST", "NETRC"):
         env.pop(key, None)
     wf = XnatWorkflow(root, env)
     wf.write_config(config)
 
     # 1. a run killed with kill -9 while its job computes: head and job die at once
-    run = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", "--nocolor"],
-                           cwd=root, env=env, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, start_new_session=True)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "--cores", "1", "--nocolor"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         wait_for(lambda: hold.with_suffix(".started").exists())
     finally:
@@ -82,8 +96,11 @@ def test_next_run_cleans_up_after_kill_9(xnat_server, password, pyxnat_interface
     ledger = json.loads((root / ".qmroct/xnat/tokens.json").read_text())
     assert [e["alias"] for e in ledger["tokens"]] == left
     eid = xnat_server.store.q("SELECT id FROM experiments WHERE label='SUBJ001_V1'")[0]["id"]
-    running = [r["launch_time"] for r in xnat_server.store.workflows(data_id=eid)
-               if r["status"] == "Running"]
+    running = [
+        r["launch_time"]
+        for r in xnat_server.store.workflows(data_id=eid)
+        if r["status"] == "Running"
+    ]
     assert len(running) == 1
 
     # 2. the operator unlocks and reruns: the job completes, the rest is cleaned up
@@ -93,7 +110,9 @@ def test_next_run_cleans_up_after_kill_9(xnat_server, password, pyxnat_interface
     assert xnat_server.store.token(left[0]) is None  # invalidated by the next run
     assert xnat_server.store.q("SELECT alias FROM tokens WHERE enabled=1") == []
     assert json.loads((root / ".qmroct/xnat/tokens.json").read_text())["tokens"] == []
-    rows = {r["launch_time"]: (r["status"], r["details"] or "")
-            for r in xnat_server.store.workflows(data_id=eid)}
+    rows = {
+        r["launch_time"]: (r["status"], r["details"] or "")
+        for r in xnat_server.store.workflows(data_id=eid)
+    }
     assert rows[running[0]] == ("Failed", INTERRUPTED)
     assert sorted(status for status, _ in rows.values()) == ["Complete", "Failed"]

@@ -37,8 +37,11 @@ def catalogue_with(secret: str, db: Path) -> list[str]:
     holds the password by design: it is the server's credential store)."""
     with sqlite3.connect(db) as con:
         tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        return [t for t in tables if t != "users"
-                and secret in repr(con.execute(f"SELECT * FROM {t}").fetchall())]
+        return [
+            t
+            for t in tables
+            if t != "users" and secret in repr(con.execute(f"SELECT * FROM {t}").fetchall())
+        ]
 
 
 @pytest.fixture
@@ -72,8 +75,12 @@ def test_no_password_written_or_shown(demo_in_xnat, password, tmp_path, source):
     else:  # as in the issue: a password in the URL, and the environment's as well
         url = server.url.replace("://", f"://{USER}:{password}@")
         env.update(XNAT_USER=USER, XNAT_PASS=password)
-    config.update(archive={"backend": "xnat", "server": url, "backoff": 0.1}, projects=["DEMO"],
-                  algorithms={"noise": {}}, studies={})
+    config.update(
+        archive={"backend": "xnat", "server": url, "backoff": 0.1},
+        projects=["DEMO"],
+        algorithms={"noise": {}},
+        studies={},
+    )
     wf = XnatWorkflow(root, env)
     wf.write_config(config)
 

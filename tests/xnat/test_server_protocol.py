@@ -19,9 +19,16 @@ def test_put_answers_plain_id_201_then_200(xnat_server, password):
     again = requests.put(url, params={"xsiType": "xnat:subjectData"}, auth=auth)
     assert (first.status_code, again.status_code) == (201, 200)
     assert first.text == again.text and first.text.startswith("XNAT_S")
-    exp = requests.put(f"{url}/experiments/E9", params={"xsiType": "xnat:optSessionData"}, auth=auth)
+    exp = requests.put(
+        f"{url}/experiments/E9", params={"xsiType": "xnat:optSessionData"}, auth=auth
+    )
     assert exp.status_code == 201 and exp.text.startswith("XNAT_E")
-    assert requests.put(f"{url}/experiments/E9", params={"xsiType": "xnat:optSessionData"}, auth=auth).status_code == 200
+    assert (
+        requests.put(
+            f"{url}/experiments/E9", params={"xsiType": "xnat:optSessionData"}, auth=auth
+        ).status_code
+        == 200
+    )
 
 
 def test_errors_are_html_status_pages(xnat_server, password):
@@ -31,7 +38,9 @@ def test_errors_are_html_status_pages(xnat_server, password):
     anon = requests.get(f"{xnat_server.url}/data/projects")
     assert anon.status_code == 401
     # authenticated but not allowed: 403
-    other = requests.get(f"{xnat_server.url}/data/services/tokens/issue/user/{USER}", auth=("other", "other-pw"))
+    other = requests.get(
+        f"{xnat_server.url}/data/services/tokens/issue/user/{USER}", auth=("other", "other-pw")
+    )
     assert other.status_code == 403 and other.text.startswith("<html>")
     gone = requests.delete(f"{xnat_server.url}/data/experiments/XNAT_E99999", auth=(USER, password))
     assert gone.status_code == 404 and "Unable to find the specified experiment." in gone.text
@@ -39,11 +48,14 @@ def test_errors_are_html_status_pages(xnat_server, password):
 
 def test_duplicate_upload_without_overwrite(xnat_server, password, pyxnat_interface):
     seed_session(pyxnat_interface, "OCT", "S1", "S1_V1", scans=("1",), files_per_scan=1)
-    url = f"{xnat_server.url}/data/projects/OCT/subjects/S1/experiments/S1_V1/scans/1/resources/DICOM/files/S1_V1_1_000.dcm"
+    url = (f"{xnat_server.url}/data/projects/OCT/subjects/S1/experiments/S1_V1/scans/1"
+           "/resources/DICOM/files/S1_V1_1_000.dcm")
     dup = requests.put(url, params={"inbody": "true"}, data=b"other", auth=(USER, password))
     assert dup.status_code == 200 and json.loads(dup.text) == {"duplicates": ["S1_V1_1_000.dcm"]}
     assert requests.get(url, auth=(USER, password)).content != b"other"
-    ok = requests.put(url, params={"inbody": "true", "overwrite": "true"}, data=b"other", auth=(USER, password))
+    ok = requests.put(
+        url, params={"inbody": "true", "overwrite": "true"}, data=b"other", auth=(USER, password)
+    )
     assert ok.status_code == 200 and requests.get(url, auth=(USER, password)).content == b"other"
     empty = requests.post(url, auth=(USER, password))
     assert empty.status_code == 400 and "inbody=true" in empty.text
@@ -78,11 +90,14 @@ def test_xnatpy_session_token_and_upload(xnat_server, password, pyxnat_interface
         res.upload(src, "note.txt")
         token = conn.services.issue_token()
     # the file xnatpy uploaded is there for pyxnat
-    got = pyxnat_interface.select("/project/OCT/subject/S1/experiment/S1_V1/resource/NOTES/file/note.txt").get(
-        str(tmp_path / "back.txt"))
+    got = pyxnat_interface.select(
+        "/project/OCT/subject/S1/experiment/S1_V1/resource/NOTES/file/note.txt"
+    ).get(str(tmp_path / "back.txt"))
     assert open(got).read() == "written by xnatpy"
     # xnatpy logs in with an alias token (UUID user name: basic auth, then the JSESSION cookie)
-    with xnat.connect(xnat_server.url, user=token.alias, password=token.secret, loglevel="ERROR") as conn:
+    with xnat.connect(
+        xnat_server.url, user=token.alias, password=token.secret, loglevel="ERROR"
+    ) as conn:
         assert conn.logged_in_user == USER
         assert "S1_V1" in [e.label for e in conn.projects["OCT"].experiments.values()]
     with pytest.raises(xnat.exceptions.XNATLoginFailedError):

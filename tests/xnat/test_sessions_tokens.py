@@ -44,8 +44,9 @@ def test_one_login_session_per_archive_ended_at_close(xnat_env, pyxnat_interface
 
 
 def test_the_server_refuses_logins_beyond_the_limit(tmp_path, password):
-    with XnatTestServer(tmp_path / "d", users={USER: password}, schema_dir=None,
-                        max_sessions=3) as server:
+    with XnatTestServer(
+        tmp_path / "d", users={USER: password}, schema_dir=None, max_sessions=3
+    ) as server:
         for _ in range(3):  # like a client that never reuses nor ends its session
             assert requests.get(f"{server.url}/data/JSESSION", auth=(USER, password)).ok
         refused = requests.get(f"{server.url}/data/JSESSION", auth=(USER, password))
@@ -53,8 +54,9 @@ def test_the_server_refuses_logins_beyond_the_limit(tmp_path, password):
         # the keeper issues, renews and invalidates through one session, ended at stop
         server.store.q("DELETE FROM jsessions")
         server.store.sessions_opened.clear()
-        keeper = TokenKeeper(environ={"XNAT_HOST": server.url, "XNAT_USER": USER,
-                                      "XNAT_PASS": password})
+        keeper = TokenKeeper(
+            environ={"XNAT_HOST": server.url, "XNAT_USER": USER, "XNAT_PASS": password}
+        )
         keeper.start()
         keeper.renew()
         keeper.renew()
@@ -65,8 +67,13 @@ def test_the_server_refuses_logins_beyond_the_limit(tmp_path, password):
 def test_tokens_live_until_the_cleanup_and_invalidate_twice(tmp_path, password):
     """validateToken checks no expiry; the hourly invalidateExpiredTokens removes
     them; a second invalidate answers 404, which the client takes as done."""
-    with XnatTestServer(tmp_path / "d", users={USER: password}, schema_dir=None,
-                        token_lifetime=0.2, token_cleanup_interval=3600) as server:
+    with XnatTestServer(
+        tmp_path / "d",
+        users={USER: password},
+        schema_dir=None,
+        token_lifetime=0.2,
+        token_cleanup_interval=3600,
+    ) as server:
         token = issue_token(server.url, USER, password)
         time.sleep(0.3)  # past estimatedExpirationTime
         assert token.expires < time.time()
@@ -98,8 +105,9 @@ time.sleep(600)
 def test_tokens_a_killed_run_left_are_invalidated_by_the_next(xnat_env, password, tmp_path):
     ledger = tmp_path / ".qmroct" / "xnat" / "tokens.json"
     env = dict(os.environ, PYTHONPATH=f"{ROOT / 'src'}:{ROOT}")
-    head = subprocess.Popen([sys.executable, "-c", KEEPER, str(ledger)], stdout=subprocess.PIPE,
-                            text=True, env=env)
+    head = subprocess.Popen(
+        [sys.executable, "-c", KEEPER, str(ledger)], stdout=subprocess.PIPE, text=True, env=env
+    )
     try:
         alias = head.stdout.readline().strip()
     finally:
@@ -129,9 +137,10 @@ def test_credentials_in_the_server_url_are_refused(xnat_server, password, url, m
     monkeypatch.delenv("XNAT_HOST", raising=False)
     host = xnat_server.url.split("//", 1)[1]
     server = url.format(user=USER, pw=password, host=host)
-    for make in (lambda: XnatArchive(server=server, projects=["OCT"]),
-                 lambda: TokenKeeper(server=server, environ={"XNAT_USER": USER,
-                                                             "XNAT_PASS": password})):
+    for make in (
+        lambda: XnatArchive(server=server, projects=["OCT"]),
+        lambda: TokenKeeper(server=server, environ={"XNAT_USER": USER, "XNAT_PASS": password}),
+    ):
         with pytest.raises(ArchiveError, match="server URL carries credentials") as err:
             make()
         assert password not in str(err.value)

@@ -16,19 +16,39 @@ from tests.xnat.helpers import USER, seed_session
 
 def result_doc(session, algorithm="noise", snr=(23.1, 18.5), status="ok", version="1.0.0"):
     return {
-        "session": {"project": session.project, "subject": session.subject, "label": session.label,
-                    "id": session.id},
-        "algorithm": {"name": algorithm, "version": version, "code_checksum": "sha256:" + "ab" * 32,
-                      "runtime": "python"},
+        "session": {
+            "project": session.project,
+            "subject": session.subject,
+            "label": session.label,
+            "id": session.id,
+        },
+        "algorithm": {
+            "name": algorithm,
+            "version": version,
+            "code_checksum": "sha256:" + "ab" * 32,
+            "runtime": "python",
+        },
         "status": status,
         "scans": [
-            {"scan": scan.id, "status": "ok", "error": None,
-             "kqis": {"snr_db": {"value": snr[i % len(snr)], "unit": "dB", "per_bscan": [1.0, 2.0]},
-                      "cnr": {"value": 3.5, "unit": ""}}}
+            {
+                "scan": scan.id,
+                "status": "ok",
+                "error": None,
+                "kqis": {
+                    "snr_db": {"value": snr[i % len(snr)], "unit": "dB", "per_bscan": [1.0, 2.0]},
+                    "cnr": {"value": 3.5, "unit": ""},
+                },
+            }
             for i, scan in enumerate(session.scans)
         ],
-        "provenance": {"start_time": "2026-11-26T01:00:00", "end_time": "2026-11-26T01:00:05",
-                       "host": "worker-1", "qmroct_version": "0.1.0", "platform": "Linux", "python": "3.11"},
+        "provenance": {
+            "start_time": "2026-11-26T01:00:00",
+            "end_time": "2026-11-26T01:00:05",
+            "host": "worker-1",
+            "qmroct_version": "0.1.0",
+            "platform": "Linux",
+            "python": "3.11",
+        },
     }
 
 
@@ -52,7 +72,9 @@ def seeded(xnat_env, pyxnat_interface):
 
 
 def assessors(server, session_id):
-    return [dict(r) for r in server.store.q("SELECT * FROM experiments WHERE session_id=?", session_id)]
+    return [
+        dict(r) for r in server.store.q("SELECT * FROM experiments WHERE session_id=?", session_id)
+    ]
 
 
 def test_write_assessment_idempotent(seeded, xnat_server, tmp_path):
@@ -60,7 +82,11 @@ def test_write_assessment_idempotent(seeded, xnat_server, tmp_path):
     s = sessions[0]
     a = make_assessment(tmp_path, s)
     out = arc.write_assessment(s, a)
-    assert out.action == "created" and out.label == "S1_V1_qmroct_noise" and out.detail.startswith("XNAT_E")
+    assert (
+        out.action == "created"
+        and out.label == "S1_V1_qmroct_noise"
+        and out.detail.startswith("XNAT_E")
+    )
     # same content again: nothing is re-sent
     before = len(xnat_server.requests)
     again = arc.write_assessment(s, make_assessment(tmp_path, s))
@@ -72,11 +98,13 @@ def test_write_assessment_idempotent(seeded, xnat_server, tmp_path):
     assert changed.action == "updated" and changed.detail == out.detail
     rows = assessors(xnat_server, s.id)
     assert [r["label"] for r in rows] == ["S1_V1_qmroct_noise"]
-    assert "<xnat:additionalStatistics name=\"snr_db\">11.0" in rows[0]["xml"]
+    assert '<xnat:additionalStatistics name="snr_db">11.0' in rows[0]["xml"]
     # a second algorithm adds its own assessor
     arc.write_assessment(s, make_assessment(tmp_path, s, algorithm="layers"))
-    assert sorted(r["label"] for r in assessors(xnat_server, s.id)) == ["S1_V1_qmroct_layers",
-                                                                       "S1_V1_qmroct_noise"]
+    assert sorted(r["label"] for r in assessors(xnat_server, s.id)) == [
+        "S1_V1_qmroct_layers",
+        "S1_V1_qmroct_noise",
+    ]
 
 
 def test_resource_files_and_history(seeded, xnat_server, tmp_path, pyxnat_interface):
@@ -93,7 +121,9 @@ def test_resource_files_and_history(seeded, xnat_server, tmp_path, pyxnat_interf
     assert [(h["pipeline_name"], h["status"]) for h in history] == [("qmroct noise", "Complete")]
     assert history[0]["launch_time"] == "2026-11-26 01:00:00.000"
     # the workflow can record Queued/Running for the same run: one row moves through states
-    arc.record_history(s, "layers", "Queued", launch_time="2026-11-26T02:00:00")  # ISO, as in provenance
+    arc.record_history(
+        s, "layers", "Queued", launch_time="2026-11-26T02:00:00"
+    )  # ISO, as in provenance
     arc.record_history(s, "layers", "Running", launch_time="2026-11-26 02:00:00.000")
     failed = make_assessment(tmp_path, s, algorithm="layers", status="failed")
     failed.scans[0]["status"], failed.scans[0]["error"] = "failed", "no retina found"
@@ -107,7 +137,9 @@ def test_resource_files_and_history(seeded, xnat_server, tmp_path, pyxnat_interf
 def test_xnatpy_reads_kqis_back(seeded, xnat_server, password, tmp_path):
     xnat = pytest.importorskip("xnat")
     if xnat_server.schema_dir is None:
-        pytest.skip("xnatpy builds its classes from /xapi/schemas: ../shared/xnat-schemas is absent")
+        pytest.skip(
+            "xnatpy builds its classes from /xapi/schemas: ../shared/xnat-schemas is absent"
+        )
     arc, sessions = seeded
     s = sessions[0]
     arc.write_assessment(s, make_assessment(tmp_path, s))
@@ -122,21 +154,33 @@ def test_xnatpy_reads_kqis_back(seeded, xnat_server, password, tmp_path):
         stats = scans["1"].scan_statistics
         assert stats.__xsi_type__ == "xnat:statisticsData"
         values = [float(v) for v in stats.additional_statistics.listing]
-        names = [item["data_fields"]["name"] for child in stats.fulldata["children"]
-                 if child["field"] == "additionalStatistics" for item in child["items"]]
+        names = [
+            item["data_fields"]["name"]
+            for child in stats.fulldata["children"]
+            if child["field"] == "additionalStatistics"
+            for item in child["items"]
+        ]
         assert dict(zip(names, values)) == {"cnr": 3.5, "snr_db": pytest.approx(23.1)}
         assert stats.add_field.listing == ["ok"]
         # xnatpy 0.8.1 caches nested objects by (uri, field name), so scan 2's
         # scan_statistics would come back as scan 1's: read scan 2's own data
-        stats2 = next(c for c in scans["2"].fulldata["children"] if c["field"] == "scanStatistics")["items"][0]
-        kqis2 = {i["data_fields"]["name"]: float(i["data_fields"]["additionalStatistics"])
-                 for c in stats2["children"] if c["field"] == "additionalStatistics" for i in c["items"]}
+        stats2 = next(c for c in scans["2"].fulldata["children"] if c["field"] == "scanStatistics")[
+            "items"
+        ][0]
+        kqis2 = {
+            i["data_fields"]["name"]: float(i["data_fields"]["additionalStatistics"])
+            for c in stats2["children"]
+            if c["field"] == "additionalStatistics"
+            for i in c["items"]
+        }
         assert kqis2 == {"cnr": 3.5, "snr_db": 18.5}
         assert sorted(qc.resources["QMROCT"].files.keys()) == ["layers_scan1.txt", "noise.json"]
 
 
 @needs_schemas
-def test_stored_assessor_validates_against_xnat_xsd(seeded, xnat_server, tmp_path, pyxnat_interface):
+def test_stored_assessor_validates_against_xnat_xsd(
+    seeded, xnat_server, tmp_path, pyxnat_interface
+):
     from lxml import etree
 
     arc, sessions = seeded
@@ -144,12 +188,19 @@ def test_stored_assessor_validates_against_xnat_xsd(seeded, xnat_server, tmp_pat
     a = make_assessment(tmp_path, s)
     arc.write_assessment(s, a)
     schema = etree.XMLSchema(etree.parse(str(SCHEMAS / "xnat" / "xnat.xsd")))
-    xml = pyxnat_interface.select(f"/project/OCT/subject/S1/experiment/S1_V1/assessor/{a.label}").get()
+    xml = pyxnat_interface.select(
+        f"/project/OCT/subject/S1/experiment/S1_V1/assessor/{a.label}"
+    ).get()
     doc = etree.fromstring(xml)
     assert schema.validate(doc), schema.error_log
     ns = {"xnat": "http://nrg.wustl.edu/xnat", "prov": "http://www.nbirn.net/prov"}
-    assert doc.findtext("xnat:provenance/prov:processStep/prov:program", namespaces=ns) == "qmroct:noise"
-    assert doc.findtext("xnat:provenance/prov:processStep/prov:machine", namespaces=ns) == "worker-1"
+    assert (
+        doc.findtext("xnat:provenance/prov:processStep/prov:program", namespaces=ns)
+        == "qmroct:noise"
+    )
+    assert (
+        doc.findtext("xnat:provenance/prov:processStep/prov:machine", namespaces=ns) == "worker-1"
+    )
     # the generated document, before the server touches it, validates too
     assert schema.validate(etree.fromstring(a.to_xml())), schema.error_log
     # and a broken one is caught (the check can fail)
@@ -165,14 +216,17 @@ def test_scan_quality_never_overwrites_a_person(seeded, xnat_server, pyxnat_inte
     scan2.attrs.set("xnat:optScanData/quality", "questionable")  # a person's choice
     out = arc.set_scan_quality(s, "trial", {"1": "usable", "2": "unusable"}, {"2": "snr_db 9 < 15"})
     assert out == {"1": "set", "2": "person"}
-    quality = {r["ID"]: r["quality"] for r in pyxnat_interface._get_json(
-        f"/data/experiments/{s.id}/scans?columns=ID,quality")}
+    quality = {
+        r["ID"]: r["quality"]
+        for r in pyxnat_interface._get_json(f"/data/experiments/{s.id}/scans?columns=ID,quality")
+    }
     assert quality == {"1": "usable", "2": "questionable"}
     # qmroct may change what it set itself...
     assert arc.set_scan_quality(s, "trial", {"1": "unusable", "2": "unusable"})["1"] == "set"
     # ...but once a person changes it, qmroct leaves it
     pyxnat_interface.select("/project/OCT/subject/S1/experiment/S1_V1/scan/1").attrs.set(
-        "xnat:optScanData/quality", "usable")
+        "xnat:optScanData/quality", "usable"
+    )
     assert arc.set_scan_quality(s, "trial", {"1": "unusable"}) == {"1": "person"}
     rows = assessors(xnat_server, s.id)
     assert [r["label"] for r in rows] == ["S1_V1_qmroct_study_trial"]

@@ -32,8 +32,11 @@ def assessor_url(server, session, label):
 
 
 def resource_files(server, assessor_id):
-    rows = server.store.q("SELECT r.label, f.path FROM resources r JOIN files f ON f.resource_id=r.id "
-                          "WHERE r.owner=?", f"exp:{assessor_id}")
+    rows = server.store.q(
+        "SELECT r.label, f.path FROM resources r JOIN files f ON f.resource_id=r.id "
+        "WHERE r.owner=?",
+        f"exp:{assessor_id}",
+    )
     return sorted((r["label"], r["path"]) for r in rows)
 
 
@@ -57,8 +60,9 @@ def test_id_less_rebuild_is_refused_like_xnat(arc_session, xnat_server, password
     assert (merged.status_code, merged.text) == (200, created.text)
 
 
-def test_rerun_with_changed_kqis_updates_in_place_and_keeps_the_files(arc_session, xnat_server,
-                                                                       tmp_path):
+def test_rerun_with_changed_kqis_updates_in_place_and_keeps_the_files(
+    arc_session, xnat_server, tmp_path
+):
     arc, s = arc_session
     first = arc.write_assessment(s, make_assessment(tmp_path, s))
     changed = arc.write_assessment(s, make_assessment(tmp_path, s, snr=(11.0, 12.0)))
@@ -66,24 +70,38 @@ def test_rerun_with_changed_kqis_updates_in_place_and_keeps_the_files(arc_sessio
     row = xnat_server.store.one("SELECT * FROM experiments WHERE id=?", first.detail)
     assert 'name="snr_db">11.0' in row["xml"]
     # the rebuild dropped the resource (as DBAction's item removal does); it is back, whole
-    assert resource_files(xnat_server, first.detail) == [("QMROCT", "layers_scan1.txt"),
-                                                         ("QMROCT", "noise.json")]
-    stored = json.loads(xnat_server.store.file_path(
-        xnat_server.store.resource(f"exp:{first.detail}", "QMROCT")["id"], "noise.json").read_text())
+    assert resource_files(xnat_server, first.detail) == [
+        ("QMROCT", "layers_scan1.txt"),
+        ("QMROCT", "noise.json"),
+    ]
+    stored = json.loads(
+        xnat_server.store.file_path(
+            xnat_server.store.resource(f"exp:{first.detail}", "QMROCT")["id"], "noise.json"
+        ).read_text()
+    )
     assert stored["scans"][0]["kqis"]["snr_db"]["value"] == 11.0
     # and the next run sees a complete assessment: nothing re-sent
     before = len(xnat_server.requests)
-    assert arc.write_assessment(s, make_assessment(tmp_path, s, snr=(11.0, 12.0))).action == "unchanged"
+    assert (
+        arc.write_assessment(s, make_assessment(tmp_path, s, snr=(11.0, 12.0))).action
+        == "unchanged"
+    )
     assert [r for r in xnat_server.requests[before:] if r["method"] != "GET"] == []
 
 
 def test_second_scan_quality_write_updates_the_study_assessor(arc_session, xnat_server):
     arc, s = arc_session
-    assert arc.set_scan_quality(s, "trial", {"1": "usable", "2": "unusable"}) == {"1": "set",
-                                                                                   "2": "set"}
-    assert arc.set_scan_quality(s, "trial", {"1": "unusable", "2": "unusable"}) == {"1": "set",
-                                                                                     "2": "kept"}
-    rows = xnat_server.store.q("SELECT id, xml FROM experiments WHERE label=?", "S1_V1_qmroct_study_trial")
+    assert arc.set_scan_quality(s, "trial", {"1": "usable", "2": "unusable"}) == {
+        "1": "set",
+        "2": "set",
+    }
+    assert arc.set_scan_quality(s, "trial", {"1": "unusable", "2": "unusable"}) == {
+        "1": "set",
+        "2": "kept",
+    }
+    rows = xnat_server.store.q(
+        "SELECT id, xml FROM experiments WHERE label=?", "S1_V1_qmroct_study_trial"
+    )
     assert len(rows) == 1 and 'name="qmroct_quality_scan_1">unusable' in rows[0]["xml"]
 
 
@@ -93,12 +111,18 @@ def test_workflow_lookup_needs_all_three_keys(arc_session, xnat_server, password
     arc, s = arc_session
     key = arc.record_history(s, "noise", "Queued", launch_time="2026-11-26T02:00:00")
     auth, url = (USER, password), f"{xnat_server.url}/data/workflows"
-    keys = {"format": "json", "wrk:workflowData/id": s.id,
-            "wrk:workflowData/pipeline_name": "qmroct noise", "wrk:workflowData/launch_time": key}
+    keys = {
+        "format": "json",
+        "wrk:workflowData/id": s.id,
+        "wrk:workflowData/pipeline_name": "qmroct noise",
+        "wrk:workflowData/launch_time": key,
+    }
     one = requests.get(url, params=keys, auth=auth)
     assert one.status_code == 200 and one.json()["items"][0]["data_fields"]["status"] == "Queued"
     for missing in ("wrk:workflowData/launch_time", "wrk:workflowData/pipeline_name"):
-        partial = requests.get(url, params={k: v for k, v in keys.items() if k != missing}, auth=auth)
+        partial = requests.get(
+            url, params={k: v for k, v in keys.items() if k != missing}, auth=auth
+        )
         assert partial.status_code == 404
     # a new row needs data_type too (WorkflowResource.handlePut)
     bare = {k: v for k, v in keys.items() if k != "format"}
@@ -112,14 +136,22 @@ def test_listing_filters_exact_pipeline_names(arc_session, xnat_server, password
     arc.record_history(s, "noise_fast", "Queued", launch_time="2026-11-26T05:00:00")
     arc.record_history(s, "noise", "Queued", launch_time="2026-11-26T04:00:00")
     arc.record_history(s, "noise", "Queued", launch_time="2026-11-26T03:00:00")
-    listed = requests.get(f"{xnat_server.url}/data/services/workflows/qmroct noise",
-                          params={"experiment": s.id, "display": "ALL", "format": "json"},
-                          auth=(USER, password)).json()["ResultSet"]["Result"]
-    assert sorted(r["pipeline_name"] for r in listed) == ["qmroct noise", "qmroct noise",
-                                                          "qmroct noise_fast"]
+    listed = requests.get(
+        f"{xnat_server.url}/data/services/workflows/qmroct noise",
+        params={"experiment": s.id, "display": "ALL", "format": "json"},
+        auth=(USER, password),
+    ).json()["ResultSet"]["Result"]
+    assert sorted(r["pipeline_name"] for r in listed) == [
+        "qmroct noise",
+        "qmroct noise",
+        "qmroct noise_fast",
+    ]
     assert arc.queued_run(s, "noise") == "2026-11-26 04:00:00.000"  # not noise_fast's 05:00
     assert [r["pipeline_name"] for r in arc.history_entries(s)] == [
-        "qmroct noise", "qmroct noise", "qmroct noise_fast"]
+        "qmroct noise",
+        "qmroct noise",
+        "qmroct noise_fast",
+    ]
 
 
 def test_history_errors_never_fail_a_job(arc_session, xnat_server, caplog, tmp_path):
@@ -163,8 +195,10 @@ def test_interrupted_upload_then_retry(arc_session, xnat_server, tmp_path):
     assert resource_files(xnat_server, assessor) == []
     # the retry completes it: no 409 on the existing resource, every file there
     assert arc.write_assessment(s, make_assessment(tmp_path, s)).action == "updated"
-    assert resource_files(xnat_server, assessor) == [("QMROCT", "layers_scan1.txt"),
-                                                     ("QMROCT", "noise.json")]
+    assert resource_files(xnat_server, assessor) == [
+        ("QMROCT", "layers_scan1.txt"),
+        ("QMROCT", "noise.json"),
+    ]
     assert not [r for r in xnat_server.requests if r["status"] == 409]
 
 
@@ -180,8 +214,10 @@ def test_a_new_run_closes_rows_a_killed_run_left_open(arc_session):
     key = arc.queued_run(s, "noise")
     assert key == "2026-11-26 03:00:00.000"
     arc.record_history(s, "noise", "Running", launch_time=key)
-    rows = {(r["pipeline_name"], r["launch_time"]): (r["status"], r["details"])
-            for r in arc.history_entries(s)}
+    rows = {
+        (r["pipeline_name"], r["launch_time"]): (r["status"], r["details"])
+        for r in arc.history_entries(s)
+    }
     assert rows == {
         ("qmroct noise", "2026-11-26 01:00:00.000"): ("Complete", ""),
         ("qmroct noise", "2026-11-26 02:00:00.000"): ("Failed", INTERRUPTED),
@@ -201,9 +237,11 @@ def test_listing_of_a_deleted_session_keeps_to_its_own_rows(xnat_env, pyxnat_int
     arc.record_history(s1, "noise", "Queued", launch_time="2026-11-26T01:00:00")
     arc.record_history(s2, "noise", "Queued", launch_time="2026-11-26T02:00:00")
     xnat_env.store.delete_experiment(s1.id)
-    listed = requests.get(f"{xnat_env.url}/data/services/workflows/qmroct noise",
-                          params={"experiment": s1.id, "display": "ALL", "format": "json"},
-                          auth=(USER, password)).json()["ResultSet"]["Result"]
+    listed = requests.get(
+        f"{xnat_env.url}/data/services/workflows/qmroct noise",
+        params={"experiment": s1.id, "display": "ALL", "format": "json"},
+        auth=(USER, password),
+    ).json()["ResultSet"]["Result"]
     assert sorted(r["id"] for r in listed) == sorted([s1.id, s2.id])
     assert arc.queued_run(s1, "noise") == "2026-11-26 01:00:00.000"
 
@@ -214,8 +252,9 @@ def test_own_write_backs_leave_the_state_token_alone(xnat_env, pyxnat_interface,
     session (GenericWrapperUtils); the token discounts qmroct's own writes."""
     seed_session(pyxnat_interface, "OCT", "S1", "S1_V1")
     seed_session(pyxnat_interface, "OCT", "S2", "S2_V1")
-    arc = XnatArchive(server=xnat_env.url, projects=["OCT"], backoff=0.02,
-                      cache_dir=str(tmp_path / "cache"))
+    arc = XnatArchive(
+        server=xnat_env.url, projects=["OCT"], backoff=0.02, cache_dir=str(tmp_path / "cache")
+    )
     plain = XnatArchive(server=xnat_env.url, projects=["OCT"], backoff=0.02)  # no ledger
     s1, s2 = arc.discover(["OCT"])
     token, modified = arc.state_token(["OCT"]), last_modified(arc, s1)
@@ -226,14 +265,16 @@ def test_own_write_backs_leave_the_state_token_alone(xnat_env, pyxnat_interface,
     assert plain.state_token(["OCT"]) != token  # which a token of raw values would see
     assert arc.state_token(["OCT"]) == token
     # anyone else's change still counts
-    pyxnat_interface.select("/project/OCT/subject/S2/experiment/S2_V1/scan/1/resource/DICOM"
-                            ).file("extra.dcm").put(b"new data", format="DICOM")
+    pyxnat_interface.select("/project/OCT/subject/S2/experiment/S2_V1/scan/1/resource/DICOM").file(
+        "extra.dcm"
+    ).put(b"new data", format="DICOM")
     assert arc.state_token(["OCT"]) != token
 
 
 # ---------------------------------------------------------------- 5. digests and file names
-def test_files_without_digest_are_checked_by_size_and_recorded(xnat_env, pyxnat_interface,
-                                                               tmp_path):
+def test_files_without_digest_are_checked_by_size_and_recorded(
+    xnat_env, pyxnat_interface, tmp_path
+):
     """CatalogUtils fills digest only when the site's checksums setting was on."""
     xnat_env.store.checksums = False
     seed_session(pyxnat_interface, "OCT", "S1", "S1_V1", scans=("1",), files_per_scan=2)
@@ -252,15 +293,20 @@ def test_files_without_digest_are_checked_by_size_and_recorded(xnat_env, pyxnat_
 
 
 @pytest.mark.parametrize("name", ["a b.dcm", "100%.dcm", "scan#2.dcm", "x %23 y#.dcm"])
-def test_raw_file_uris_with_special_characters(xnat_env, password, pyxnat_interface, tmp_path,
-                                               name):
+def test_raw_file_uris_with_special_characters(
+    xnat_env, password, pyxnat_interface, tmp_path, name
+):
     """CatalogUtils puts the relative path into the URI raw, unencoded."""
     seed_session(pyxnat_interface, "OCT", "S1", "S1_V1", scans=("1",), files_per_scan=0)
     arc = XnatArchive(server=xnat_env.url, projects=["OCT"], backoff=0.01)
     s = arc.discover(["OCT"])[0]
     url = f"{xnat_env.url}/data/experiments/{s.id}/scans/1/resources/DICOM/files/"
-    put = requests.put(url + quote(name, safe=""), params={"inbody": "true"}, data=b"payload",
-                       auth=(USER, password))
+    put = requests.put(
+        url + quote(name, safe=""),
+        params={"inbody": "true"},
+        data=b"payload",
+        auth=(USER, password),
+    )
     assert put.ok
     listing = requests.get(url, params={"format": "json"}, auth=(USER, password)).json()
     assert listing["ResultSet"]["Result"][0]["URI"].endswith(f"/files/{name}")
@@ -274,14 +320,18 @@ def test_raw_file_uris_with_special_characters(xnat_env, password, pyxnat_interf
 def test_scan_quality_only_on_scan_types_that_carry_it(arc_session, xnat_server, password):
     arc, s = arc_session
     xnat_server.store.put_scan(s.id, "3", "xnat:imageScanData", {"type": "LOCALIZER"})
-    refused = requests.put(f"{xnat_server.url}/data/experiments/{s.id}/scans/3",
-                           params={"xsiType": "xnat:imageScanData",
-                                   "xnat:imageScanData/quality": "usable"}, auth=(USER, password))
+    refused = requests.put(
+        f"{xnat_server.url}/data/experiments/{s.id}/scans/3",
+        params={"xsiType": "xnat:imageScanData", "xnat:imageScanData/quality": "usable"},
+        auth=(USER, password),
+    )
     assert refused.status_code == 400
     out = arc.set_scan_quality(s, "trial", {"1": "usable", "3": "unusable"})
     assert out == {"1": "set", "3": "no quality field"}
-    quality = {r["id"]: r["quality"] for r in xnat_server.store.q(
-        "SELECT id, quality FROM scans WHERE experiment_id=?", s.id)}
+    quality = {
+        r["id"]: r["quality"]
+        for r in xnat_server.store.q("SELECT id, quality FROM scans WHERE experiment_id=?", s.id)
+    }
     assert quality == {"1": "usable", "2": "", "3": ""}
 
 

@@ -57,8 +57,10 @@ from .store import NotFound, Store, now_iso
 XNAT_VERSION = "1.8.10"
 XNAT_NS = "http://nrg.wustl.edu/xnat"
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
-DEFAULT_SCHEMA_DIR = Path(os.environ.get("QMROCT_XNAT_SCHEMAS")
-                          or Path(__file__).resolve().parents[2].parent / "shared" / "xnat-schemas")
+DEFAULT_SCHEMA_DIR = Path(
+    os.environ.get("QMROCT_XNAT_SCHEMAS")
+    or Path(__file__).resolve().parents[2].parent / "shared" / "xnat-schemas"
+)
 
 # Root elements of XML documents and their xsi types (the ones used here).
 ROOT_TYPES = {
@@ -70,8 +72,19 @@ ROOT_TYPES = {
     "ImageAssessor": "xnat:imageAssessorData",
 }
 # Elements that repeat (become "children" listings in XNAT's JSON).
-REPEATED = {"scan", "additionalStatistics", "addField", "field", "processStep", "library", "file",
-            "slice", "share", "scanID", "addParam"}
+REPEATED = {
+    "scan",
+    "additionalStatistics",
+    "addField",
+    "field",
+    "processStep",
+    "library",
+    "file",
+    "slice",
+    "share",
+    "scanID",
+    "addParam",
+}
 
 
 class HttpError(Exception):
@@ -81,10 +94,19 @@ class HttpError(Exception):
         self.message = message
 
 
-REASONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-           409: "Conflict", 417: "Expectation Failed", 422: "Unprocessable Entity",
-           500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
-           504: "Gateway Timeout"}
+REASONS = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    409: "Conflict",
+    417: "Expectation Failed",
+    422: "Unprocessable Entity",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
 
 
 def status_page(status: int, message: str) -> bytes:
@@ -133,13 +155,25 @@ class Target:
 class XnatTestServer:
     """Owns the HTTP server thread and the store. Use as a context manager."""
 
-    def __init__(self, data_dir: Path, host: str = "127.0.0.1", port: int = 0,
-                 users: dict[str, str] | None = None, schema_dir: Path | None = DEFAULT_SCHEMA_DIR,
-                 token_lifetime: float = 2 * 24 * 3600, site: str = "XNAT",
-                 token_cleanup_interval: float = 3600.0, max_sessions: int = 1000):
-        self.store = Store(Path(data_dir), site=site, token_lifetime=token_lifetime,
-                           token_cleanup_interval=token_cleanup_interval,
-                           max_sessions=max_sessions)
+    def __init__(
+        self,
+        data_dir: Path,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        users: dict[str, str] | None = None,
+        schema_dir: Path | None = DEFAULT_SCHEMA_DIR,
+        token_lifetime: float = 2 * 24 * 3600,
+        site: str = "XNAT",
+        token_cleanup_interval: float = 3600.0,
+        max_sessions: int = 1000,
+    ):
+        self.store = Store(
+            Path(data_dir),
+            site=site,
+            token_lifetime=token_lifetime,
+            token_cleanup_interval=token_cleanup_interval,
+            max_sessions=max_sessions,
+        )
         for login, password in (users or {}).items():
             self.store.add_user(login, password)
         self.schema_dir = Path(schema_dir) if schema_dir else None
@@ -157,8 +191,12 @@ class XnatTestServer:
         return f"http://{host}:{port}"
 
     def start(self) -> "XnatTestServer":
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                       name="xnat-test-server", daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="xnat-test-server",
+            daemon=True,
+        )
         self.thread.start()
         return self
 
@@ -254,7 +292,11 @@ class XnatHandler(BaseHTTPRequestHandler):
         self.query_list = parse_qsl(split.query, keep_blank_values=True)
         target = self.path
         try:
-            fault = self.app.take_fault(method, target) if not self.raw_path.startswith("/__test__") else None
+            fault = (
+                self.app.take_fault(method, target)
+                if not self.raw_path.startswith("/__test__")
+                else None
+            )
             if fault is not None and self.apply_fault(fault):
                 return
             self.route()
@@ -275,10 +317,15 @@ class XnatHandler(BaseHTTPRequestHandler):
         if self.logged:
             return
         self.logged = True
-        self.app.record({
-            "time": now_iso().replace(" ", "T"), "user": self.user or "-", "method": self.method,
-            "target": self.path, "status": self.status_sent,
-        })
+        self.app.record(
+            {
+                "time": now_iso().replace(" ", "T"),
+                "user": self.user or "-",
+                "method": self.method,
+                "target": self.path,
+                "status": self.status_sent,
+            }
+        )
 
     def apply_fault(self, fault: Fault) -> bool:
         if fault.action == "status":
@@ -307,7 +354,9 @@ class XnatHandler(BaseHTTPRequestHandler):
             return False
         if fault.action == "delete_experiment":
             try:
-                self.app.store.delete_experiment(self.app.store.experiment(None, fault.experiment)["id"])
+                self.app.store.delete_experiment(
+                    self.app.store.experiment(None, fault.experiment)["id"]
+                )
             except NotFound:
                 pass
             return False
@@ -337,8 +386,13 @@ class XnatHandler(BaseHTTPRequestHandler):
         except Exception:
             self.close_connection = True
 
-    def send_bytes(self, status: int, payload: bytes, content_type: str = "text/plain;charset=UTF-8",
-                   headers: dict[str, str] | None = None) -> None:
+    def send_bytes(
+        self,
+        status: int,
+        payload: bytes,
+        content_type: str = "text/plain;charset=UTF-8",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.drain()
         if self.drop_response:
             self.status_sent = -status
@@ -390,7 +444,10 @@ class XnatHandler(BaseHTTPRequestHandler):
             if user is None:
                 raise HttpError(401, "The request requires user authentication")
             self.user = user
-            if not self.cookie("JSESSIONID") or store.jsession_user(self.cookie("JSESSIONID")) != user:
+            if (
+                not self.cookie("JSESSIONID")
+                or store.jsession_user(self.cookie("JSESSIONID")) != user
+            ):
                 self.set_session_cookie(store.new_jsession(user))
             return user
         sid = self.cookie("JSESSIONID")
@@ -417,8 +474,10 @@ class XnatHandler(BaseHTTPRequestHandler):
 
     def set_session_cookie(self, sid: str | None) -> None:
         if sid is None:
-            raise HttpError(401, "Maximum sessions of "
-                            f"{self.app.store.max_sessions} for this principal exceeded")
+            raise HttpError(
+                401,
+                "Maximum sessions of " f"{self.app.store.max_sessions} for this principal exceeded",
+            )
         self.jsession = sid
         self.new_cookies.append(f"JSESSIONID={sid}; Path=/; HttpOnly")
         self.new_cookies.append(self.expiration_cookie())
@@ -427,17 +486,17 @@ class XnatHandler(BaseHTTPRequestHandler):
     def route(self) -> None:
         path = self.raw_path
         if path.startswith("/__test__/"):
-            return self.control(path[len("/__test__/"):])
+            return self.control(path[len("/__test__/") :])
         if path in ("", "/"):
             return self.root()
         if path.startswith("/REST/"):
-            path = "/data/" + path[len("/REST/"):]
+            path = "/data/" + path[len("/REST/") :]
         if path.startswith("/data/archive/"):
-            path = "/data/" + path[len("/data/archive/"):]
+            path = "/data/" + path[len("/data/archive/") :]
         if path == "/data/services/auth" and self.method in ("PUT", "POST"):
             return self.services_auth()
         if path.startswith("/xapi/schemas"):
-            return self.schemas(path[len("/xapi/schemas"):].strip("/"))
+            return self.schemas(path[len("/xapi/schemas") :].strip("/"))
         user = self.authenticate()
         if path == "/data/JSESSION":
             if self.method == "DELETE":
@@ -450,17 +509,21 @@ class XnatHandler(BaseHTTPRequestHandler):
         if path == "/data/version":
             return self.send_text(200, XNAT_VERSION)
         if path == "/xapi/siteConfig/buildInfo":
-            return self.send_json({"version": XNAT_VERSION, "buildNumber": "test", "commit": "qmroct"})
+            return self.send_json(
+                {"version": XNAT_VERSION, "buildNumber": "test", "commit": "qmroct"}
+            )
         if path == "/data/search/elements" or path.startswith("/data/search/elements/"):
-            return self.search_elements(unquote(path[len("/data/search/elements"):].strip("/")))
+            return self.search_elements(unquote(path[len("/data/search/elements") :].strip("/")))
         if path.startswith("/data/services/tokens/"):
-            return self.tokens([unquote(s) for s in path[len("/data/services/tokens/"):].split("/") if s])
+            return self.tokens(
+                [unquote(s) for s in path[len("/data/services/tokens/") :].split("/") if s]
+            )
         if path.startswith("/data/services/workflows/"):
-            return self.services_workflows(unquote(path[len("/data/services/workflows/"):]))
+            return self.services_workflows(unquote(path[len("/data/services/workflows/") :]))
         if path == "/data/workflows" or path.startswith("/data/workflows/"):
-            return self.workflows(path[len("/data/workflows"):].strip("/"))
+            return self.workflows(path[len("/data/workflows") :].strip("/"))
         if path.startswith("/data/"):
-            segments = [unquote(s) for s in path[len("/data/"):].split("/")]
+            segments = [unquote(s) for s in path[len("/data/") :].split("/")]
             if segments and segments[-1] == "" and "files" not in segments:
                 segments = segments[:-1]
             return self.archive(segments)
@@ -469,8 +532,10 @@ class XnatHandler(BaseHTTPRequestHandler):
     def root(self) -> None:
         if self.headers.get("Authorization"):
             self.authenticate()
-        page = ("<!DOCTYPE html>\n<html><head><title>XNAT (qmroct test server)</title></head>"
-                "<body>XNAT test server</body></html>\n")
+        page = (
+            "<!DOCTYPE html>\n<html><head><title>XNAT (qmroct test server)</title></head>"
+            "<body>XNAT test server</body></html>\n"
+        )
         self.send_bytes(200, page.encode(), "text/html;charset=UTF-8")
 
     def services_auth(self) -> None:
@@ -506,20 +571,45 @@ class XnatHandler(BaseHTTPRequestHandler):
     SEARCH_ELEMENTS = {
         "xnat:projectData": ("Project", ["ID", "NAME", "DESCRIPTION"]),
         "xnat:subjectData": ("Subject", ["SUBJECT_ID", "SUBJECT_LABEL", "PROJECT"]),
-        "xnat:optSessionData": ("OPT Session", ["SESSION_ID", "LABEL", "DATE", "SUBJECT_ID", "PROJECT"]),
-        "xnat:mrSessionData": ("MR Session", ["SESSION_ID", "LABEL", "DATE", "SUBJECT_ID", "PROJECT"]),
+        "xnat:optSessionData": (
+            "OPT Session",
+            ["SESSION_ID", "LABEL", "DATE", "SUBJECT_ID", "PROJECT"],
+        ),
+        "xnat:mrSessionData": (
+            "MR Session",
+            ["SESSION_ID", "LABEL", "DATE", "SUBJECT_ID", "PROJECT"],
+        ),
         "xnat:qcAssessmentData": ("Auto QC", ["EXPT_ID", "LABEL", "DATE", "SESSION_ID", "PROJECT"]),
     }
 
     def search_elements(self, element: str) -> None:
         if not element:
-            rows = [{"ELEMENT_NAME": name, "SINGULAR": singular, "PLURAL": singular + "s", "SECURED": "true",
-                     "COUNT": "0"} for name, (singular, _) in self.SEARCH_ELEMENTS.items()]
-            return self.send_listing(rows, ["ELEMENT_NAME", "SINGULAR", "PLURAL", "SECURED", "COUNT"])
+            rows = [
+                {
+                    "ELEMENT_NAME": name,
+                    "SINGULAR": singular,
+                    "PLURAL": singular + "s",
+                    "SECURED": "true",
+                    "COUNT": "0",
+                }
+                for name, (singular, _) in self.SEARCH_ELEMENTS.items()
+            ]
+            return self.send_listing(
+                rows, ["ELEMENT_NAME", "SINGULAR", "PLURAL", "SECURED", "COUNT"]
+            )
         if element not in self.SEARCH_ELEMENTS:
             raise HttpError(404, f"Unknown element {element}")
-        rows = [{"FIELD_ID": f, "HEADER": f.lower(), "SUMMARY": "", "TYPE": "string", "REQUIRES_VALUE": "false",
-                 "DESC": ""} for f in self.SEARCH_ELEMENTS[element][1]]
+        rows = [
+            {
+                "FIELD_ID": f,
+                "HEADER": f.lower(),
+                "SUMMARY": "",
+                "TYPE": "string",
+                "REQUIRES_VALUE": "false",
+                "DESC": "",
+            }
+            for f in self.SEARCH_ELEMENTS[element][1]
+        ]
         self.send_listing(rows, ["FIELD_ID", "HEADER", "SUMMARY", "TYPE", "REQUIRES_VALUE", "DESC"])
 
     def control(self, what: str) -> None:
@@ -527,7 +617,9 @@ class XnatHandler(BaseHTTPRequestHandler):
         if what == "faults" and self.method == "POST":
             rule = json.loads(self.body() or b"{}")
             fault = self.app.inject(**rule)
-            return self.send_json({"action": fault.action, "path": fault.path, "count": fault.count})
+            return self.send_json(
+                {"action": fault.action, "path": fault.path, "count": fault.count}
+            )
         if what == "faults" and self.method == "DELETE":
             self.app.clear_faults()
             return self.send_text(200, "")
@@ -555,15 +647,23 @@ class XnatHandler(BaseHTTPRequestHandler):
             return self.send_json({"valid": login})
         if op == "invalidate":
             if not rest or store.token(rest[0]) is None:
-                raise HttpError(404, f"Can't find an alias token with the alias {rest[0] if rest else ''}")
+                raise HttpError(
+                    404, f"Can't find an alias token with the alias {rest[0] if rest else ''}"
+                )
             store.invalidate_token(rest[0])
             return self.send_json({"result": "OK"})
         if op == "show":
             rows = store.q("SELECT alias, expires, enabled FROM tokens WHERE login=?", self.user)
-            return self.send_json([
-                {"alias": r["alias"], "estimatedExpirationTime": int(r["expires"] * 1000), "enabled": bool(r["enabled"])}
-                for r in rows
-            ])
+            return self.send_json(
+                [
+                    {
+                        "alias": r["alias"],
+                        "estimatedExpirationTime": int(r["expires"] * 1000),
+                        "enabled": bool(r["enabled"]),
+                    }
+                    for r in rows
+                ]
+            )
         raise HttpError(400, f"Unknown operation {op}")
 
     # -------------------------------------------------------------- workflows
@@ -571,15 +671,19 @@ class XnatHandler(BaseHTTPRequestHandler):
         out = {}
         for key, value in self.query_list:
             if key.startswith("wrk:workflowData/"):
-                out[key[len("wrk:workflowData/"):]] = value
+                out[key[len("wrk:workflowData/") :]] = value
             elif key.startswith("wrk:workflowdata/"):
-                out[key[len("wrk:workflowdata/"):]] = value
+                out[key[len("wrk:workflowdata/") :]] = value
         return out
 
     @staticmethod
     def workflow_item(row) -> dict[str, Any]:
         return {
-            "meta": {"xsi:type": "wrk:workflowData", "isHistory": False, "start_date": row["launch_time"]},
+            "meta": {
+                "xsi:type": "wrk:workflowData",
+                "isHistory": False,
+                "start_date": row["launch_time"],
+            },
             "data_fields": workflow_row(row),
             "children": [],
         }
@@ -588,7 +692,11 @@ class XnatHandler(BaseHTTPRequestHandler):
         store = self.app.store
         if self.method == "PUT":
             fields = self.workflow_fields()
-            if not fields.get("id") or not fields.get("pipeline_name") or not fields.get("launch_time"):
+            if (
+                not fields.get("id")
+                or not fields.get("pipeline_name")
+                or not fields.get("launch_time")
+            ):
                 raise HttpError(400, "id, pipeline_name and launch_time are required")
             try:
                 experiment = store.experiment(None, fields["id"])
@@ -596,14 +704,20 @@ class XnatHandler(BaseHTTPRequestHandler):
                 experiment = None
             if experiment is not None:
                 fields.setdefault("ExternalID", experiment["project"])
-            existing = store.workflows(data_id=fields["id"], pipeline_name=fields["pipeline_name"],
-                                       launch_time=fields["launch_time"])
+            existing = store.workflows(
+                data_id=fields["id"],
+                pipeline_name=fields["pipeline_name"],
+                launch_time=fields["launch_time"],
+            )
             if existing and existing[0]["create_user"] != self.user:
                 raise HttpError(403, "You are not allowed to make changes to this workflow.")
             if not existing and not fields.get("data_type"):
                 # WorkflowResource.handlePut: a new row needs all four
-                raise HttpError(400, "Id, launch_time, data_type and pipeline_name are all required "
-                                     "(scan_id may be specified when appropriate but is not required).")
+                raise HttpError(
+                    400,
+                    "Id, launch_time, data_type and pipeline_name are all required "
+                    "(scan_id may be specified when appropriate but is not required).",
+                )
             number, created = store.put_workflow(fields, self.user)
             return self.send_text(200, str(number))
         if wid:
@@ -614,8 +728,11 @@ class XnatHandler(BaseHTTPRequestHandler):
         # WorkflowResource.represent -> WorkflowUtils.getUniqueWorkflow: exactly one row,
         # matched on all three keys; fewer keys match nothing (a null criterion)
         fields = self.workflow_fields()
-        keys = {"data_id": fields.get("id"), "pipeline_name": fields.get("pipeline_name"),
-                "launch_time": fields.get("launch_time")}
+        keys = {
+            "data_id": fields.get("id"),
+            "pipeline_name": fields.get("pipeline_name"),
+            "launch_time": fields.get("launch_time"),
+        }
         rows = store.workflows(**keys) if all(keys.values()) else []
         if not rows:
             raise HttpError(404, "Unable to find the specified workflow.")
@@ -642,8 +759,11 @@ class XnatHandler(BaseHTTPRequestHandler):
             rows = [r for r in rows if r["status"] == self.query["status"]]
         if self.query.get("display", "LATEST").upper() == "LATEST":
             if not rows:
-                raise HttpError(404, f"Unable to find workflow entry for pipeline {pipeline} "
-                                     f"and experiment.{experiment['id'] if experiment else None}")
+                raise HttpError(
+                    404,
+                    f"Unable to find workflow entry for pipeline {pipeline} "
+                    f"and experiment.{experiment['id'] if experiment else None}",
+                )
             newest = max(rows, key=lambda r: r["launch_time"] or "")
             return self.send_json({"items": [self.workflow_item(newest)]})
         out = [workflow_row(r) for r in rows]
@@ -668,8 +788,16 @@ class XnatHandler(BaseHTTPRequestHandler):
             return self.send_bytes(200, out.getvalue().encode(), "text/csv")
         if fmt in ("json", "html", ""):
             result = [{c: str(row.get(c, "")) for c in columns} for row in rows]
-            return self.send_json({"ResultSet": {"Result": result, "totalRecords": str(len(result)),
-                                                 "title": "", "Columns": [{"key": c} for c in columns]}})
+            return self.send_json(
+                {
+                    "ResultSet": {
+                        "Result": result,
+                        "totalRecords": str(len(result)),
+                        "title": "",
+                        "Columns": [{"key": c} for c in columns],
+                    }
+                }
+            )
         if fmt == "xml":
             root = ET.Element("ResultSet", {"totalRecords": str(len(rows))})
             results = ET.SubElement(root, "results")
@@ -677,14 +805,34 @@ class XnatHandler(BaseHTTPRequestHandler):
                 r = ET.SubElement(results, "row")
                 for c in columns:
                     ET.SubElement(r, "cell").text = str(row.get(c, ""))
-            return self.send_bytes(200, ET.tostring(root, xml_declaration=True, encoding="UTF-8"), "text/xml")
+            return self.send_bytes(
+                200, ET.tostring(root, xml_declaration=True, encoding="UTF-8"), "text/xml"
+            )
         raise HttpError(400, f"Unsupported format {fmt}")
 
-    IGNORED_PARAMS = {"format", "columns", "req_format", "xsiType_filter", "sortBy", "offset", "limit",
-                      "locator", "all", "accept-not-found", "listContents", "index", "structure"}
+    IGNORED_PARAMS = {
+        "format",
+        "columns",
+        "req_format",
+        "xsiType_filter",
+        "sortBy",
+        "offset",
+        "limit",
+        "locator",
+        "all",
+        "accept-not-found",
+        "listContents",
+        "index",
+        "structure",
+    }
 
-    ABSTRACT_TYPES = {"xnat:experimentData", "xnat:subjectAssessorData", "xnat:imageSessionData",
-                      "xnat:imageAssessorData", "xnat:derivedData"}
+    ABSTRACT_TYPES = {
+        "xnat:experimentData",
+        "xnat:subjectAssessorData",
+        "xnat:imageSessionData",
+        "xnat:imageAssessorData",
+        "xnat:derivedData",
+    }
 
     def apply_filters(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for key, value in self.query.items():
@@ -693,7 +841,11 @@ class XnatHandler(BaseHTTPRequestHandler):
             if key in self.IGNORED_PARAMS or not rows or key not in rows[0]:
                 continue
             patterns = value.split(",")
-            rows = [r for r in rows if any(fnmatch.fnmatchcase(str(r.get(key, "")), p) for p in patterns)]
+            rows = [
+                r
+                for r in rows
+                if any(fnmatch.fnmatchcase(str(r.get(key, "")), p) for p in patterns)
+            ]
         return rows
 
     # -------------------------------------------------------------- archive tree
@@ -780,7 +932,9 @@ class XnatHandler(BaseHTTPRequestHandler):
         t.kind, t.ref = "experiment", ref
         if i >= len(seg) and self.method == "PUT":
             try:
-                t.experiment = store.experiment(t.project, ref, t.subject["id"] if t.subject else None)
+                t.experiment = store.experiment(
+                    t.project, ref, t.subject["id"] if t.subject else None
+                )
             except NotFound:
                 t.experiment = None
             return t
@@ -860,7 +1014,12 @@ class XnatHandler(BaseHTTPRequestHandler):
             if i >= len(seg) and self.method == "PUT":
                 t.resource = None
                 return t
-            if i < len(seg) and seg[i] == "files" and self.method in ("PUT", "POST") and i + 1 < len(seg):
+            if (
+                i < len(seg)
+                and seg[i] == "files"
+                and self.method in ("PUT", "POST")
+                and i + 1 < len(seg)
+            ):
                 # uploading into a missing resource creates it (as XNAT does)
                 rid, _ = store.put_resource(t.owner, ref)
                 t.resource = store.resource(t.owner, str(rid))
@@ -870,7 +1029,7 @@ class XnatHandler(BaseHTTPRequestHandler):
             return t
         if seg[i] != "files":
             raise HttpError(404, "Not Found")
-        rest = seg[i + 1:]
+        rest = seg[i + 1 :]
         if not rest or rest == [""]:
             t.kind = "files"
             return t
@@ -880,17 +1039,37 @@ class XnatHandler(BaseHTTPRequestHandler):
 
     def archive(self, seg: list[str]) -> None:
         t = self.resolve(seg)
-        handler = getattr(self, f"{self.method.lower() if self.method != 'HEAD' else 'get'}_{t.kind}", None)
+        handler = getattr(
+            self, f"{self.method.lower() if self.method != 'HEAD' else 'get'}_{t.kind}", None
+        )
         if handler is None:
-            raise HttpError(405 if t.kind != "root" else 404, f"Method {self.method} not allowed here")
+            raise HttpError(
+                405 if t.kind != "root" else 404, f"Method {self.method} not allowed here"
+            )
         handler(t)
 
     # ---------------------------------------------------------- field parsing
     def fields_from_query(self, xsi_type: str | None) -> dict[str, str]:
         """Query parameters that set fields: ``<xsiType>/field=v`` or ``field=v``."""
-        skip = {"xsiType", "req_format", "format", "inbody", "allowDataDeletion", "event_reason",
-                "event_id", "event_type", "event_action", "overwrite", "triggerPipelines",
-                "fixScanTypes", "pullDataFromHeaders", "content", "tags", "extract", "update-stats"}
+        skip = {
+            "xsiType",
+            "req_format",
+            "format",
+            "inbody",
+            "allowDataDeletion",
+            "event_reason",
+            "event_id",
+            "event_type",
+            "event_action",
+            "overwrite",
+            "triggerPipelines",
+            "fixScanTypes",
+            "pullDataFromHeaders",
+            "content",
+            "tags",
+            "extract",
+            "update-stats",
+        }
         out = {}
         for key, value in self.query_list:
             if key in skip:
@@ -907,14 +1086,31 @@ class XnatHandler(BaseHTTPRequestHandler):
 
     # ---------------------------------------------------------- projects
     def get_projects(self, t: Target) -> None:
-        rows = [{"ID": r["id"], "secondary_ID": r["id"], "name": r["name"], "description": r["description"],
-                 "pi_firstname": "", "pi_lastname": "", "URI": f"/data/projects/{r['id']}"}
-                for r in self.app.store.q("SELECT * FROM projects ORDER BY id")]
-        self.send_listing(rows, ["ID", "secondary_ID", "name", "description", "pi_firstname", "pi_lastname", "URI"])
+        rows = [
+            {
+                "ID": r["id"],
+                "secondary_ID": r["id"],
+                "name": r["name"],
+                "description": r["description"],
+                "pi_firstname": "",
+                "pi_lastname": "",
+                "URI": f"/data/projects/{r['id']}",
+            }
+            for r in self.app.store.q("SELECT * FROM projects ORDER BY id")
+        ]
+        self.send_listing(
+            rows,
+            ["ID", "secondary_ID", "name", "description", "pi_firstname", "pi_lastname", "URI"],
+        )
 
     def get_project(self, t: Target) -> None:
         row = self.app.store.project(t.project)
-        data = {"ID": row["id"], "secondary_ID": row["id"], "name": row["name"], "description": row["description"]}
+        data = {
+            "ID": row["id"],
+            "secondary_ID": row["id"],
+            "name": row["name"],
+            "description": row["description"],
+        }
         self.send_item("xnat:projectData", data, [], row["insert_date"], "Project")
 
     def put_project(self, t: Target) -> None:
@@ -928,16 +1124,30 @@ class XnatHandler(BaseHTTPRequestHandler):
             rows = self.app.store.q("SELECT * FROM subjects WHERE project=? ORDER BY id", t.project)
         else:
             rows = self.app.store.q("SELECT * FROM subjects ORDER BY id")
-        out = [{"ID": r["id"], "project": r["project"], "label": r["label"], "insert_date": r["insert_date"],
-                "insert_user": "", "URI": f"/data/subjects/{r['id']}"} for r in rows]
+        out = [
+            {
+                "ID": r["id"],
+                "project": r["project"],
+                "label": r["label"],
+                "insert_date": r["insert_date"],
+                "insert_user": "",
+                "URI": f"/data/subjects/{r['id']}",
+            }
+            for r in rows
+        ]
         self.send_listing(out, ["ID", "project", "label", "insert_date", "insert_user", "URI"])
 
     def get_subject(self, t: Target) -> None:
         if t.subject is None:
             raise NotFound("Unable to find the specified subject.")
         r = t.subject
-        self.send_item("xnat:subjectData", {"ID": r["id"], "project": r["project"], "label": r["label"]},
-                       [], r["insert_date"], "Subject")
+        self.send_item(
+            "xnat:subjectData",
+            {"ID": r["id"], "project": r["project"], "label": r["label"]},
+            [],
+            r["insert_date"],
+            "Subject",
+        )
 
     def put_subject(self, t: Target) -> None:
         fields = self.fields_from_query("xnat:subjectData")
@@ -948,7 +1158,9 @@ class XnatHandler(BaseHTTPRequestHandler):
         if t.subject is None:
             raise NotFound("Unable to find the specified subject.")
         store = self.app.store
-        for e in store.q("SELECT id FROM experiments WHERE subject_id=? AND session_id IS NULL", t.subject["id"]):
+        for e in store.q(
+            "SELECT id FROM experiments WHERE subject_id=? AND session_id IS NULL", t.subject["id"]
+        ):
             store.delete_experiment(e["id"])
         store.q("DELETE FROM subjects WHERE id=?", t.subject["id"])
         self.send_text(200, "")
@@ -956,14 +1168,32 @@ class XnatHandler(BaseHTTPRequestHandler):
     # ---------------------------------------------------------- experiments
     def experiment_row(self, r) -> dict[str, Any]:
         subject = self.app.store.one("SELECT label FROM subjects WHERE id=?", r["subject_id"])
-        return {"ID": r["id"], "project": r["project"], "subject_ID": r["subject_id"],
-                "xnat:subjectassessordata/subject_id": r["subject_id"],
-                "subject_label": subject["label"] if subject else "", "label": r["label"], "date": r["date"],
-                "xsiType": r["xsi_type"], "insert_date": r["insert_date"], "last_modified": r["last_modified"],
-                "URI": f"/data/experiments/{r['id']}"}
+        return {
+            "ID": r["id"],
+            "project": r["project"],
+            "subject_ID": r["subject_id"],
+            "xnat:subjectassessordata/subject_id": r["subject_id"],
+            "subject_label": subject["label"] if subject else "",
+            "label": r["label"],
+            "date": r["date"],
+            "xsiType": r["xsi_type"],
+            "insert_date": r["insert_date"],
+            "last_modified": r["last_modified"],
+            "URI": f"/data/experiments/{r['id']}",
+        }
 
-    EXPT_COLUMNS = ["ID", "project", "subject_ID", "subject_label", "label", "date", "xsiType", "insert_date",
-                    "last_modified", "URI"]
+    EXPT_COLUMNS = [
+        "ID",
+        "project",
+        "subject_ID",
+        "subject_label",
+        "label",
+        "date",
+        "xsiType",
+        "insert_date",
+        "last_modified",
+        "URI",
+    ]
 
     def get_experiments(self, t: Target) -> None:
         store = self.app.store
@@ -990,15 +1220,34 @@ class XnatHandler(BaseHTTPRequestHandler):
         scans = store.q("SELECT * FROM scans WHERE experiment_id=? ORDER BY seq", r["id"])
         if fmt == "xml":
             return self.send_bytes(200, session_xml(r, scans, store), "text/xml")
-        data = {"ID": r["id"], "project": r["project"], "label": r["label"], "subject_ID": r["subject_id"]}
+        data = {
+            "ID": r["id"],
+            "project": r["project"],
+            "label": r["label"],
+            "subject_ID": r["subject_id"],
+        }
         if r["date"]:
             data["date"] = r["date"]
         data.update(json.loads(r["fields"] or "{}"))
         children = []
         if scans:
-            children.append({"field": "scans/scan", "items": [
-                {"meta": {"xsi:type": s["xsi_type"], "isHistory": False, "start_date": r["insert_date"]},
-                 "data_fields": scan_fields(s, r), "children": []} for s in scans]})
+            children.append(
+                {
+                    "field": "scans/scan",
+                    "items": [
+                        {
+                            "meta": {
+                                "xsi:type": s["xsi_type"],
+                                "isHistory": False,
+                                "start_date": r["insert_date"],
+                            },
+                            "data_fields": scan_fields(s, r),
+                            "children": [],
+                        }
+                        for s in scans
+                    ],
+                }
+            )
         self.send_item(r["xsi_type"], data, children, r["insert_date"], "Experiment")
 
     def put_experiment(self, t: Target) -> None:
@@ -1027,7 +1276,9 @@ class XnatHandler(BaseHTTPRequestHandler):
         if "label" not in fields:
             fields["label"] = t.ref if t.experiment is None else t.experiment["label"]
         subject_id = t.subject["id"] if t.subject is not None else t.experiment["subject_id"]
-        eid, created = store.put_experiment(t.project or t.experiment["project"], subject_id, t.ref, xsi_type, fields)
+        eid, created = store.put_experiment(
+            t.project or t.experiment["project"], subject_id, t.ref, xsi_type, fields
+        )
         if not created:
             store.touch(eid)
         self.send_text(201 if created else 200, eid)
@@ -1040,7 +1291,9 @@ class XnatHandler(BaseHTTPRequestHandler):
 
     # ---------------------------------------------------------- assessors
     def get_assessors(self, t: Target) -> None:
-        rows = self.app.store.q("SELECT * FROM experiments WHERE session_id=? ORDER BY id", t.experiment["id"])
+        rows = self.app.store.q(
+            "SELECT * FROM experiments WHERE session_id=? ORDER BY id", t.experiment["id"]
+        )
         out = []
         for r in rows:
             row = self.experiment_row(r)
@@ -1064,7 +1317,11 @@ class XnatHandler(BaseHTTPRequestHandler):
         store = self.app.store
         session = t.session
         xml_doc, xml_type, xml_fields = self.xml_body()
-        xsi_type = self.query.get("xsiType") or xml_type or (t.experiment["xsi_type"] if t.experiment else None)
+        xsi_type = (
+            self.query.get("xsiType")
+            or xml_type
+            or (t.experiment["xsi_type"] if t.experiment else None)
+        )
         if not xsi_type:
             xsi_type = "xnat:mrAssessorData"
         if not re.match(r"^[A-Za-z0-9_\-]+$", t.ref):
@@ -1086,9 +1343,11 @@ class XnatHandler(BaseHTTPRequestHandler):
             xml_id = root.get("ID") or None
         elif t.experiment is None:
             # query-string creation: a minimal document
-            xml_doc = (f'<?xml version="1.0" encoding="UTF-8"?>\n<xnat:{root_name(xsi_type)} '
-                       f'xmlns:xnat="{XNAT_NS}" project="{session["project"]}" '
-                       f'label="{fields["label"]}"/>')
+            xml_doc = (
+                f'<?xml version="1.0" encoding="UTF-8"?>\n<xnat:{root_name(xsi_type)} '
+                f'xmlns:xnat="{XNAT_NS}" project="{session["project"]}" '
+                f'label="{fields["label"]}"/>'
+            )
         kept_resources = None
         if t.experiment is not None:
             if allow_deletion and xml_id is None:
@@ -1104,12 +1363,18 @@ class XnatHandler(BaseHTTPRequestHandler):
         elif xml_id is not None:
             fields["ID"] = xml_id  # a new item keeps the ID it was given
         eid, created = store.put_experiment(
-            session["project"], session["subject_id"], t.ref if t.experiment is None else t.experiment["id"],
-            xsi_type, fields, session_id=session["id"], xml=None,
+            session["project"],
+            session["subject_id"],
+            t.ref if t.experiment is None else t.experiment["id"],
+            xsi_type,
+            fields,
+            session_id=session["id"],
+            xml=None,
         )
         if xml_doc is not None:
             merged = merge_assessor_xml(
-                None if created else store.experiment(None, eid)["xml"], xml_doc, allow_deletion)
+                None if created else store.experiment(None, eid)["xml"], xml_doc, allow_deletion
+            )
             store.q("UPDATE experiments SET xml=?, xsi_type=? WHERE id=?", merged, xsi_type, eid)
         if kept_resources is not None and not store.rebuild_keeps_resources:
             for resource in store.resources(f"exp:{eid}"):
@@ -1156,35 +1421,58 @@ class XnatHandler(BaseHTTPRequestHandler):
 
     # ---------------------------------------------------------- scans
     def get_scans(self, t: Target) -> None:
-        rows = self.app.store.q("SELECT * FROM scans WHERE experiment_id=? ORDER BY seq", t.experiment["id"])
+        rows = self.app.store.q(
+            "SELECT * FROM scans WHERE experiment_id=? ORDER BY seq", t.experiment["id"]
+        )
         out = []
         for s in rows:
             row = scan_fields(s, t.experiment)
             row["xsiType"] = s["xsi_type"]
             row["URI"] = f"/data/experiments/{t.experiment['id']}/scans/{s['id']}"
             out.append(row)
-        self.send_listing(out, ["xnat_imagescandata_id", "ID", "type", "quality", "series_description", "note",
-                                "xsiType", "URI"])
+        self.send_listing(
+            out,
+            [
+                "xnat_imagescandata_id",
+                "ID",
+                "type",
+                "quality",
+                "series_description",
+                "note",
+                "xsiType",
+                "URI",
+            ],
+        )
 
     def get_scan(self, t: Target) -> None:
         if t.scan is None:
             raise NotFound("Unable to find the specified scan.")
         s = t.scan
         if self.query.get("format", "xml") == "xml":
-            el = ET.Element(f"{{{XNAT_NS}}}{root_name(s['xsi_type'])}", {"ID": s["id"], "type": s["type"]})
+            el = ET.Element(
+                f"{{{XNAT_NS}}}{root_name(s['xsi_type'])}", {"ID": s["id"], "type": s["type"]}
+            )
             for name in ("quality", "series_description", "note"):
                 if s[name]:
                     ET.SubElement(el, f"{{{XNAT_NS}}}{name}").text = s[name]
-            return self.send_bytes(200, ET.tostring(el, xml_declaration=True, encoding="UTF-8"), "text/xml")
-        self.send_item(s["xsi_type"], scan_fields(s, t.experiment), [], t.experiment["insert_date"], "Scan")
+            return self.send_bytes(
+                200, ET.tostring(el, xml_declaration=True, encoding="UTF-8"), "text/xml"
+            )
+        self.send_item(
+            s["xsi_type"], scan_fields(s, t.experiment), [], t.experiment["insert_date"], "Scan"
+        )
 
     def put_scan(self, t: Target) -> None:
         xsi_type = self.query.get("xsiType")
         if xsi_type == "xnat:imageScanData":
             # the base type of every scan has no element of its own: XNAT cannot
             # build an item of it from a PUT (issue 15; stricter where unsettled)
-            raise HttpError(400, "xnat:imageScanData cannot be instantiated: use a concrete scan type")
-        created = self.app.store.put_scan(t.experiment["id"], t.ref, xsi_type, self.fields_from_query(xsi_type))
+            raise HttpError(
+                400, "xnat:imageScanData cannot be instantiated: use a concrete scan type"
+            )
+        created = self.app.store.put_scan(
+            t.experiment["id"], t.ref, xsi_type, self.fields_from_query(xsi_type)
+        )
         self.send_text(201 if created else 200, t.ref)
 
     def delete_scan(self, t: Target) -> None:
@@ -1197,12 +1485,37 @@ class XnatHandler(BaseHTTPRequestHandler):
         out = []
         for r in store.resources(t.owner):
             files = store.files(r["id"])
-            out.append({"xnat_abstractresource_id": str(r["id"]), "label": r["label"],
-                        "element_name": "xnat:resourceCatalog", "category": "", "cat_id": "",
-                        "cat_desc": "", "format": r["format"], "content": r["content"], "tags": "",
-                        "file_count": str(len(files)), "file_size": str(sum(f["size"] for f in files))})
-        self.send_listing(out, ["xnat_abstractresource_id", "label", "element_name", "category", "cat_id",
-                                "cat_desc", "format", "content", "tags", "file_count", "file_size"])
+            out.append(
+                {
+                    "xnat_abstractresource_id": str(r["id"]),
+                    "label": r["label"],
+                    "element_name": "xnat:resourceCatalog",
+                    "category": "",
+                    "cat_id": "",
+                    "cat_desc": "",
+                    "format": r["format"],
+                    "content": r["content"],
+                    "tags": "",
+                    "file_count": str(len(files)),
+                    "file_size": str(sum(f["size"] for f in files)),
+                }
+            )
+        self.send_listing(
+            out,
+            [
+                "xnat_abstractresource_id",
+                "label",
+                "element_name",
+                "category",
+                "cat_id",
+                "cat_desc",
+                "format",
+                "content",
+                "tags",
+                "file_count",
+                "file_size",
+            ],
+        )
 
     def get_resource(self, t: Target) -> None:
         if self.query.get("format") == "zip":
@@ -1214,8 +1527,11 @@ class XnatHandler(BaseHTTPRequestHandler):
         cat = ET.Element("{http://nrg.wustl.edu/catalog}Catalog", {"ID": str(r["id"])})
         entries = ET.SubElement(cat, "{http://nrg.wustl.edu/catalog}entries")
         for f in files:
-            ET.SubElement(entries, "{http://nrg.wustl.edu/catalog}entry",
-                          {"URI": f["path"], "ID": f["path"], "digest": f["digest"]})
+            ET.SubElement(
+                entries,
+                "{http://nrg.wustl.edu/catalog}entry",
+                {"URI": f["path"], "ID": f["path"], "digest": f["digest"]},
+            )
         ET.register_namespace("cat", "http://nrg.wustl.edu/catalog")
         body = b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(cat)
         self.send_bytes(200, body, "text/xml")
@@ -1223,7 +1539,9 @@ class XnatHandler(BaseHTTPRequestHandler):
     def put_resource(self, t: Target) -> None:
         if t.resource is not None:  # CatalogResource.handlePost
             raise HttpError(409, "Specified resource already exists.")
-        self.app.store.put_resource(t.owner, t.ref, self.query.get("format", ""), self.query.get("content", ""))
+        self.app.store.put_resource(
+            t.owner, t.ref, self.query.get("format", ""), self.query.get("content", "")
+        )
         self.send_text(200, "")
 
     def delete_resource(self, t: Target) -> None:
@@ -1255,16 +1573,44 @@ class XnatHandler(BaseHTTPRequestHandler):
             buffer = io.BytesIO()
             with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as zf:
                 for f in files:
-                    zf.write(store.file_path(t.resource["id"], f["path"]),
-                             f"{t.resource['label']}/files/{f['path']}")
-            return self.send_bytes(200, buffer.getvalue(), "application/zip",
-                                   {"Content-Disposition": f"attachment; filename={t.resource['label']}.zip"})
-        out = [{"Name": f["path"].rsplit("/", 1)[-1], "Size": str(f["size"]), "URI": self.file_uri(t, f["path"]),
-                "collection": t.resource["label"], "file_tags": f["tags"], "file_format": f["format"],
-                "file_content": f["content"], "cat_ID": str(t.resource["id"]), "digest": f["digest"]}
-               for f in files]
-        self.send_listing(out, ["Name", "Size", "URI", "collection", "file_tags", "file_format", "file_content",
-                                "cat_ID", "digest"])
+                    zf.write(
+                        store.file_path(t.resource["id"], f["path"]),
+                        f"{t.resource['label']}/files/{f['path']}",
+                    )
+            return self.send_bytes(
+                200,
+                buffer.getvalue(),
+                "application/zip",
+                {"Content-Disposition": f"attachment; filename={t.resource['label']}.zip"},
+            )
+        out = [
+            {
+                "Name": f["path"].rsplit("/", 1)[-1],
+                "Size": str(f["size"]),
+                "URI": self.file_uri(t, f["path"]),
+                "collection": t.resource["label"],
+                "file_tags": f["tags"],
+                "file_format": f["format"],
+                "file_content": f["content"],
+                "cat_ID": str(t.resource["id"]),
+                "digest": f["digest"],
+            }
+            for f in files
+        ]
+        self.send_listing(
+            out,
+            [
+                "Name",
+                "Size",
+                "URI",
+                "collection",
+                "file_tags",
+                "file_format",
+                "file_content",
+                "cat_ID",
+                "digest",
+            ],
+        )
 
     def get_file(self, t: Target) -> None:
         store = self.app.store
@@ -1281,7 +1627,9 @@ class XnatHandler(BaseHTTPRequestHandler):
         self.status_sent = 200
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(size))
-        self.send_header("Content-Disposition", f'inline; filename="{row["path"].rsplit("/", 1)[-1]}"')
+        self.send_header(
+            "Content-Disposition", f'inline; filename="{row["path"].rsplit("/", 1)[-1]}"'
+        )
         for cookie in self.new_cookies:
             self.send_header("Set-Cookie", cookie)
         self.log_request_once()
@@ -1304,27 +1652,42 @@ class XnatHandler(BaseHTTPRequestHandler):
         store = self.app.store
         body = self.body()
         ctype = self.headers.get("Content-Type", "")
-        meta = {"format": self.query.get("format", ""), "content": self.query.get("content", ""),
-                "tags": self.query.get("tags", "")}
+        meta = {
+            "format": self.query.get("format", ""),
+            "content": self.query.get("content", ""),
+            "tags": self.query.get("tags", ""),
+        }
         if meta["format"] == "U":
             meta["format"] = ""
         if ctype.startswith("multipart/form-data") and self.query.get("inbody") != "true":
             parts = parse_multipart(ctype, body)
             if not parts:
                 raise HttpError(400, "You tried to POST to a resource but didn't provide any data.")
-            uploads = [(t.file_path if len(parts) == 1 else (name or t.file_path), data) for name, data in parts]
+            uploads = [
+                (t.file_path if len(parts) == 1 else (name or t.file_path), data)
+                for name, data in parts
+            ]
         else:
             if not body:
-                raise HttpError(400, (
-                    f"You tried to POST to {self.raw_path} but didn't provide any data to upload. "
-                    "If you're trying to upload a file, try adding inbody=true to the URL or use "
-                    "multipart/form-data to upload the file."))
+                raise HttpError(
+                    400,
+                    (
+                        f"You tried to POST to {self.raw_path} but didn't provide any data to "
+                        "upload. If you're trying to upload a file, try adding inbody=true to the "
+                        "URL or use multipart/form-data to upload the file."
+                    ),
+                )
             uploads = [(t.file_path, body)]
         overwrite = self.query.get("overwrite", "false").lower() == "true"
-        duplicates = [p for p, _ in uploads if store.one(
-            "SELECT 1 FROM files WHERE resource_id=? AND path=?", t.resource["id"], p)]
+        duplicates = [
+            p
+            for p, _ in uploads
+            if store.one("SELECT 1 FROM files WHERE resource_id=? AND path=?", t.resource["id"], p)
+        ]
         if duplicates and not overwrite:
-            return self.send_bytes(200, json.dumps({"duplicates": duplicates}).encode(), "text/html")
+            return self.send_bytes(
+                200, json.dumps({"duplicates": duplicates}).encode(), "text/html"
+            )
         for path, data in uploads:
             if self.query.get("extract") == "true" and path.endswith(".zip"):
                 with zipfile.ZipFile(io.BytesIO(data)) as zf:
@@ -1349,14 +1712,31 @@ class XnatHandler(BaseHTTPRequestHandler):
         self.send_text(200, "")
 
     # ---------------------------------------------------------- single items
-    def send_item(self, xsi_type: str, data: dict[str, Any], children: list, start: str, root: str) -> None:
+    def send_item(
+        self, xsi_type: str, data: dict[str, Any], children: list, start: str, root: str
+    ) -> None:
         fmt = self.query.get("format", "xml")
         if fmt == "json":
-            return self.send_json({"items": [{
-                "meta": {"create_event_id": 1, "xsi:type": xsi_type, "isHistory": False, "start_date": start},
-                "data_fields": data, "children": children}]})
-        el = ET.Element(f"{{{XNAT_NS}}}{root_name(xsi_type)}", {k: str(v) for k, v in data.items()
-                                                                 if k in ("ID", "label", "project")})
+            return self.send_json(
+                {
+                    "items": [
+                        {
+                            "meta": {
+                                "create_event_id": 1,
+                                "xsi:type": xsi_type,
+                                "isHistory": False,
+                                "start_date": start,
+                            },
+                            "data_fields": data,
+                            "children": children,
+                        }
+                    ]
+                }
+            )
+        el = ET.Element(
+            f"{{{XNAT_NS}}}{root_name(xsi_type)}",
+            {k: str(v) for k, v in data.items() if k in ("ID", "label", "project")},
+        )
         self.send_bytes(200, ET.tostring(el, xml_declaration=True, encoding="UTF-8"), "text/xml")
 
 
@@ -1367,21 +1747,37 @@ def localname(el: ET.Element) -> str:
 
 def workflow_row(row) -> dict[str, Any]:
     return {
-        "wrk_workflowData_id": str(row["id"]), "ID": row["data_id"], "id": row["data_id"],
-        "data_type": row["data_type"] or "", "ExternalID": row["external_id"] or "",
-        "pipeline_name": row["pipeline_name"], "launch_time": row["launch_time"], "status": row["status"] or "",
-        "step_description": row["step_description"] or "", "details": row["details"] or "",
-        "comments": row["comments"] or "", "justification": row["justification"] or "",
-        "percentageComplete": row["percentage"] or "", "category": row["category"] or "",
-        "type": row["type"] or "", "create_user": row["create_user"] or "",
+        "wrk_workflowData_id": str(row["id"]),
+        "ID": row["data_id"],
+        "id": row["data_id"],
+        "data_type": row["data_type"] or "",
+        "ExternalID": row["external_id"] or "",
+        "pipeline_name": row["pipeline_name"],
+        "launch_time": row["launch_time"],
+        "status": row["status"] or "",
+        "step_description": row["step_description"] or "",
+        "details": row["details"] or "",
+        "comments": row["comments"] or "",
+        "justification": row["justification"] or "",
+        "percentageComplete": row["percentage"] or "",
+        "category": row["category"] or "",
+        "type": row["type"] or "",
+        "create_user": row["create_user"] or "",
         "last_modified": row["last_modified"] or "",
     }
 
 
 def scan_fields(s, experiment) -> dict[str, Any]:
-    data = {"ID": s["id"], "xnat_imagescandata_id": f"{experiment['id']}:{s['id']}", "type": s["type"],
-            "quality": s["quality"], "series_description": s["series_description"], "note": s["note"],
-            "image_session_ID": experiment["id"], "project": experiment["project"]}
+    data = {
+        "ID": s["id"],
+        "xnat_imagescandata_id": f"{experiment['id']}:{s['id']}",
+        "type": s["type"],
+        "quality": s["quality"],
+        "series_description": s["series_description"],
+        "note": s["note"],
+        "image_session_ID": experiment["id"],
+        "project": experiment["project"],
+    }
     data.update(json.loads(s["fields"] or "{}"))
     return {k: v for k, v in data.items() if v != ""}
 
@@ -1400,14 +1796,20 @@ def session_xml(r, scans, store: Store) -> bytes:
     ET.register_namespace("xnat", XNAT_NS)
     ET.register_namespace("xsi", XSI_NS)
     x = lambda tag: f"{{{XNAT_NS}}}{tag}"  # noqa: E731
-    root = ET.Element(x(root_name(r["xsi_type"])), {"ID": r["id"], "project": r["project"], "label": r["label"]})
+    root = ET.Element(
+        x(root_name(r["xsi_type"])), {"ID": r["id"], "project": r["project"], "label": r["label"]}
+    )
     if r["date"]:
         ET.SubElement(root, x("date")).text = r["date"]
     ET.SubElement(root, x("subject_ID")).text = r["subject_id"]
     if scans:
         el = ET.SubElement(root, x("scans"))
         for s in scans:
-            scan = ET.SubElement(el, x("scan"), {"ID": s["id"], "type": s["type"], f"{{{XSI_NS}}}type": s["xsi_type"]})
+            scan = ET.SubElement(
+                el,
+                x("scan"),
+                {"ID": s["id"], "type": s["type"], f"{{{XSI_NS}}}type": s["xsi_type"]},
+            )
             for name in ("quality", "series_description", "note"):
                 if s[name]:
                     ET.SubElement(scan, x(name)).text = s[name]
@@ -1429,8 +1831,11 @@ def assessor_xml(r) -> bytes:
 def resource_labels(root: ET.Element) -> set[str]:
     """Labels of the resources an assessor document names (``out/file``,
     ``in/file``, ``resources/resource``)."""
-    return {el.get("label", "") for el in root.iter()
-            if localname(el) in ("file", "resource") and el.get("label")}
+    return {
+        el.get("label", "")
+        for el in root.iter()
+        if localname(el) in ("file", "resource") and el.get("label")
+    }
 
 
 def merge_assessor_xml(old: str | None, new: str, allow_deletion: bool) -> str:
@@ -1451,7 +1856,10 @@ def element_item(el: ET.Element, xsi_type: str | None = None) -> dict[str, Any]:
     """XNAT's JSON for an item: flat data_fields ('a/b' for single nested
     elements), children for repeated elements and typed sub-items."""
     local = localname(el)
-    meta = {"xsi:type": xsi_type or el.get(f"{{{XSI_NS}}}type") or f"xnat:{local}", "isHistory": False}
+    meta = {
+        "xsi:type": xsi_type or el.get(f"{{{XSI_NS}}}type") or f"xnat:{local}",
+        "isHistory": False,
+    }
     data: dict[str, Any] = {}
     children: dict[str, list] = {}
 
@@ -1480,8 +1888,11 @@ def element_item(el: ET.Element, xsi_type: str | None = None) -> dict[str, Any]:
                 walk(child, f"{path}/")
 
     walk(el, "")
-    return {"meta": meta, "data_fields": data,
-            "children": [{"field": f, "items": items} for f, items in children.items()]}
+    return {
+        "meta": meta,
+        "data_fields": data,
+        "children": [{"field": f, "items": items} for f, items in children.items()],
+    }
 
 
 def parse_multipart(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
@@ -1490,6 +1901,10 @@ def parse_multipart(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
     )
     parts = []
     for part in message.iter_parts():
-        parts.append((part.get_filename() or part.get_param("name", header="content-disposition") or "",
-                      part.get_payload(decode=True) or b""))
+        parts.append(
+            (
+                part.get_filename() or part.get_param("name", header="content-disposition") or "",
+                part.get_payload(decode=True) or b"",
+            )
+        )
     return parts

@@ -26,7 +26,8 @@ from typing import Any
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER);
 CREATE TABLE IF NOT EXISTS users (login TEXT PRIMARY KEY, password TEXT);
-CREATE TABLE IF NOT EXISTS projects (id TEXT PRIMARY KEY, name TEXT, description TEXT, insert_date TEXT);
+CREATE TABLE IF NOT EXISTS projects (
+    id TEXT PRIMARY KEY, name TEXT, description TEXT, insert_date TEXT);
 CREATE TABLE IF NOT EXISTS subjects (
     id TEXT PRIMARY KEY, project TEXT, label TEXT, insert_date TEXT, UNIQUE(project, label));
 CREATE TABLE IF NOT EXISTS experiments (
@@ -49,7 +50,8 @@ CREATE TABLE IF NOT EXISTS workflows (
     category TEXT, type TEXT, create_user TEXT, last_modified TEXT);
 CREATE TABLE IF NOT EXISTS tokens (
     alias TEXT PRIMARY KEY, secret TEXT, login TEXT, issued REAL, expires REAL, enabled INTEGER);
-CREATE TABLE IF NOT EXISTS jsessions (id TEXT PRIMARY KEY, login TEXT, created REAL, last_seen REAL);
+CREATE TABLE IF NOT EXISTS jsessions (
+    id TEXT PRIMARY KEY, login TEXT, created REAL, last_seen REAL);
 """
 
 
@@ -64,8 +66,14 @@ class NotFound(Exception):
 class Store:
     """The catalogue. All methods are thread-safe (one lock around SQLite)."""
 
-    def __init__(self, data_dir: Path, site: str = "XNAT", token_lifetime: float = 2 * 24 * 3600,
-                 token_cleanup_interval: float = 3600.0, max_sessions: int = 1000):
+    def __init__(
+        self,
+        data_dir: Path,
+        site: str = "XNAT",
+        token_lifetime: float = 2 * 24 * 3600,
+        token_cleanup_interval: float = 3600.0,
+        max_sessions: int = 1000,
+    ):
         self.data_dir = Path(data_dir)
         self.files_dir = self.data_dir / "files"
         self.files_dir.mkdir(parents=True, exist_ok=True)
@@ -86,7 +94,9 @@ class Store:
         self.token_cleanup_interval = token_cleanup_interval
         self.next_token_cleanup = time.time() + token_cleanup_interval
         self.lock = threading.RLock()
-        self.db = sqlite3.connect(str(self.data_dir / "xnat.db"), check_same_thread=False, isolation_level=None)
+        self.db = sqlite3.connect(
+            str(self.data_dir / "xnat.db"), check_same_thread=False, isolation_level=None
+        )
         self.db.row_factory = sqlite3.Row
         self.db.executescript(SCHEMA)
 
@@ -127,8 +137,11 @@ class Store:
         return sid
 
     def live_sessions(self, login: str) -> int:
-        row = self.one("SELECT COUNT(*) AS n FROM jsessions WHERE login=? AND last_seen>?", login,
-                       time.time() - self.session_timeout)
+        row = self.one(
+            "SELECT COUNT(*) AS n FROM jsessions WHERE login=? AND last_seen>?",
+            login,
+            time.time() - self.session_timeout,
+        )
         return int(row["n"])
 
     def jsession_user(self, sid: str) -> str | None:
@@ -147,7 +160,9 @@ class Store:
         secret = "".join(secrets.choice(alphabet) for _ in range(64))
         issued = time.time()
         expires = issued + self.token_lifetime
-        self.q("INSERT INTO tokens VALUES (?, ?, ?, ?, ?, 1)", alias, secret, login, issued, expires)
+        self.q(
+            "INSERT INTO tokens VALUES (?, ?, ?, ?, ?, 1)", alias, secret, login, issued, expires
+        )
         n = self._next("token")
         return {
             "id": n,
@@ -179,8 +194,9 @@ class Store:
 
     def invalidate_token(self, alias: str) -> bool:
         with self.lock:
-            cur = self.db.execute("UPDATE tokens SET enabled=0 WHERE alias=? AND enabled=1",
-                                  (alias,))
+            cur = self.db.execute(
+                "UPDATE tokens SET enabled=0 WHERE alias=? AND enabled=1", (alias,)
+            )
             return cur.rowcount > 0
 
     def cleanup_tokens_when_due(self) -> None:
@@ -191,8 +207,9 @@ class Store:
         """invalidateExpiredTokens, as the hourly schedule runs it."""
         with self.lock:
             self.next_token_cleanup = time.time() + self.token_cleanup_interval
-            return self.db.execute("UPDATE tokens SET enabled=0 WHERE enabled=1 AND expires<?",
-                                   (time.time(),)).rowcount
+            return self.db.execute(
+                "UPDATE tokens SET enabled=0 WHERE enabled=1 AND expires<?", (time.time(),)
+            ).rowcount
 
     def expire_tokens(self) -> int:
         """Fault injection: every token expired and the cleanup run now."""
@@ -206,7 +223,10 @@ class Store:
         if row is None:
             self.q(
                 "INSERT INTO projects VALUES (?, ?, ?, ?)",
-                pid, fields.get("name", pid), fields.get("description", ""), now_iso(),
+                pid,
+                fields.get("name", pid),
+                fields.get("description", ""),
+                now_iso(),
             )
             return True
         for key in ("name", "description"):
@@ -226,7 +246,10 @@ class Store:
         else:
             row = self.one(
                 "SELECT * FROM subjects WHERE project=? AND (id=? OR label=?) ORDER BY id=? DESC",
-                project, ref, ref, ref,
+                project,
+                ref,
+                ref,
+                ref,
             )
         if row is None:
             raise NotFound("Unable to find the specified subject.")
@@ -238,12 +261,23 @@ class Store:
             return self.subject(project, ref)["id"], False
         except NotFound:
             sid = f"{self.site}_S{self._next('subject'):05d}"
-            self.q("INSERT INTO subjects VALUES (?, ?, ?, ?)", sid, project, fields.get("label", ref), now_iso())
+            self.q(
+                "INSERT INTO subjects VALUES (?, ?, ?, ?)",
+                sid,
+                project,
+                fields.get("label", ref),
+                now_iso(),
+            )
             return sid, True
 
     # ------------------------------------------------------------------ experiments and assessors
-    def experiment(self, project: str | None, ref: str, subject_id: str | None = None,
-                   session_id: str | None = None) -> sqlite3.Row:
+    def experiment(
+        self,
+        project: str | None,
+        ref: str,
+        subject_id: str | None = None,
+        session_id: str | None = None,
+    ) -> sqlite3.Row:
         sql = "SELECT * FROM experiments WHERE (id=? OR label=?)"
         args: list[Any] = [ref, ref]
         if project is not None:
@@ -262,9 +296,16 @@ class Store:
             raise NotFound("Unable to find the specified experiment.")
         return row
 
-    def put_experiment(self, project: str, subject_id: str, ref: str, xsi_type: str,
-                       fields: dict[str, str], session_id: str | None = None,
-                       xml: str | None = None) -> tuple[str, bool]:
+    def put_experiment(
+        self,
+        project: str,
+        subject_id: str,
+        ref: str,
+        xsi_type: str,
+        fields: dict[str, str],
+        session_id: str | None = None,
+        xml: str | None = None,
+    ) -> tuple[str, bool]:
         try:
             row = self.experiment(project, ref, session_id=session_id)
         except NotFound:
@@ -274,9 +315,17 @@ class Store:
             eid = fields.get("ID") or f"{self.site}_E{self._next('experiment'):05d}"
             self.q(
                 "INSERT INTO experiments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                eid, project, subject_id, fields.get("label") or ref, xsi_type, fields.get("date", ""),
-                t, t, json.dumps({k: v for k, v in fields.items() if k not in ("ID", "label", "date")}),
-                session_id, xml,
+                eid,
+                project,
+                subject_id,
+                fields.get("label") or ref,
+                xsi_type,
+                fields.get("date", ""),
+                t,
+                t,
+                json.dumps({k: v for k, v in fields.items() if k not in ("ID", "label", "date")}),
+                session_id,
+                xml,
             )
             if session_id:
                 self.touch(session_id, assessor=True)
@@ -287,12 +336,21 @@ class Store:
             if key in ("ID", "label"):
                 continue
             if key == "date":
-                self.q("UPDATE experiments SET date=? WHERE id=?", "" if value == "NULL" else value, eid)
+                self.q(
+                    "UPDATE experiments SET date=? WHERE id=?",
+                    "" if value == "NULL" else value,
+                    eid,
+                )
             elif value == "NULL":
                 stored.pop(key, None)
             else:
                 stored[key] = value
-        self.q("UPDATE experiments SET fields=?, last_modified=? WHERE id=?", json.dumps(stored), t, eid)
+        self.q(
+            "UPDATE experiments SET fields=?, last_modified=? WHERE id=?",
+            json.dumps(stored),
+            t,
+            eid,
+        )
         if xml is not None:
             self.q("UPDATE experiments SET xml=?, xsi_type=? WHERE id=?", xml, xsi_type, eid)
         if session_id:
@@ -338,8 +396,13 @@ class Store:
         if row is None:
             self.q(
                 "INSERT INTO scans VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                eid, sid, xsi_type or "xnat:mrScanData", fields.get("type", ""),
-                fields.get("series_description", ""), fields.get("quality", ""), fields.get("note", ""),
+                eid,
+                sid,
+                xsi_type or "xnat:mrScanData",
+                fields.get("type", ""),
+                fields.get("series_description", ""),
+                fields.get("quality", ""),
+                fields.get("note", ""),
                 json.dumps({k: v for k, v in fields.items() if k not in columns and k != "ID"}),
                 self._next("scanseq"),
             )
@@ -352,7 +415,9 @@ class Store:
                 self.q(f"UPDATE scans SET {key}=? WHERE experiment_id=? AND id=?", value, eid, sid)
             elif key != "ID":
                 extra[key] = value
-        self.q("UPDATE scans SET fields=? WHERE experiment_id=? AND id=?", json.dumps(extra), eid, sid)
+        self.q(
+            "UPDATE scans SET fields=? WHERE experiment_id=? AND id=?", json.dumps(extra), eid, sid
+        )
         if xsi_type:
             self.q("UPDATE scans SET xsi_type=? WHERE experiment_id=? AND id=?", xsi_type, eid, sid)
         self.touch(eid)  # a scan is a child of its session
@@ -367,13 +432,19 @@ class Store:
     def resource(self, owner: str, ref: str) -> sqlite3.Row:
         row = self.one(
             "SELECT * FROM resources WHERE owner=? AND (label=? OR CAST(id AS TEXT)=?) "
-            "ORDER BY CAST(id AS TEXT)=? DESC", owner, ref, ref, ref,
+            "ORDER BY CAST(id AS TEXT)=? DESC",
+            owner,
+            ref,
+            ref,
+            ref,
         )
         if row is None:
             raise NotFound("Unable to find the specified resource.")
         return row
 
-    def put_resource(self, owner: str, label: str, fmt: str = "", content: str = "") -> tuple[int, bool]:
+    def put_resource(
+        self, owner: str, label: str, fmt: str = "", content: str = ""
+    ) -> tuple[int, bool]:
         try:
             return self.resource(owner, label)["id"], False
         except NotFound:
@@ -424,8 +495,13 @@ class Store:
         os.replace(tmp, target)
         self.q(
             "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
-            rid, path, size, md5.hexdigest() if self.checksums else "", meta.get("format", ""),
-            meta.get("content", ""), meta.get("tags", ""),
+            rid,
+            path,
+            size,
+            md5.hexdigest() if self.checksums else "",
+            meta.get("format", ""),
+            meta.get("content", ""),
+            meta.get("tags", ""),
         )
 
     def delete_file(self, rid: int, path: str) -> None:
@@ -447,16 +523,28 @@ class Store:
             "SELECT * FROM workflows WHERE data_id=? AND pipeline_name=? AND launch_time=?", *key
         )
         columns = {
-            "data_type": "data_type", "ExternalID": "external_id", "status": "status",
-            "step_description": "step_description", "details": "details", "comments": "comments",
-            "justification": "justification", "percentageComplete": "percentage",
-            "category": "category", "type": "type",
+            "data_type": "data_type",
+            "ExternalID": "external_id",
+            "status": "status",
+            "step_description": "step_description",
+            "details": "details",
+            "comments": "comments",
+            "justification": "justification",
+            "percentageComplete": "percentage",
+            "category": "category",
+            "type": "type",
         }
         if row is None:
             wid = self._next("workflow")
             self.q(
-                "INSERT INTO workflows (id, data_id, pipeline_name, launch_time, create_user, last_modified) "
-                "VALUES (?, ?, ?, ?, ?, ?)", wid, key[0], key[1], key[2], login, now_iso(),
+                "INSERT INTO workflows (id, data_id, pipeline_name, launch_time, create_user, "
+                "last_modified) VALUES (?, ?, ?, ?, ?, ?)",
+                wid,
+                key[0],
+                key[1],
+                key[2],
+                login,
+                now_iso(),
             )
             created = True
         else:
@@ -464,7 +552,12 @@ class Store:
             created = False
         for name, column in columns.items():
             if name in fields:
-                self.q(f"UPDATE workflows SET {column}=?, last_modified=? WHERE id=?", fields[name], now_iso(), wid)
+                self.q(
+                    f"UPDATE workflows SET {column}=?, last_modified=? WHERE id=?",
+                    fields[name],
+                    now_iso(),
+                    wid,
+                )
         return wid, created
 
     def workflows(self, **filters: str) -> list[sqlite3.Row]:

@@ -160,12 +160,13 @@ class XnatHttp:
                 response.close()
                 if self.is_token:
                     raise XnatAuthError(
-                        f"XNAT at {self.server} refused the alias token {self.user[:8]}... (401): it expired "
-                        "or was invalidated; the head process renews tokens, rerun the workflow if it stopped"
+                        f"XNAT at {self.server} refused the alias token {self.user[:8]}... (401): "
+                        "it expired or was invalidated; the head process renews tokens, rerun the "
+                        "workflow if it stopped"
                     )
                 raise XnatAuthError(
-                    f"XNAT at {self.server} refused the login of user '{self.user}' (401): wrong user name or "
-                    "password (check ~/.netrc or XNAT_USER/XNAT_PASS)"
+                    f"XNAT at {self.server} refused the login of user '{self.user}' (401): wrong "
+                    "user name or password (check ~/.netrc or XNAT_USER/XNAT_PASS)"
                 )
             if status == 404:
                 message = error_text(response)
