@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -302,3 +303,17 @@ def test_notify_gets_the_summary_and_no_secrets(tmp_path, monkeypatch):
     # No command configured, or a broken one: nothing happens, nothing raises.
     assert runhistory.notify({}, summary) is None
     assert runhistory.notify({"notify": {"command": "/nonexistent/notifier"}}, summary) is None
+
+
+def test_pool_usage_from_the_executors_summary(tmp_path):
+    """VM-minutes and servers come from the file the OpenStack executor writes at shutdown."""
+    from snakemake_executor_plugin_openstack.status import PoolStats
+
+    since = time.time() - 1
+    stats = PoolStats(servers_created=3, vm_seconds=270.0)
+    folder = tmp_path / runhistory.POOL_RUNS / "pool1"
+    folder.mkdir(parents=True)
+    stats.write_json(str(folder / "summary.json"))
+    assert runhistory.pool_usage(since, tmp_path) == {"vm_minutes": 4.5, "servers": 3}
+    # A pool run that ended before this run started is not this run's.
+    assert runhistory.pool_usage(time.time() + 5, tmp_path) is None
