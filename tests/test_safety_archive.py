@@ -195,7 +195,7 @@ def test_hostile_archive_computes_or_fails_alone(workflow, tmp_path):
         # file stay
         assert not dead.exists()
         assert (neighbour / "staged.json").is_file() and (scratch / "notes.txt").is_file()
-        assert sorted(p.name for p in scratch.iterdir()) == ["notes.txt", "run-1-aaaaaaaa"]
+        assert sorted(p.name for p in scratch.iterdir()) == [".qmroct-scratch-root", "notes.txt", "run-1-aaaaaaaa"]
     finally:
         sleeper.kill()
         sleeper.wait()

@@ -128,7 +128,7 @@ def test_release_deletes_only_its_own_and_dead_runs(tmp_path, live_owner):
     assert set(removed) == {mine, dead}
     assert (neighbour / "staged.json").is_file() and read_owner(neighbour) == live_owner
     assert other_host.is_dir() and unmarked.is_dir() and user_file.read_text()
-    # the parent goes only when empty
+    # the parent goes only when a run created it and it is empty
     for folder in (neighbour, other_host):
         (folder / MARKER).unlink()
         folder.rename(tmp_path / folder.name)
@@ -178,3 +178,11 @@ def test_snakemake_refuses_a_dangerous_scratch_dir_before_any_job(workflow):
     assert (workflow.root / "precious.txt").read_text() == "keep" and not (
         workflow.root / "results"
     ).exists()
+
+
+def test_a_scratch_dir_that_existed_before_is_never_removed(tmp_path):
+    root = tmp_path / "shared"
+    root.mkdir()  # a folder the user made (or /tmp): empty after the run, still not ours
+    mine = claim(run_folder(root))
+    assert release(root, mine) == [mine]
+    assert root.is_dir() and not any(root.iterdir())

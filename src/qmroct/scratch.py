@@ -8,7 +8,7 @@ owner). At the end of a run the head deletes its own run folder, then the run
 folders of this host whose owner process is gone (a run killed with -9), and
 nothing else: no folder without a marker, no folder of a live run (two
 ``snakemake`` runs on different targets may share a working directory), never
-the parent itself unless it is empty.
+the parent itself unless a run created it and it is empty.
 
 ``check_scratch_dir`` is the configuration rule (enforced by check-config
 and the Snakefile): scratch must not be the working directory or one of its
@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 MARKER = ".qmroct-scratch.json"
+ROOT_MARKER = ".qmroct-scratch-root"  # in scratch_dir when a run created it (and may remove it)
 RUN_PREFIX = "run-"
 
 
@@ -77,7 +78,9 @@ def claim(run_dir: Path | str, owner: Owner | None = None) -> Path:
     run_dir = Path(run_dir)
     if (run_dir / MARKER).is_file() and not run_dir.is_symlink():
         return run_dir
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    if not run_dir.parent.exists():
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        (run_dir.parent / ROOT_MARKER).touch()
     try:
         run_dir.mkdir(mode=0o700)
     except FileExistsError:
@@ -120,7 +123,7 @@ def release(scratch_root: Path | str, run_dir: Path | str) -> list[Path]:
 
     Returns the folders deleted. Folders without a valid marker, run folders of
     live processes and of other hosts are left alone; the parent is removed only
-    when it is empty.
+    when a run created it and it is empty.
     """
     scratch_root, run_dir = Path(scratch_root), Path(run_dir)
     removed = []
@@ -130,8 +133,13 @@ def release(scratch_root: Path | str, run_dir: Path | str) -> list[Path]:
         shutil.rmtree(run_dir)
         removed.append(run_dir)
     removed += sweep_stale(scratch_root)
+    # The parent goes only when a run created it and nothing else is left in it: a
+    # scratch_dir that existed before (/tmp, a user's folder) stays, even when empty.
+    root_marker = scratch_root / ROOT_MARKER
     try:
-        scratch_root.rmdir()  # only succeeds when empty: never deletes anything else
+        if root_marker.is_file() and [p.name for p in scratch_root.iterdir()] == [ROOT_MARKER]:
+            root_marker.unlink()
+            scratch_root.rmdir()  # fails if another run just put its folder here: fine
     except OSError:
         pass
     return removed
