@@ -6,9 +6,19 @@ rule aggregate:
     input:
         results=all_results,
     output:
-        tsv="results/tables/kqi.tsv",
+        # report(): what `snakemake --report report.zip` holds, with its caption
+        tsv=report(
+            "results/tables/kqi.tsv",
+            caption="captions/kqi_table.rst",
+            category="Tables",
+        ),
         parquet="results/tables/kqi.parquet",
-        studies=directory("results/tables/studies"),
+        studies=report(
+            directory("results/tables/studies"),
+            patterns=["{study}.tsv"],
+            caption="captions/study_table.rst",
+            category="Tables",
+        ),
     log:
         "logs/aggregate.log",
     localrule: True
@@ -27,7 +37,11 @@ rule report:
         studies="results/tables/studies",
         summaries=summaries,
     output:
-        html="results/report/index.html",
+        html=report(
+            "results/report/index.html",
+            caption="captions/report.rst",
+            category="Quality report",
+        ),
     log:
         "logs/report.log",
     localrule: True
