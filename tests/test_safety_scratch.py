@@ -8,8 +8,11 @@ wiped the first run's staging when it ended.
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -186,3 +189,74 @@ def test_a_scratch_dir_that_existed_before_is_never_removed(tmp_path):
     mine = claim(run_folder(root))
     assert release(root, mine) == [mine]
     assert root.is_dir() and not any(root.iterdir())
+
+
+@pytest.mark.slow
+def test_two_runs_in_one_folder_keep_each_others_staging(workflow, tmp_path):
+    """Case 7 with two real snakemake runs: run A is held inside its first algorithm call
+    (its session staged), run B computes another session and ends; A must then finish its
+    second scan from its staging. Before, B's end wiped scratch/ and A's scan 2 failed."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    code = workflow.root / "algorithms" / "noise" / "noise.py"
+    held = (
+        "def compute(volume, meta, params, workdir):\n"
+        "    import pathlib, time\n"
+        f"    gate = pathlib.Path({str(gate)!r})\n"
+        "    if not (gate / 'entered').exists():  # only the first call anywhere waits\n"
+        "        (gate / 'entered').touch()\n"
+        "        while not (gate / 'open').exists():\n"
+        "            time.sleep(0.05)\n"
+        "    return _compute(volume, meta, params, workdir)\n"
+    )
+    code.write_text(code.read_text().replace("def compute(", "def _compute(") + "\n\n" + held)
+    config = workflow.config()
+    config["algorithms"] = {"noise": {}}
+    config["studies"] = {}
+    config["limits"] = {"algorithm_min_timeout_s": 900}
+    workflow.write_config(config)
+    workflow.run("results/discovery/sessions.tsv")
+    first, second = sorted(p.name for p in workflow.archive.glob("DEMO/subjects/*/experiments/*"))[
+        :2
+    ]
+
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    run_a = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--cores",
+            "1",
+            "--nocolor",
+            f"results/kqi/DEMO/{first}/noise.json",
+        ],
+        cwd=workflow.root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (gate / "entered").exists():
+            assert run_a.poll() is None, run_a.stdout.read()
+            assert time.monotonic() < deadline, "run A never reached its algorithm"
+            time.sleep(0.05)
+        a_folders = list((workflow.root / "scratch").glob(f"run-{run_a.pid}-*"))
+        assert len(a_folders) == 1 and list(a_folders[0].rglob("staged.json"))
+
+        workflow.run(f"results/kqi/DEMO/{second}/noise.json")  # run B, start to end
+
+        assert a_folders[0].is_dir() and list(a_folders[0].rglob("volume.npy"))
+        (gate / "open").touch()
+        out, _ = run_a.communicate(timeout=600)
+    finally:
+        (gate / "open").touch()
+        if run_a.poll() is None:
+            run_a.kill()
+            run_a.wait()
+    assert run_a.returncode == 0, out[-4000:]
+    result = json.loads((workflow.root / f"results/kqi/DEMO/{first}/noise.json").read_text())
+    assert [s["status"] for s in result["scans"]] == ["ok", "ok"], result["scans"]
+    assert not (workflow.root / "scratch").exists()
