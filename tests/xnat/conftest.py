@@ -8,6 +8,7 @@ and a random password, so a test can look for that password in logs.
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import sys
@@ -30,10 +31,18 @@ def schemas_present() -> bool:
     return (SCHEMAS / "xnat" / "xnat.xsd").is_file()
 
 
-needs_schemas = pytest.mark.skipif(
-    not schemas_present(),
-    reason=f"XNAT XSD schemas not found at {SCHEMAS} (../shared/xnat-schemas is absent)",
-)
+def needs_schemas(test):
+    """Tests that need XNAT's XSDs (xnatpy builds its classes from them, the stored
+    documents are validated against them) FAIL without them, never skip: a
+    skipped check is one that could never fail in CI."""
+
+    @functools.wraps(test)
+    def checked(*args, **kwargs):
+        if not schemas_present():
+            pytest.fail(f"XNAT XSD schemas not found at {SCHEMAS} (../shared/xnat-schemas)")
+        return test(*args, **kwargs)
+
+    return checked
 
 
 @pytest.fixture

@@ -75,7 +75,7 @@ def test_pyxnat_listings_are_csv(xnat_server, pyxnat_interface):
 
 @needs_schemas
 def test_xnatpy_session_token_and_upload(xnat_server, password, pyxnat_interface, tmp_path):
-    xnat = pytest.importorskip("xnat")
+    import xnat
     seed_session(pyxnat_interface, "OCT", "S1", "S1_V1", scans=("1",), files_per_scan=1)
     with xnat.connect(xnat_server.url, user=USER, password=password, loglevel="ERROR") as conn:
         assert conn.xnat_version == "1.8.10"

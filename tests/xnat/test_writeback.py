@@ -134,12 +134,9 @@ def test_resource_files_and_history(seeded, xnat_server, tmp_path, pyxnat_interf
     assert len(rows) == 2
 
 
+@needs_schemas
 def test_xnatpy_reads_kqis_back(seeded, xnat_server, password, tmp_path):
-    xnat = pytest.importorskip("xnat")
-    if xnat_server.schema_dir is None:
-        pytest.skip(
-            "xnatpy builds its classes from /xapi/schemas: ../shared/xnat-schemas is absent"
-        )
+    import xnat
     arc, sessions = seeded
     s = sessions[0]
     arc.write_assessment(s, make_assessment(tmp_path, s))

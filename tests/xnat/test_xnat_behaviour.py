@@ -14,6 +14,7 @@ import requests
 from qmroct.archive.xnat import XnatArchive
 from qmroct.archive.xnat_history import INTERRUPTED
 from qmroct.archive.xnat_state import last_modified
+from tests.xnat.conftest import needs_schemas
 from tests.xnat.helpers import USER, seed_session
 from tests.xnat.test_writeback import make_assessment
 
@@ -87,6 +88,25 @@ def test_rerun_with_changed_kqis_updates_in_place_and_keeps_the_files(
         == "unchanged"
     )
     assert [r for r in xnat_server.requests[before:] if r["method"] != "GET"] == []
+
+
+@needs_schemas
+def test_pyxnat_and_xnatpy_read_the_updated_assessor(arc_session, xnat_server, password,
+                                                     pyxnat_interface, tmp_path):
+    import xnat
+
+    arc, s = arc_session
+    first = arc.write_assessment(s, make_assessment(tmp_path, s))
+    arc.write_assessment(s, make_assessment(tmp_path, s, snr=(11.0, 12.0)))
+    label = "S1_V1_qmroct_noise"
+    with xnat.connect(xnat_server.url, user=USER, password=password, loglevel="ERROR") as conn:
+        qc = conn.projects["OCT"].experiments["S1_V1"].assessors[label]
+        assert qc.id == first.detail
+        assert sorted(qc.resources["QMROCT"].files.keys()) == ["layers_scan1.txt", "noise.json"]
+    found = pyxnat_interface.select(f"/project/OCT/subject/S1/experiment/S1_V1/assessor/{label}")
+    assert found.id() == first.detail
+    assert b'name="snr_db">11.0' in found.get()
+    assert sorted(found.resource("QMROCT").files().get()) == ["layers_scan1.txt", "noise.json"]
 
 
 def test_second_scan_quality_write_updates_the_study_assessor(arc_session, xnat_server):
