@@ -57,7 +57,8 @@ def compute_step(snakemake: Any) -> None:
         start = now_iso()
         # One History row per run: the row the head opened as Queued when it handed
         # this job to the executor (qmroct.history_queue), else a new one keyed by
-        # the start time. Running now, Complete/Failed at write-back.
+        # the start time. Running now, Complete/Failed at write-back. History calls
+        # never raise (archive/xnat_history.py guards them): a record, not a gate.
         history_key = archive.queued_run(session, name) or start
         archive.record_history(session, name, "Running", launch_time=history_key)
         try:
@@ -74,10 +75,7 @@ def compute_step(snakemake: Any) -> None:
             )
         except Exception as err:
             # The job fails (the archive lost the session, say); its row must not stay Running.
-            try:
-                archive.record_history(session, name, "Failed", detail=str(err), launch_time=history_key)
-            except Exception as history_err:  # keep the job's own error the one reported
-                log.warning("History of %s not marked Failed: %s", session.key, history_err)
+            archive.record_history(session, name, "Failed", detail=str(err), launch_time=history_key)
             raise
     result["provenance"]["history_launch_time"] = history_key
     write_json_atomic(Path(snakemake.output.kqi), result)
