@@ -66,6 +66,8 @@ CONTROL_HELP = {
     "boot_from_request": "count boot_delay from the create request, as a user times a boot (Nova's own "
                          "work is then part of the delay instead of added to it)",
     "add_security_groups": "list of {name, project_id}: security groups the Neutron fixture knows",
+    "isolate": "servers started from now on run their sshd in a mount namespace of their own, "
+               "where the --hide paths (the head's checkout, home, /tmp) are empty",
 }
 
 STATE = {
@@ -78,6 +80,7 @@ STATE = {
     "ssh_start_delay": 0.0,
     "snapshot_delay": 0.0,
     "boot_from_request": False,
+    "isolate": False,
     "spawned": 0,
     "destroyed": 0,
 }
@@ -87,6 +90,7 @@ BASE_DIR = None  # set in main()
 CLOUD = None  # the Cloud test case, set in main()
 SSH_PORT = 2222
 SSHD = "/usr/sbin/sshd"
+HIDE: list[str] = []  # paths an isolated server does not see (set in main())
 _ADDR_COUNTER = [0]
 
 
@@ -168,9 +172,10 @@ def _start_sshd(uuid: str) -> None:
     os.makedirs(os.path.join(d, "home"), exist_ok=True)
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
     log = open(os.path.join(d, "sshd.log"), "ab")
-    proc = subprocess.Popen(
-        [SSHD, "-D", "-e", "-f", conf], stdout=log, stderr=log, stdin=subprocess.DEVNULL
-    )
+    cmd = [SSHD, "-D", "-e", "-f", conf]
+    if inst.get("isolated"):
+        cmd = _isolated(d, cmd)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
     inst["proc"] = proc
     deadline = time.time() + 10
     while time.time() < deadline:
@@ -188,6 +193,22 @@ def _start_sshd(uuid: str) -> None:
         if proc.poll() is not None:
             break
     inst["ssh_error"] = "sshd did not start"
+
+
+def _isolated(d: str, cmd: list[str]) -> list[str]:
+    """``cmd`` in a mount namespace of its own (``unshare``) where every path in HIDE is an
+    empty tmpfs, except the instance's own directory, kept at its path: what runs through
+    this sshd sees neither the head's checkout and virtual environments, nor its home, nor
+    its temporary folders (the pytest folders of the head's workdirs among them). The
+    network, users and processes stay shared: the head reaches the server over loopback and
+    the test cloud kills its processes by pid."""
+    keep = "/mnt"  # an empty directory to hold the instance directory while /tmp is covered
+    script = ["set -e", "mount --make-rprivate /", f"mount --bind {d} {keep}"]
+    for path in HIDE:
+        script.append(f"mount -t tmpfs -o mode=0755 tmpfs {path}")
+    script += [f"mkdir -p {d}", f"mount --move {keep} {d}", 'exec "$@"']
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+            "; ".join(script), "sh", *cmd]
 
 
 class SshFakeDriver(nova_fake.FakeDriver):
@@ -239,6 +260,7 @@ class SshFakeDriver(nova_fake.FakeDriver):
         INSTANCES[uuid] = {
             "uuid": uuid, "address": address, "dir": d, "proc": None,
             "name": instance.display_name, "active": time.time(), "refuse": refuse,
+            "isolated": bool(STATE["isolate"]),
         }
         instance.access_ip_v4 = address
         if refuse:
@@ -552,8 +574,15 @@ def main(argv=None) -> None:
     p.add_argument("--boot-delay", type=float, default=0.0)
     p.add_argument("--delete-delay", type=float, default=0.0)
     p.add_argument("--boot-from-request", action="store_true", help=CONTROL_HELP["boot_from_request"])
+    p.add_argument("--hide", action="append", default=None, metavar="PATH",
+                   help="a path isolated servers do not see (repeatable; default: /tmp, $HOME "
+                        "and the repository this file is in)")
+    p.add_argument("--isolate", action="store_true", help=CONTROL_HELP["isolate"])
     args = p.parse_args(argv)
     STATE["boot_from_request"] = args.boot_from_request
+    STATE["isolate"] = args.isolate
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    HIDE[:] = [os.path.abspath(x) for x in (args.hide or ["/tmp", os.path.expanduser("~"), repo])]
     SSH_PORT = args.ssh_port
     STATE["boot_delay"] = args.boot_delay
     STATE["delete_delay"] = args.delete_delay

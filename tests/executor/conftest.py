@@ -18,7 +18,7 @@ import uuid
 
 import pytest
 
-from tests.executor.helpers import NOVA_PY, REPO, NovaCloud, Project
+from tests.executor.helpers import NOVA_PY, REPO, NovaCloud, Project, build_worker_env
 
 
 def pytest_configure(config):
@@ -85,3 +85,22 @@ def project(nova_cloud, tmp_path, request):
 def in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def worker_bin(tmp_path_factory):
+    """bin/ of the workers' Python environment (Snakemake and qmroct), built by the worker
+    image's own setup script from this checkout, once per test session (reused while the
+    script, pyproject.toml and src/ are unchanged), at a path only the test VMs use."""
+    return build_worker_env(tmp_path_factory.mktemp("worker-src"))
+
+
+@pytest.fixture
+def isolated(nova_cloud, worker_bin):
+    """Servers booted in this test share nothing with the head but the network: their sshd
+    runs in a mount namespace of its own where the checkout, its virtual environments, the
+    home and /tmp are empty (tests/cloud/README.md). Returns the workers' bin/ for
+    ``remote_path_prefix``."""
+    nova_cloud.control(isolate=True)
+    yield worker_bin
+    nova_cloud.control(isolate=False)

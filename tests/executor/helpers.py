@@ -52,6 +52,7 @@ class NovaCloud:
 
     def reset(self):
         return self.control(
+            isolate=False,
             boot_delay=0,
             delete_delay=0,
             fail_spawns=0,
@@ -412,3 +413,67 @@ def submit_and_wait(
         pool.submit(j)
     wait(lambda: all(j.finished for j in jobs), timeout, what)
     return time.time() - t0
+
+
+# ---------------------------------------------------------------- the isolated workers' Python
+WORKER_ROOT = Path(os.environ.get("QMROCT_TEST_WORKER_ROOT", "/opt/qmroct-test-worker"))
+WORKER_SETUP = "/usr/local/sbin/qmroct-worker-setup"  # its path in the image's user data
+
+
+def _worker_inputs() -> tuple[str, list[Path]]:
+    import yaml
+
+    doc = yaml.safe_load((REPO / "images" / "worker-cloud-init.yaml").read_text())
+    script = next(f["content"] for f in doc["write_files"] if f["path"] == WORKER_SETUP)
+    sources = [REPO / "pyproject.toml", *sorted((REPO / "src" / "qmroct").rglob("*"))]
+    return script, [p for p in sources if p.is_file() and "__pycache__" not in p.parts]
+
+
+def build_worker_env(scratch: Path) -> Path:
+    """Run the worker image's setup script (images/worker-cloud-init.yaml) with qmroct from a
+    copy of this checkout (a build in the checkout would leave build/ behind) into
+    WORKER_ROOT/<key>/venv, where key hashes the script and qmroct's sources; an existing
+    build with the same key is reused. Returns the venv's bin/."""
+    import fcntl
+    import hashlib
+
+    script, sources = _worker_inputs()
+    h = hashlib.sha256(script.encode())
+    for p in sources:
+        h.update(str(p.relative_to(REPO)).encode() + b"\0" + p.read_bytes())
+    key = h.hexdigest()[:16]
+    WORKER_ROOT.mkdir(parents=True, exist_ok=True)
+    target = WORKER_ROOT / key
+    with open(WORKER_ROOT / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time, across test sessions
+        if (target / "ready").exists():
+            return target / "venv" / "bin"
+        for old in WORKER_ROOT.iterdir():  # earlier builds of other sources
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+        src = scratch / "qmroct"
+        for p in sources:
+            (src / p.relative_to(REPO)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(p, src / p.relative_to(REPO))
+        shutil.copy(REPO / "README.md", src / "README.md")  # pyproject's readme; not hashed
+        (scratch / "source").write_text(f"{src}\n")
+        (scratch / "setup.sh").write_text(script)
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "QMROCT_VENV": str(target / "venv"),
+            "QMROCT_SOURCE_FILE": str(scratch / "source"),
+        }
+        with open(scratch / "setup.log", "wb") as log:
+            r = subprocess.run(
+                ["sh", str(scratch / "setup.sh")],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=900,
+            )
+        if r.returncode != 0:
+            raise RuntimeError(
+                "worker environment build failed:\n" + (scratch / "setup.log").read_text()[-3000:]
+            )
+        (target / "ready").write_text(key + "\n")
+        return target / "venv" / "bin"

@@ -1,8 +1,9 @@
 """Snakemake's own executor conformance tests (snakemake.common.tests.TestWorkflowsBase, which
 the catalog's executor plugins such as snakemake-executor-plugin-slurm subclass) run against
-this plugin on the Nova test cloud: Snakemake's API in this process, no shared filesystem
-(every input, source and output travels over SSH), the workdir passed as an absolute path
-(so Snakemake appends `--directory <head workdir>` to every job command)."""
+this plugin on the Nova test cloud's isolated servers (they see none of the head's files: the
+`isolated` fixture): Snakemake's API in this process, every input, source and output travels
+over SSH, the workdir passed as an absolute path (so Snakemake appends `--directory <head
+workdir>` to every job command)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from snakemake.common.tests import TestWorkflowsBase
 
 from snakemake_executor_plugin_openstack.settings import ExecutorSettings
-from tests.executor.helpers import IMAGE, SNAKEMAKE
+from tests.executor.helpers import IMAGE
 
 pytestmark = pytest.mark.cloud
 
@@ -22,8 +23,9 @@ class TestOpenStackConformance(TestWorkflowsBase):
     __test__ = True
 
     @pytest.fixture(autouse=True)
-    def _cloud(self, project, monkeypatch):
+    def _cloud(self, project, isolated, monkeypatch):
         """Each test case on a project of its own (the `project` fixture of conftest.py)."""
+        self.worker_bin = isolated
         monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(project.clouds_yaml))
         monkeypatch.delenv("OS_CLOUD", raising=False)
         self.project = project
@@ -44,7 +46,7 @@ class TestOpenStackConformance(TestWorkflowsBase):
             private_key=str(p.key),
             ssh_user=getpass.getuser(),
             ssh_port=p.cloud.ssh_port,
-            remote_path_prefix=str(SNAKEMAKE.parent),
+            remote_path_prefix=str(self.worker_bin),
             max_servers=2,
             expected_boot_seconds=3,
             status_log_interval=5,

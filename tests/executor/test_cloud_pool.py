@@ -7,11 +7,13 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from tests.executor.helpers import (
     IMAGE,
+    REPO,
     finish,
     job,
     make_pool,
@@ -243,4 +245,30 @@ def test_pool_start_reaps_servers_of_dead_runs(project, nova_cloud, in_tmp):
             if s.name in ("alive", "foreign"):
                 project.conn.compute.delete_server(s)
                 project.conn.compute.wait_for_delete(s, interval=0.3)
+        finish(pool, project)
+
+
+def test_isolated_server_sees_nothing_of_the_head_and_keeps_no_job_folder(
+    project, nova_cloud, isolated, in_tmp
+):
+    head_file = in_tmp / "head-only.txt"
+    head_file.write_text("on the head\n")
+    cmd = (
+        f"test ! -e {head_file} && test ! -e {REPO / 'pyproject.toml'} "
+        f'&& test -z "$(ls -A {Path.home()})" && python -c "import snakemake, qmroct" '
+        "&& echo isolated > out/iso.txt"
+    )
+    j = job(1, cmd, in_tmp)
+    j.io.outputs.append("out/iso.txt")
+    j.io.path_prefix = str(isolated)  # the executor sets it from remote_path_prefix
+    pool = make_pool(project, max_servers=1, remote_path_prefix=str(isolated))
+    try:
+        submit_and_wait(pool, [j], 90, "the job")
+        assert j.state == JobState.DONE, (j.error, (in_tmp / "log/1.log").read_text())
+        assert (in_tmp / "out/iso.txt").read_text() == "isolated\n"
+        # the job folder (its inputs, scans in a real run) is gone from the worker afterwards
+        job_dir = Path(j.io.remote_dir)
+        assert job_dir.is_relative_to(nova_cloud.state_dir)
+        wait(lambda: not job_dir.exists(), 30, "the job folder to be wiped")
+    finally:
         finish(pool, project)

@@ -46,11 +46,13 @@ def assert_clean(project, nova_cloud):
     assert not [i for i in inst.values() if i["name"].startswith("smk-os")], inst
 
 
-def test_workflow_matches_local_run_with_reuse_and_cleanup(project, nova_cloud, tmp_path):
+def test_workflow_matches_local_run_with_reuse_and_cleanup(project, nova_cloud, isolated, tmp_path):
     wd = make_workdir(tmp_path / "remote", samples=("s1", "s2", "s3", "s4", "s5", "s6"))
     ref6 = local_reference(tmp_path / "l6", samples=("s1", "s2", "s3", "s4", "s5", "s6"))
     with SecretWatch(project) as watch:
-        rc, log = run_snakemake(wd, project.executor_args(max_servers=2), project.env())
+        rc, log = run_snakemake(
+            wd, project.executor_args(max_servers=2, remote_path_prefix=isolated), project.env()
+        )
     assert rc == 0, log[-4000:]
     got = results(wd)
     assert got == ref6
@@ -74,14 +76,22 @@ def test_workflow_matches_local_run_with_reuse_and_cleanup(project, nova_cloud, 
     assert scan_tree_for(Path(nova_cloud.state_dir), SECRET) == []
 
 
-def test_workflow_with_directory_runs_in_the_staged_job_folder(project, nova_cloud, tmp_path):
+def test_workflow_with_directory_runs_in_the_staged_job_folder(
+    project, nova_cloud, isolated, tmp_path
+):
     """`snakemake -s wd/Snakefile -d wd` from outside the workdir: Snakemake appends
     `--directory <head workdir>` to every job; the job must still run in its staged folder."""
     ref = local_reference(tmp_path / "local", samples=("s1", "s2"))
     wd = make_workdir(tmp_path / "remote", samples=("s1", "s2"))
     rc, log = run_snakemake(
         wd.parent,
-        ["-s", "wd/Snakefile", "-d", "wd", *project.executor_args(max_servers=1)],
+        [
+            "-s",
+            "wd/Snakefile",
+            "-d",
+            "wd",
+            *project.executor_args(max_servers=1, remote_path_prefix=isolated),
+        ],
         project.env(),
     )
     assert rc == 0, log[-4000:]
@@ -269,12 +279,16 @@ def test_ctrl_c_kills_remote_jobs_and_deletes_servers(project, nova_cloud, tmp_p
     assert_clean(project, nova_cloud)
 
 
-def test_fast_jobs_boot_no_more_servers_than_their_work_needs(project, nova_cloud, tmp_path):
+def test_fast_jobs_boot_no_more_servers_than_their_work_needs(
+    project, nova_cloud, isolated, tmp_path
+):
     """Two submissions of jobs that declare 1 s each (runtime_s), plus two local rules: the
     pool boots at most one server per submission and every server it boots runs a job (it
     used to count each job, local ones included, as a minute of pool work and boot four)."""
     wd = make_workdir(tmp_path, samples=("s1", "s2"), runtime_s=1)
-    rc, log = run_snakemake(wd, project.executor_args(max_servers=4), project.env())
+    rc, log = run_snakemake(
+        wd, project.executor_args(max_servers=4, remote_path_prefix=isolated), project.env()
+    )
     assert rc == 0, log[-4000:]
     summ = run_summary(wd)
     assert summ["jobs_done"] == 2
