@@ -97,9 +97,19 @@ def check_config(config: dict[str, Any], workflow_dir: Path | str = ".",
         algo = load_algorithm(name, search_paths=search_paths, mcr_root=config.get("mcr_root"))
         pin = (entry or {}).get("version")
         if pin is not None and str(pin) != str(algo.version):
-            raise ConfigError(
-                f"config.yaml: algorithms/{name}/version: pinned {pin!r} but {name}'s manifest says {algo.version!r}"
-            )
+            # An older version is served from git history (qmroct.provenance.history).
+            from qmroct.algorithms import Algorithm
+            from qmroct.provenance.history import PinError, pinned_folder
+
+            try:
+                cache = Path(workdir if workdir is not None else Path.cwd()) / (config.get("cache_dir") or ".qmroct")
+                folder = pinned_folder(algo.path, str(pin), cache)
+            except PinError as exc:
+                raise ConfigError(
+                    f"config.yaml: algorithms/{name}/version: pinned {pin!r} but {name}'s manifest says "
+                    f"{algo.version!r}, and {exc}"
+                ) from None
+            algo = Algorithm(folder, mcr_root=config.get("mcr_root"))
         # A misspelt key would otherwise be ignored and recompute everything with the defaults.
         unknown_params = sorted(set((entry or {}).get("params") or {}) - set(algo.default_params))
         if unknown_params:
