@@ -101,9 +101,9 @@ def check_config(config: dict[str, Any], workflow_dir: Path | str = ".",
             from qmroct.algorithms import Algorithm
             from qmroct.provenance.history import PinError, pinned_folder
 
+            here = Path(workdir) if workdir is not None else Path.cwd()
             try:
-                cache = Path(workdir if workdir is not None else Path.cwd()) / (config.get("cache_dir") or ".qmroct")
-                folder = pinned_folder(algo.path, str(pin), cache)
+                folder = pinned_folder(algo.path, str(pin), here / (config.get("cache_dir") or ".qmroct"))
             except PinError as exc:
                 raise ConfigError(
                     f"config.yaml: algorithms/{name}/version: pinned {pin!r} but {name}'s manifest says "
