@@ -222,12 +222,13 @@ class Executor(RemoteExecutor):
 
     def _take_from_backlog(self, members) -> None:
         """A submission leaves the backlog at once (the next full count may be seconds away:
-        counted twice, its work would make the planner boot for nothing)."""
-        taken = {self._pending.pop(m) for m in members if m in self._pending}
-        if taken:
+        counted twice, its work would make the planner boot for nothing). Its members are one
+        unit of the last count, each mapped to that unit's seconds."""
+        seconds = [self._pending.pop(m) for m in members if m in self._pending]
+        if seconds:
             b = self._backlog_work
             self._backlog_work = Backlog(
-                work_seconds=max(0.0, b.work_seconds - sum(taken)),
+                work_seconds=max(0.0, b.work_seconds - seconds[0]),
                 units=max(0, b.units - 1),
                 longest=b.longest,
                 cores=b.cores,
