@@ -317,3 +317,23 @@ def test_pool_usage_from_the_executors_summary(tmp_path):
     assert runhistory.pool_usage(since, tmp_path) == {"vm_minutes": 4.5, "servers": 3}
     # A pool run that ended before this run started is not this run's.
     assert runhistory.pool_usage(time.time() + 5, tmp_path) is None
+
+
+def test_bad_config_and_missing_archive_are_named_by_status(tmp_path, monkeypatch):
+    """One check (no snakemake): what stops assessment is said, and status exits 2."""
+    from qmroct.watch import WatchOptions, Watcher
+
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "config.yaml"
+    config.write_text("archive: {backend: directory, path: nowhere}\nprojects: [DEMO]\n"
+                      "algorithms: {noise: {}}\nalgoritms: {}\n")
+    assert Watcher(WatchOptions(once=True, configfile=config)).run() == 0
+    info, code = collect(tmp_path, max_age=600)
+    assert code == 2 and "config: INVALID" in render(info) and "algoritms" in render(info)
+
+    config.write_text(config.read_text().replace("algoritms: {}\n", ""))
+    assert Watcher(WatchOptions(once=True, configfile=config)).run() == 0
+    info, code = collect(tmp_path, max_age=600)
+    assert code == 2 and "archive: UNREACHABLE" in render(info) and "nowhere" in render(info)
+    assert json.loads((tmp_path / STATE_FILE).read_text())["archive_failures"] == 2
+    assert not (tmp_path / LOCK_FILE).exists() and not (tmp_path / "results").exists()

@@ -6,7 +6,8 @@ Exit codes (what a Nagios-style check or a systemd timer can act on):
   archive answered its last poll and the last run had no failures;
 * 1: the last run failed or recorded failures (bad scans, failed jobs);
 * 2: the watcher is not running (or has not checked within ``--max-age``), or the
-  archive was unreachable at its last poll. 2 wins over 1: nothing is being assessed.
+  archive was unreachable or the config invalid at its last poll. 2 wins over 1:
+  nothing is being assessed.
 """
 
 from __future__ import annotations
@@ -108,7 +109,9 @@ def render(info: dict[str, Any]) -> str:
             f"watcher: not running (last seen {w.get('stopped') or w.get('since') or 'never'})"
         )
     archive = info["archive"]
-    if archive.get("reachable") is False:
+    if archive.get("reachable") is False and archive.get("cause") == "config":
+        lines.append(f"config: INVALID since {archive.get('since')}: {archive.get('error')}")
+    elif archive.get("reachable") is False:
         lines.append(f"archive: UNREACHABLE since {archive.get('since')}: {archive.get('error')}")
     elif archive:
         lines.append(f"archive: reachable (checked {info['last_check']})")

@@ -210,11 +210,15 @@ class Watcher:
         except (ArchiveError, ConfigError, OSError, ValueError) as err:
             failures = int(self.state.get("archive_failures", 0)) + 1
             delay = backoff_delay(self.options.interval, failures, self.options.max_backoff)
-            log.warning("archive not usable (%s); next try in %.1f s", err, delay)
+            # A broken config.yaml stops assessment just as an unreachable archive does, and
+            # is retried the same way (someone is probably editing it); status names which.
+            cause = "config" if isinstance(err, ConfigError) else "archive"
+            log.warning("%s not usable (%s); next try in %.1f s", cause, err, delay)
             self.save(
                 last_check=iso(now),
                 archive={
                     "reachable": False,
+                    "cause": cause,
                     "error": str(err),
                     "since": (
                         (self.state.get("archive") or {}).get("since") if failures > 1 else iso(now)
