@@ -41,9 +41,9 @@ demo: setup
 
 system-packages:
 	@if ! command -v octave-cli >/dev/null || ! command -v gcc >/dev/null || ! test -x /usr/sbin/sshd \
-	    || ! command -v cloud-init >/dev/null; then \
+	    || ! command -v cloud-init >/dev/null || ! command -v systemd-analyze >/dev/null; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	    octave gcc libc6-dev openssh-server openssh-client cloud-init >/dev/null; fi
+	    octave gcc libc6-dev openssh-server openssh-client cloud-init systemd >/dev/null; fi
 
 # The Nova test cloud gets its own venv (.venv-nova): Nova pins eventlet, oslo and SQLAlchemy.
 setup-test: setup system-packages
