@@ -175,7 +175,8 @@ def run_summary(wd: Path) -> dict:
 
 
 class SecretWatch:
-    """While a run lasts, look for the secret in process command lines, server metadata and user data."""
+    """While a run lasts, look for the secret in process command lines, server metadata and
+    user data."""
 
     def __init__(self, project: Project, secret: str = SECRET):
         self.project = project
@@ -283,7 +284,8 @@ class Bastion:
         conf.write_text(
             f"ListenAddress {address}:{self.port}\nHostKey {self.dir}/host_key\n"
             f"AuthorizedKeysFile {self.dir}/authorized_keys\nPidFile {self.dir}/sshd.pid\n"
-            "StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+            "StrictModes no\nUsePAM no\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\n"
             "PermitRootLogin prohibit-password\nAllowTcpForwarding yes\nUseDNS no\n"
             "MaxStartups 200:30:400\nMaxSessions 200\nLogLevel DEBUG1\n"
             f"SetEnv HOME={self.dir}/home\n"

@@ -24,7 +24,8 @@ SCRIPT = REPO / "images" / "build-worker-image.sh"
 
 
 def image_cloud(project, tmp_path):
-    """clouds.yaml of the project with the test cloud's Glance endpoint, as a real cloud's catalog has."""
+    """clouds.yaml of the project with the test cloud's Glance endpoint, as a real cloud's
+    catalog has."""
     glance = project.cloud.endpoint.replace("/v2.1", "/image")
     y = tmp_path / "clouds-image.yaml"
     y.write_text(project.clouds_yaml.read_text() + f"    image_endpoint_override: {glance}\n")

@@ -1,4 +1,5 @@
-"""The pool against the Nova test cloud without Snakemake: quota forms, slow and hung SSH, reaper."""
+"""The pool against the Nova test cloud without Snakemake: quota forms, slow and hung SSH,
+reaper, leak cleanup at start, missing outputs, isolated servers."""
 
 from __future__ import annotations
 
@@ -115,7 +116,8 @@ def test_hung_server_is_detected_and_its_job_resubmitted(project, nova_cloud, in
     mark = in_tmp / "first-attempt"
     pool = make_pool(project, max_servers=2, ssh_keepalive=1.0)
     pool.start()
-    # the first attempt hangs (its server is frozen); a resubmission finds the marker and ends at once
+    # the first attempt hangs (its server is frozen); a resubmission finds the marker and
+    # ends at once
     j = job(1, f"if [ ! -e {mark} ]; then touch {mark}; sleep 60; fi", in_tmp)
     pool.submit(j)
     try:

@@ -1,11 +1,10 @@
-"""The cloud adapter's parsing and metadata rules (cloud.py) and the reaper's rules (reaper.py)."""
+"""The cloud adapter's parsing and metadata rules (cloud.py)."""
 
 from __future__ import annotations
 
 import time
 
 from snakemake_executor_plugin_openstack import cloud as cl
-from snakemake_executor_plugin_openstack.reaper import why_dead
 
 CONSOLE = """[  5.1] cloud-init[812]: Cloud-init v. 23.1 running 'modules:final'
 ec2: -----BEGIN SSH HOST KEY FINGERPRINTS-----
@@ -50,21 +49,3 @@ def test_metadata_has_owner_run_expiry_and_no_secrets(monkeypatch):
     assert md[cl.MD_RUN] == "run1" and md[cl.MD_TOOL] == cl.TOOL
     assert float(md[cl.MD_EXPIRES]) > time.time() + 29 * 60
     assert "topsecret" not in repr(md)
-
-
-def test_reaper_rules():
-    now = 1_000_000.0
-    base = {cl.MD_TOOL: cl.TOOL, cl.MD_RUN: "r", cl.MD_OWNER: "me@here", cl.MD_PID: "42"}
-    alive = lambda pid: pid == 42  # noqa: E731
-    assert why_dead({**base, cl.MD_EXPIRES: str(now + 60)}, now, "here", alive) is None
-    assert "expired" in why_dead({**base, cl.MD_EXPIRES: str(now - 1)}, now, "here", alive)
-    assert "gone" in why_dead(
-        {**base, cl.MD_PID: "7", cl.MD_EXPIRES: str(now + 60)}, now, "here", alive
-    )
-    # another machine's run: only the lease decides
-    assert (
-        why_dead({**base, cl.MD_PID: "7", cl.MD_EXPIRES: str(now + 60)}, now, "elsewhere", alive)
-        is None
-    )
-    # not ours: never
-    assert why_dead({cl.MD_EXPIRES: "0"}, now, "here", alive) is None

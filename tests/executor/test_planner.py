@@ -46,14 +46,16 @@ def test_planner_does_not_boot_when_work_ends_before_boot():
 
 
 def test_planner_boots_when_it_shortens_the_run():
-    # 200 s of work on one ready 2-slot server = 100 s; with 4 more: 2T + 8(T - 12) = 200, T = 29.6 s
+    # 200 s of work on one ready 2-slot server = 100 s;
+    # with 4 more: 2T + 8(T - 12) = 200, T = 29.6 s
     p = plan_boots(req(work_seconds=200, existing=[ExistingServer(slots=2, available_in=0)]))
     assert p.boots == {"m1.medium": 4}
     assert p.makespan == pytest.approx(29.6, rel=1e-3)
 
 
 def test_planner_counts_servers_already_booting():
-    # 4 servers (8 slots) ready in 10 s finish 16 slot-s of work at 12 s: a new boot (12 s) cannot help
+    # 4 servers (8 slots) ready in 10 s finish 16 slot-s of work at 12 s:
+    # a new boot (12 s) cannot help
     p = plan_boots(
         req(work_seconds=16, existing=[ExistingServer(2, 10.0)] * 4, budget=Resources(4, 20, 51200))
     )

@@ -45,7 +45,8 @@ def test_run_script_exports_secrets_from_stdin_not_argv(tmp_path):
     (job / ".snakemake-openstack").mkdir(parents=True)
     (job / ".snakemake-openstack" / "run.sh").write_text(build_run_script("/opt/worker/bin"))
     (job / ".snakemake-openstack" / "cmd.sh").write_text(
-        'printf "%s|%s|%s" "$TOKEN" "$MULTI" "${PATH%%:*}" > out.txt; cat /proc/$$/cmdline | tr "\\0" " " > argv.txt\n'
+        'printf "%s|%s|%s" "$TOKEN" "$MULTI" "${PATH%%:*}" > out.txt; '
+        'cat /proc/$$/cmdline | tr "\\0" " " > argv.txt\n'
     )
     secret = "s3cr=t 'quoted'"
     multi = base64.b64encode(b"a\nb").decode()

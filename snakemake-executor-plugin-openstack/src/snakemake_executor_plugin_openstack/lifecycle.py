@@ -1,9 +1,11 @@
 """The server state machines: launch (create, build, host key, SSH) and delete, with retries.
 
-As in Nodepool's OpenStack driver, each server moves through explicit states
-(``model.ServerState``): a launch attempt that fails is deleted before the next attempt starts,
-a quota rejection (Nova's 403 at create or ERROR after its recheck) shrinks the pool instead of
-counting as a failure, and a configuration error stops all further launches.
+As in Nodepool's OpenStack driver (``nodepool/driver/openstack/adapter.py``:
+``OpenstackCreateStateMachine``, ``OpenstackDeleteStateMachine``, whose "submit" states we
+borrow), each server moves through explicit states (``model.ServerState``): a launch
+attempt that fails is deleted before the next attempt starts, a quota rejection (Nova's 403 at
+create or ERROR after its recheck) shrinks the pool instead of counting as a failure, and a
+configuration error stops all further launches.
 
 ``ServerLifecycle`` is a mixin of ``Pool``: it uses the pool's ``cfg``, ``cloud``, ``servers``,
 ``stats``, ``log``, ``run_id``, ``quota`` and its ``_api``/``_spawn``/``wake`` plumbing.

@@ -64,7 +64,8 @@ class Backlog:
 
 
 class ServerState:
-    # launch state machine (Nodepool's order: request, build, reachable, ready)
+    # launch state machine; the names follow Nodepool's OpenStack state machines
+    # (nodepool/driver/openstack/adapter.py): a "submitting" state while the API call is out
     START = "start"
     SUBMIT = "submitting create"
     BUILDING = "building"
