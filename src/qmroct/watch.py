@@ -245,6 +245,8 @@ class Watcher:
         if trigger is None:
             log.info("no change")
             return self.options.interval
+        if self.stop.is_set():  # asked to stop while polling: start nothing
+            return 0.0
         self.run_workflow(trigger, token, digest, config)
         if self.state.get("retry_at") and not self.stop.is_set():
             return max(0.0, min(self.options.interval, float(self.state["retry_at"]) - time.time()))
@@ -345,7 +347,8 @@ class Watcher:
                 else backoff_delay(self.options.interval, failed, self.options.max_backoff)
             )
             self.save(run=None, last_run=run_id, failed_runs=failed, retry_at=retry)
-        log.info("run %s: %s (exit %s)", run_id, summary.get("outcome"), status)
+        log.info("run %s: %s (exit %s), recorded in %s", watch_id, summary.get("outcome"), status,
+                 runhistory.run_dir(run_id))
 
 
 def _tee(stream, out) -> None:
