@@ -189,6 +189,7 @@ def test_runs_table_and_history_page(tmp_path):
     assert "scan not readable 1" in table[2] and "4.5" in table[2]
     # The summaries are cached by manifest size and mtime; a rewritten manifest is read again.
     assert (tmp_path / runhistory.SUMMARY_CACHE).is_file()
+    assert "failure_list" not in runhistory.list_runs(tmp_path)[1]  # lists stay in the manifest
     _record(tmp_path, "20260101T000000Z-aaaaaa", trigger="config changed")
     assert runhistory.list_runs(tmp_path)[0]["trigger"] == "config changed"
     runhistory.write_pages("20260102T000000Z-bbbbbb", tmp_path)

@@ -124,7 +124,7 @@ def merge_summary(run_id: str, summary: dict[str, Any], root: Path = Path(".")) 
 
 
 def list_runs(root: Path = Path(".")) -> list[dict[str, Any]]:
-    """Every run's summary (with ``run_id``), oldest first.
+    """Every run's summary (with ``run_id``, without the long lists), oldest first.
 
     A manifest lists every result file with its checksum (megabytes at ten thousand
     sessions), and the history page is rebuilt after every run, so summaries are kept in a
@@ -155,7 +155,7 @@ def list_runs(root: Path = Path(".")) -> list[dict[str, Any]]:
             except (OSError, ValueError) as err:
                 log.warning("run record %s unreadable: %s", path, err)
                 continue
-            summary = dict(record.get("summary") or {})
+            summary = _brief(record.get("summary") or {})
             summary.setdefault("run_id", record.get("run_id", path.parent.name))
         fresh[path.parent.name] = {"stamp": stamp, "summary": summary}
         runs.append(summary)
@@ -169,6 +169,15 @@ def list_runs(root: Path = Path(".")) -> list[dict[str, Any]]:
             log.debug("run summary cache not written: %s", err)
     runs.sort(key=lambda s: (s.get("start") or "", s["run_id"]))
     return runs
+
+
+def _brief(summary: dict[str, Any]) -> dict[str, Any]:
+    """A summary without its long lists (each failure, each new session): those stay in the
+    run's manifest and its failures page; listings and the cache need only the counts."""
+    brief = {k: v for k, v in summary.items() if k != "failure_list"}
+    if isinstance(brief.get("sessions"), dict):
+        brief["sessions"] = {k: v for k, v in brief["sessions"].items() if not k.endswith("_sessions")}
+    return brief
 
 
 # -- sessions before and after --------------------------------------------------
