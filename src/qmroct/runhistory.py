@@ -176,7 +176,8 @@ def _brief(summary: dict[str, Any]) -> dict[str, Any]:
     run's manifest and its failures page; listings and the cache need only the counts."""
     brief = {k: v for k, v in summary.items() if k != "failure_list"}
     if isinstance(brief.get("sessions"), dict):
-        brief["sessions"] = {k: v for k, v in brief["sessions"].items() if not k.endswith("_sessions")}
+        counts = brief["sessions"].items()
+        brief["sessions"] = {k: v for k, v in counts if not k.endswith("_sessions")}
     return brief
 
 
