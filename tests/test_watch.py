@@ -338,3 +338,33 @@ def test_bad_config_and_missing_archive_are_named_by_status(tmp_path, monkeypatc
     assert code == 2 and "archive: UNREACHABLE" in render(info) and "nowhere" in render(info)
     assert json.loads((tmp_path / STATE_FILE).read_text())["archive_failures"] == 2
     assert not (tmp_path / LOCK_FILE).exists() and not (tmp_path / "results").exists()
+
+
+def test_ledger_counts_snakemake_job_events():
+    """The head's handler, fed the records Snakemake's logger emits (event names and fields
+    as in snakemake/jobs.py and scheduling/job_scheduler.py)."""
+    import logging
+
+    ledger = runhistory.RunLedger()
+
+    def emit(msg: str = "", **extra) -> None:
+        record = logging.LogRecord("snakemake.logging", logging.INFO, __file__, 0, msg, None, None)
+        record.__dict__.update(extra)
+        ledger.emit(record)
+
+    emit(event="job_info", jobid=1, rule_name="discover", wildcards={})
+    for jobid, session in ((2, "A"), (3, "B")):
+        wildcards = {"project": "P", "session": session}
+        emit(event="job_info", jobid=jobid, rule_name="compute_noise", wildcards=wildcards)
+    emit(event="job_finished", job_id=1)
+    emit(event="job_finished", job_id=2)
+    emit(event="job_error", jobid=3, rule_name="compute_noise", log=["logs/compute/P/B/noise.log"])
+    emit(event="progress", done=2, total=3)
+    assert not ledger.interrupted
+    emit("Terminating processes on user request, this might take some time.")
+    assert [rule for rule, _ in ledger.finished] == ["discover", "compute_noise"]
+    assert ledger.finished[1][1] == {"project": "P", "session": "A"}
+    [failure] = runhistory.job_failures(ledger.failed)
+    assert (failure["session"], failure["reason"]) == ("B", "job compute_noise failed")
+    assert failure["log"] == ["logs/compute/P/B/noise.log"]
+    assert ledger.interrupted

@@ -406,3 +406,24 @@ def test_watcher_and_run_killed_hard_then_recovered(workflow):
     s = summary(workflow, finished)
     assert s["outcome"] == "success" and s["trigger"] == "first check"
     assert_all_results_ok(workflow)
+
+
+def test_ctrl_c_on_a_run_by_hand_is_recorded_as_interrupted(workflow):
+    """No watcher: a person's Ctrl-C (SIGINT to the foreground process group)."""
+    gate = add_gate(workflow)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", *RUN_ARGS],
+        cwd=workflow.root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_env(),
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: Path(str(gate) + ".reached").exists(), 300, "a gate job to be running")
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=180) != 0
+    [run_id] = runs(workflow)
+    s = summary(workflow, run_id)
+    assert (s["trigger"], s["outcome"], s["exit_status"]) == ("manual", "interrupted", 1)

@@ -48,6 +48,8 @@ POOL_RUNS = Path(".snakemake/openstack")  # the executor's per-run folder, summa
 MANIFEST = "manifest.json"
 SUMMARY_CACHE = Path(".qmroct/run-summaries.json")
 SNAKEMAKE_LOGGER = "snakemake.logging"
+# What Snakemake's scheduler logs when a KeyboardInterrupt ends the run (job_scheduler.py).
+USER_STOP = "Terminating processes on user request"
 RUN_ID_ENV = "QMROCT_RUN_ID"  # the run manifest's id, set in the head by whoever names the run
 WATCH_ID_ENV = "QMROCT_WATCH_RUN_ID"  # the watcher's name for a run it started
 TRIGGER_ENV = "QMROCT_RUN_TRIGGER"  # why the watcher started it; "manual" when unset
@@ -222,6 +224,7 @@ class RunLedger(logging.Handler):
         self.jobs: dict[int, tuple[str, dict[str, str]]] = {}  # jobid -> (rule, wildcards)
         self.finished: list[tuple[str, dict[str, str]]] = []
         self.failed: list[dict[str, Any]] = []
+        self.interrupted = False  # Ctrl-C (or the watcher's SIGINT) ended the run
         self._lock = threading.Lock()
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -232,6 +235,8 @@ class RunLedger(logging.Handler):
                     self.jobs[int(record.jobid)] = (record.rule_name, dict(record.wildcards or {}))
                 elif event == "job_finished":
                     self.finished.append(self.jobs.get(int(record.job_id), ("?", {})))
+                elif not event and USER_STOP in str(record.msg):
+                    self.interrupted = True
                 elif event == "job_error":
                     _, wildcards = self.jobs.get(int(record.jobid), ("", {}))
                     self.failed.append(
@@ -323,7 +328,7 @@ def _finish_run(config: dict[str, Any], failed: bool) -> dict[str, Any] | None:
         "jobs": dict(sorted(Counter(rule for rule, _ in run.ledger.finished).items())),
         "jobs_failed": dict(sorted(Counter(f["rule"] for f in run.ledger.failed).items())),
         "exit_status": 1 if failed else 0,
-        "outcome": "failed" if failed else "success",
+        "outcome": ("interrupted" if run.ledger.interrupted else "failed") if failed else "success",
     }
     failures = result_failures(run.ledger.finished, run.compute_rules) + job_failures(
         run.ledger.failed
