@@ -144,6 +144,11 @@ class ProcWatch:
     def run(self) -> None:
         deadline = time.time() + 600
         while not self.stop.wait(0.02) and time.time() < deadline:
+            if self.head is not None and b"snakemake" not in self.head_cmdline:
+                try:  # read right after the spawn, it may still be the parent's (pre-exec)
+                    self.head_cmdline = Path(f"/proc/{self.head}/cmdline").read_bytes()
+                except OSError:
+                    pass
             parents = self._children()
             for pid in parents:
                 try:
@@ -351,8 +356,10 @@ def test_workflow_against_xnat(xnat_server, password, pyxnat_interface, tmp_path
     wf.write_config(config)
     mark = len(xnat_server.requests)
     wf.run()
-    refused = [r for r in xnat_server.requests[mark:] if r["status"] >= 400]
-    assert refused == []  # no 400 on the update, no 409 on the resource
+    # no write refused: no 400 on the update, no 409 on the resource (a GET may 404:
+    # that is how the client finds the resource the rebuild dropped)
+    refused = [r for r in xnat_server.requests[mark:] if r["status"] >= 400 and r["method"] != "GET"]
+    assert refused == []
     for label in first_two:
         eid = sessions[label]
         now = {
