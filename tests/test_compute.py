@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dataclasses
 import json
 import shutil
 
@@ -67,3 +68,16 @@ def test_result_json_is_strict(tmp_path):
     text = (tmp_path / "r.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"value": None, "per_bscan": [1.0, None]}
+
+
+def test_problem_session_without_scans_reports_its_problem(tmp_path, archive):
+    algo = load_algorithm("noise", search_paths=[REPO / "algorithms"])
+    session = archive.discover(["DEMO"])[0]
+    reason = "session label 'a b' is not a valid XNAT label"
+    problem = dataclasses.replace(session, scans=(), problem=reason)
+    result = compute_session(problem, algo, {}, archive, tmp_path / "scratch", tmp_path / "extras")
+    assert result["status"] == "failed"
+    assert result["error"] == reason
+    empty = dataclasses.replace(session, scans=())
+    result = compute_session(empty, algo, {}, archive, tmp_path / "scratch", tmp_path / "extras")
+    assert result["error"] == "session has no scans"

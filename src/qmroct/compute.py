@@ -123,7 +123,9 @@ def compute_session(
 
     n_ok = sum(s["status"] == "ok" for s in scans)
     if not scans:
-        status, error = "failed", "session has no scans"
+        # a problem session (a label XNAT would refuse, say) may list no scans: its
+        # reason is what the user needs, not the empty list it caused
+        status, error = "failed", session.problem or "session has no scans"
     else:
         status = "ok" if n_ok == len(scans) else ("partial" if n_ok else "failed")
         error = None if n_ok == len(scans) else f"{len(scans) - n_ok} of {len(scans)} scans failed"
