@@ -86,3 +86,31 @@ def test_write_back_is_idempotent(tmp_path, archive_copy):
     assert b">21.5<" in (base / "SUBJ001_V1_qmroct_noise/assessor.xml").read_bytes()
     history = (archive_copy.session_dir(session) / "history.jsonl").read_text().splitlines()
     assert len(history) == 2  # created, updated; the unchanged rerun wrote nothing
+
+
+def test_history_through_a_link_is_refused_also_when_superseding(tmp_path, archive_copy):
+    """A rollback to an unchanged older version only marks the newer one superseded;
+    that history line goes through the same link check as every other."""
+    from qmroct.archive import ArchiveError
+
+    session = archive_copy.discover(["DEMO"])[0]
+
+    def write(version):
+        result = _result(session, 20.0) | {}
+        result["algorithm"] = dict(result["algorithm"], version=version)
+        kqi = tmp_path / "noise.json"
+        kqi.write_text(json.dumps(result))
+        return archive_copy.write_assessment(session, Assessment.from_result(
+            result, {"noise.json": kqi}, versioned=archive_copy.versioned_labels))
+
+    assert write("1.0.0").action == "created" and write("1.1.0").action == "created"
+    base = archive_copy.session_dir(session)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not the archive's\n")
+    (base / "history.jsonl").unlink()
+    (base / "history.jsonl").symlink_to(outside)
+    records = {p: p.read_bytes() for p in (base / "assessors").glob("*/assessor.json")}
+    with pytest.raises(ArchiveError, match="is a link"):
+        write("1.0.0")  # unchanged: only the superseding step writes history
+    assert outside.read_text() == "not the archive's\n"
+    assert {p: p.read_bytes() for p in records} == records, "no record marked before the refusal"

@@ -298,6 +298,7 @@ class DirectoryArchive(Archive):
         from qmroct.assessment import SUPERSEDED_FIELD, assessment_label, mark_superseded
 
         unversioned = assessment_label(session.label, assessment.algorithm)
+        _history_path(base)  # a linked history refuses before any record is marked
         marked = []
         for folder in sorted(assessors.iterdir()):
             record_path = folder / "assessor.json"
@@ -325,26 +326,22 @@ class DirectoryArchive(Archive):
                 _replace_bytes(xml_path, xml)
             _replace_text(record_path, json.dumps(record, indent=1, default=str))
             marked.append(str(record.get("label") or folder.name))
-        for label in marked:
-            with open(base / "history.jsonl", "a") as fh:
-                fh.write(json.dumps({"time": _now(), "pipeline_name": f"qmroct {assessment.algorithm}",
-                                     "version": assessment.version, "status": "Complete",
-                                     "details": f"assessor {label} superseded by {assessment.label}"}) + "\n")
+        _append_history_lines(base, [
+            {"time": _now(), "pipeline_name": f"qmroct {assessment.algorithm}",
+             "version": assessment.version, "status": "Complete",
+             "details": f"assessor {label} superseded by {assessment.label}"}
+            for label in marked
+        ])
         return marked
 
     def _append_history(self, base: Path, assessment, action: str) -> None:
-        history = base / "history.jsonl"
-        if history.is_symlink():
-            raise ArchiveError(f"not writing history: {history} is a link")
-        entry = {
+        _append_history_lines(base, [{
             "time": _now(),
             "pipeline_name": f"qmroct {assessment.algorithm}",
             "version": assessment.version,
             "status": "Complete" if assessment.status != "failed" else "Failed",
             "details": f"assessor {assessment.label} {action}",
-        }
-        with open(base / "history.jsonl", "a") as fh:
-            fh.write(json.dumps(entry) + "\n")
+        }])
 
     def add_session(self, project: str, subject: str, label: str, scans: list[dict[str, Any]], move: bool = False) -> Path:
         """Put a session into the archive (used by the demo builder and tests).
@@ -407,6 +404,23 @@ def remove_interrupted_writes(assessors: Path, folder: str) -> list[Path]:
         shutil.rmtree(child, ignore_errors=True)
         removed.append(child)
     return removed
+
+
+def _history_path(base: Path) -> Path:
+    """The session's history.jsonl, refused when it is a link: appending through a link
+    would write outside the archive (the one check every history write goes through)."""
+    history = base / "history.jsonl"
+    if history.is_symlink():
+        raise ArchiveError(f"not writing history: {history} is a link")
+    return history
+
+
+def _append_history_lines(base: Path, entries: list[dict[str, Any]]) -> None:
+    if not entries:
+        return
+    history = _history_path(base)
+    with open(history, "a") as fh:
+        fh.write("".join(json.dumps(entry) + "\n" for entry in entries))
 
 
 def _metadata(path: Path) -> dict[str, Any]:
