@@ -284,6 +284,9 @@ def test_own_write_backs_leave_the_state_token_alone(xnat_env, pyxnat_interface,
     assert last_modified(arc, s1) != modified  # the server propagated our writes
     assert plain.state_token(["OCT"]) != token  # which a token of raw values would see
     assert arc.state_token(["OCT"]) == token
+    # the reads around each write ask XNAT for the one session, not the whole project
+    reads = [r["target"] for r in xnat_env.requests if "columns=ID%2Clast_modified" in r["target"]]
+    assert reads and all(f"ID={s1.id}" in target for target in reads)
     # anyone else's change still counts
     pyxnat_interface.select("/project/OCT/subject/S2/experiment/S2_V1/scan/1/resource/DICOM").file(
         "extra.dcm"

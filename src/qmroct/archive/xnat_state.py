@@ -76,10 +76,13 @@ class OwnWrites:
 
 
 def last_modified(archive: XnatArchive, session: Session) -> str:
+    """The session's last_modified: its one row of the project's listing, filtered by
+    XNAT itself (QueryOrganizerResource.populateQuery maps ``ID=`` to a criterion)."""
     rows = archive.http.listing(
         f"/data/projects/{quote(session.project)}/experiments",
         columns="ID,last_modified",
-        what=f"sessions of {session.project}",
+        what=f"session {session.key}",
+        ID=session.id,
     )
     return next((r.get("last_modified", "") for r in rows if r.get("ID") == session.id), "")
 
