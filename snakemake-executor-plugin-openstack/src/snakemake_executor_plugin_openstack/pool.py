@@ -26,7 +26,9 @@ from . import cloud as cl
 from . import reaper, scheduling
 from .jobs import JobRunner
 from .lifecycle import ServerLifecycle
-from .model import (
+
+# JobState, LaunchFailed and PoolJob are re-exported: callers know them as pool.*
+from .model import (  # noqa: F401
     Backlog,
     JobState,
     LaunchFailed,
@@ -34,7 +36,7 @@ from .model import (
     PoolJob,
     Server,
     ServerState,
-)  # noqa: F401
+)
 from .planner import plan_boots
 from .quota import QuotaCache, Resources, budget, pool_caps
 from .status import PoolStats, fmt_resources, status_line
