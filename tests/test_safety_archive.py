@@ -378,3 +378,26 @@ class _Doc:
 
     def to_xml(self) -> bytes:
         return b"<x/>"
+
+
+def test_qmroct_discover_lists_problem_sessions_with_their_reasons(tmp_path, small_demo):
+    archive = tmp_path / "archive"
+    shutil.copytree(small_demo / "archive", archive)
+    first = sorted(archive.glob("DEMO/subjects/*/experiments/*"))[0]
+    shutil.copytree(first, archive / "DEMO" / "subjects" / "SUBJX" / "experiments" / "DUP")
+    (sorted(archive.glob("DEMO/subjects/*/experiments/*"))[1] / "scans" / "2" / "scan.json") \
+        .write_text("{not json")
+    config = tmp_path / "config.yaml"
+    import yaml
+
+    settings = yaml.safe_load((Path(__file__).parents[1] / "config.yaml").read_text())
+    settings["archive"] = {"backend": "directory", "path": str(archive)}
+    config.write_text(yaml.safe_dump(settings))
+    out = subprocess.run([sys.executable, "-m", "qmroct.cli", "discover", str(config)],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    rows = [json.loads(line) for line in out.splitlines()]
+    duplicated = [r for r in rows if r["session"] == f"DEMO/{first.name}"]
+    assert len(duplicated) == 2 and all("used by 2 sessions" in r["problem"] for r in duplicated)
+    broken = [r for r in rows if "scan_problems" in r]
+    assert len(broken) == 1 and "unreadable metadata" in broken[0]["scan_problems"]["2"]
+    assert sum("problem" not in r and "scan_problems" not in r for r in rows) == len(rows) - 3

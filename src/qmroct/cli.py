@@ -62,15 +62,20 @@ def cmd_discover(args: argparse.Namespace) -> int:
     import yaml
 
     from qmroct.config import validate_schema
-    from qmroct.discovery import archive_for
+    from qmroct.discovery import vetted_sessions
 
     config = yaml.safe_load(Path(args.config).read_text())
     validate_schema(config)
-    with archive_for(config) as archive:
-        archive.check()
-        for session in archive.discover(list(config["projects"])):
-            print(json.dumps({"session": session.key, "subject": session.subject, "scans": len(session.scans),
-                              "fingerprint": session.fingerprint}))
+    for session in vetted_sessions(config):
+        row = {"session": session.key, "subject": session.subject, "scans": len(session.scans),
+               "fingerprint": session.fingerprint}
+        # the reasons the run would record as failed rows, said before any run
+        scan_problems = {scan.id: scan.problem for scan in session.scans if scan.problem}
+        if session.problem:
+            row["problem"] = session.problem
+        if scan_problems:
+            row["scan_problems"] = scan_problems
+        print(json.dumps(row))
     return 0
 
 

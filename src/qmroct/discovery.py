@@ -127,11 +127,17 @@ def write_discovery(sessions: list[Session], out_dir: Path, index_path: Path) ->
     os.replace(tmp, index_path)
 
 
-def discover(config: dict[str, Any], out_dir: Path, index_path: Path) -> list[Session]:
+def vetted_sessions(config: dict[str, Any]) -> list[Session]:
+    """The archive's sessions as the workflow sees them: vetted, duplicates marked
+    (``qmroct discover`` lists the same problems the run would record)."""
     with archive_for(config) as archive:
         archive.check()
         sessions = archive.discover(list(config["projects"]))
-    sessions = _mark_duplicates([vet_session(s) for s in sessions])
+    return _mark_duplicates([vet_session(s) for s in sessions])
+
+
+def discover(config: dict[str, Any], out_dir: Path, index_path: Path) -> list[Session]:
+    sessions = vetted_sessions(config)
     write_discovery(sessions, out_dir, index_path)
     return sessions
 
