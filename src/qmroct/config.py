@@ -86,6 +86,7 @@ def check_config(config: dict[str, Any], workflow_dir: Path | str = ".",
     from qmroct.algorithms import available_algorithms, load_algorithm
 
     _check_paths(config, Path(workdir) if workdir is not None else Path.cwd(), Path(workflow_dir))
+    _check_server(config["archive"])
     search_paths = [Path(workflow_dir) / p for p in config.get("algorithm_paths", ["algorithms"])]
     available = available_algorithms(search_paths)
     algorithms = {}
@@ -139,6 +140,19 @@ def check_config(config: dict[str, Any], workflow_dir: Path | str = ".",
             raise ConfigError(f"config.yaml: studies/{name}/set_scan_quality: needs the xnat archive backend")
         studies[name] = Study(name, criteria, projects, study.get("description", ""), bool(study.get("set_scan_quality")))
     return Settings(raw=config, algorithms=algorithms, studies=studies)
+
+
+def _check_server(archive: dict[str, Any]) -> None:
+    """An XNAT URL with user:password@ in it is refused (issue 9): never persisted."""
+    if archive.get("backend") != "xnat" or not archive.get("server"):
+        return
+    from qmroct.archive.base import ArchiveError
+    from qmroct.archive.xnat_tokens import check_server_url
+
+    try:
+        check_server_url(str(archive["server"]))
+    except ArchiveError as exc:
+        raise ConfigError(f"config.yaml: archive/server: {exc}") from None
 
 
 def _check_paths(config: dict[str, Any], workdir: Path, workflow_dir: Path) -> None:

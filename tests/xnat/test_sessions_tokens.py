@@ -149,3 +149,17 @@ def test_credentials_in_the_server_url_are_refused(xnat_server, password, url, m
         XnatArchive(projects=["OCT"]).check()
     assert password not in str(err.value)
     assert xnat_server.requests == []  # refused before any call
+
+
+def test_check_config_refuses_credentials_in_the_server_url(tmp_path, password):
+    import yaml
+
+    from qmroct.config import ConfigError, load_settings
+
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config["archive"] = {"backend": "xnat", "server": f"https://{USER}:{password}@xnat.example.org"}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match="archive/server: .*carries credentials") as err:
+        load_settings(path, workflow_dir=ROOT)
+    assert password not in str(err.value)
