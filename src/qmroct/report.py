@@ -122,8 +122,17 @@ def render_report(
     thumbnails_dir: Path,
     worst_limit: int = 6,
     versions_section: str = "",
+    path_keys: dict[tuple[str, str], str] | None = None,
 ) -> str:
-    """The complete HTML page. ``criteria``: study -> [(column, text, threshold)]."""
+    """The complete HTML page. ``criteria``: study -> [(column, text, threshold)].
+
+    ``path_keys``: (project, session label) -> the session's path key, the folder its
+    thumbnails are under (a label is archive content, never a path: qmroct.paths);
+    without an entry the key a label gets by default.
+    """
+    from qmroct.paths import path_segment
+
+    path_keys = path_keys or {}
     thresholds: dict[str, list[tuple[str, float]]] = {}
     for study, items in criteria.items():
         for column, text, threshold in items:
@@ -174,7 +183,8 @@ def render_report(
     else:
         parts.append("<div class='gallery'>")
         for row in worst.itertuples(index=False):
-            thumb = thumbnails_dir / row.project / row.session / f"{row.scan}.png"
+            key = path_keys.get((row.project, row.session)) or path_segment(row.session)
+            thumb = thumbnails_dir / row.project / key / f"{row.scan}.png"
             picture = _img("data:image/png;base64," + base64.b64encode(thumb.read_bytes()).decode(), f"{row.session} scan {row.scan}", 320) if thumb.is_file() else "<p>(no thumbnail: scan not readable)</p>"
             parts.append(
                 f"<div class='card'>{picture}<br><b>{html.escape(row.project)}/{html.escape(row.session)} scan {html.escape(str(row.scan))}</b>"

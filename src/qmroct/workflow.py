@@ -6,6 +6,7 @@ the steps can be read, tested and reused without Snakemake.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -157,8 +158,13 @@ def report_step(snakemake: Any) -> None:
     criteria = {name: [(c.column, c.text, c.threshold) for c in s.criteria] for name, s in settings.studies.items()}
     versions = versions_html([Path(p) for p in snakemake.input.results], os.environ.get(RUN_ID_ENV),
                              Path(snakemake.output.html).parent)
+    # each session's summary names its path key, the folder its thumbnails are in
+    path_keys = {}
+    for summary_path in snakemake.input.summaries:
+        session = json.loads(Path(summary_path).read_text())["session"]
+        path_keys[(session["project"], session["label"])] = session.get("path_key", "")
     html = render_report(tidy, studies, criteria, Path("results/thumbnails"), snakemake.params.worst_scans,
-                         versions_section=versions)
+                         versions_section=versions, path_keys=path_keys)
     Path(snakemake.output.html).parent.mkdir(parents=True, exist_ok=True)
     Path(snakemake.output.html).write_text(html)
     _logger(snakemake, "report").info("report written to %s", snakemake.output.html)
