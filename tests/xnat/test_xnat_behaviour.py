@@ -372,3 +372,26 @@ def test_removing_stale_files_needs_delete_rights(arc_session, xnat_server, tmp_
     assert arc.write_assessment(s, fewer).action == "updated"
     aid = xnat_server.store.one("SELECT id FROM experiments WHERE session_id=?", s.id)["id"]
     assert resource_files(xnat_server, aid) == [("QMROCT", "noise.json")]
+
+
+def test_single_workflow_in_csv_is_a_clear_400(arc_session, xnat_server, password):
+    """WorkflowResource renders one item (SecureResource.representItem: HTML, JSON, XML):
+    CSV is not offered there; the listing service is where rows come as CSV."""
+    arc, s = arc_session
+    key = arc.record_history(s, "noise", "Queued", launch_time="2026-11-26T02:00:00")
+    auth, url = (USER, password), f"{xnat_server.url}/data/workflows"
+    keys = {
+        "wrk:workflowData/id": s.id,
+        "wrk:workflowData/pipeline_name": "qmroct noise",
+        "wrk:workflowData/launch_time": key,
+    }
+    refused = requests.get(url, params=keys | {"format": "csv"}, auth=auth)
+    assert refused.status_code == 400 and "format=csv is not offered" in refused.text
+    assert "display=ALL&amp;format=csv" in refused.text  # an HTML status page, as XNAT's
+    listed = requests.get(
+        f"{xnat_server.url}/data/services/workflows/qmroct noise",
+        params={"experiment": s.id, "display": "ALL", "format": "csv"},
+        auth=auth,
+    )
+    assert listed.status_code == 200 and listed.headers["Content-Type"].startswith("text/csv")
+    assert "Queued" in listed.text

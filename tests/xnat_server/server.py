@@ -720,6 +720,17 @@ class XnatHandler(BaseHTTPRequestHandler):
                 )
             number, created = store.put_workflow(fields, self.user)
             return self.send_text(200, str(number))
+        fmt = (self.query.get("format") or "json").lower()
+        if fmt not in ("json", "xml"):
+            # WorkflowResource.represent -> SecureResource.representItem renders one item
+            # as HTML, JSON or XML only; XNAT's fallback (XML for format=csv) would puzzle a
+            # client that asked for CSV, so this server says so (simplification: JSON for xml)
+            raise HttpError(
+                400,
+                f"format={fmt} is not offered for a single workflow (XNAT answers one item "
+                "as JSON or XML); use format=json, or list rows as CSV with "
+                "/data/services/workflows/<pipeline>?display=ALL&format=csv",
+            )
         if wid:
             rows = store.workflows(id=wid)
             if not rows:
