@@ -13,7 +13,7 @@ import yaml
 from tests.support import copy_workflow
 from tests.test_watch_workflow import qmroct, runs, start_watcher, state, summary, wait_for
 from tests.xnat.helpers import USER
-from tests.xnat.test_end_to_end import upload_archive
+from tests.xnat_server.load import upload_archive
 from tests.xnat_server import XnatTestServer
 from tests.xnat_server.server import DEFAULT_SCHEMA_DIR
 

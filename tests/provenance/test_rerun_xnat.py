@@ -15,7 +15,7 @@ from tests.provenance.conftest import make_checkout
 from tests.support import copy_workflow
 from tests.xnat.conftest import password, pyxnat_interface, xnat_server  # noqa: F401 (fixtures)
 from tests.xnat.helpers import USER
-from tests.xnat.test_end_to_end import upload_archive
+from tests.xnat_server.load import upload_archive
 
 pytestmark = pytest.mark.slow
 

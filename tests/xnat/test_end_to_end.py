@@ -25,6 +25,7 @@ import yaml
 
 from tests.support import copy_workflow, job_stats
 from tests.xnat.helpers import USER
+from tests.xnat_server.load import upload_archive
 
 pytestmark = pytest.mark.slow
 
@@ -64,36 +65,6 @@ def compute(volume, meta, params, workdir):
     value = float(np.mean(volume)) * float(params.get("scale", 1.0))
     return {"kqis": {"mean_intensity": {"value": value, "unit": "intensity"}}}
 """
-
-
-def upload_archive(intf, archive: Path, only: set[str] | None = None) -> list[str]:
-    """Put a directory archive (qmroct demo-archive layout) into XNAT via pyxnat."""
-    labels = []
-    for session_dir in sorted(archive.glob("*/subjects/*/experiments/*")):
-        info = json.loads((session_dir / "session.json").read_text())
-        if only is not None and info["label"] not in only:
-            continue
-        exp = intf.select(
-            f"/project/{info['project']}/subject/{info['subject']}/experiment/{info['label']}"
-        )
-        exp.create(experiments=info.get("xsiType", "xnat:optSessionData"))
-        for scan_dir in sorted((session_dir / "scans").iterdir()):
-            scan = json.loads((scan_dir / "scan.json").read_text())
-            stype = scan.get("xsiType", "xnat:optScanData")
-            exp.scan(scan["ID"]).create(
-                scans=stype,
-                **{
-                    f"{stype}/type": scan.get("type", ""),
-                    f"{stype}/series_description": scan.get("series_description", ""),
-                },
-            )
-            for f in sorted(scan_dir.glob("resources/*/files/*")):
-                res = f.parent.parent.name
-                exp.scan(scan["ID"]).resource(res).file(f.name).put(
-                    str(f), format="DICOM", content="RAW"
-                )
-        labels.append(info["label"])
-    return labels
 
 
 class ProcWatch:

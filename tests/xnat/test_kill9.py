@@ -18,7 +18,8 @@ import yaml
 from qmroct.archive.xnat_history import INTERRUPTED
 from tests.support import copy_workflow
 from tests.xnat.helpers import USER
-from tests.xnat.test_end_to_end import PROBE_MANIFEST, SHAPE, XnatWorkflow, upload_archive
+from tests.xnat.test_end_to_end import PROBE_MANIFEST, SHAPE, XnatWorkflow
+from tests.xnat_server.load import upload_archive
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,8 @@ import yaml
 
 from tests.support import copy_workflow
 from tests.xnat.helpers import USER
-from tests.xnat.test_end_to_end import SHAPE, ProcWatch, XnatWorkflow, upload_archive
+from tests.xnat.test_end_to_end import SHAPE, ProcWatch, XnatWorkflow
+from tests.xnat_server.load import upload_archive
 
 pytestmark = pytest.mark.slow
 

@@ -1,10 +1,13 @@
 """Run the XNAT test server by hand.
 
-    python -m tests.xnat_server --port 8080 --data /tmp/xnat-data
+    python -m tests.xnat_server --port 8080 --data /tmp/xnat-data --load demo/archive
 
 Users come from XNAT_TEST_USERS ("login:password,login2:password2"), never from
 the command line; without it one user "admin" with password "admin" exists.
-Point pyxnat or xnatpy (or qmroct) at the printed URL.
+--load puts a directory archive (the `qmroct demo-archive` layout) into the server
+through pyxnat as the first user, creating its projects; sessions already loaded
+into the same --data folder are skipped. Point pyxnat or xnatpy (or qmroct) at the
+printed URL.
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 
+from .load import LoadError, load_archive, session_folders
 from .server import DEFAULT_SCHEMA_DIR, XnatTestServer
 
 
@@ -41,6 +46,14 @@ def main() -> None:
     parser.add_argument(
         "--project", action="append", default=[], help="create this project at start (repeatable)"
     )
+    parser.add_argument(
+        "--load",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="ARCHIVE",
+        help="load this directory archive (e.g. demo/archive) once started (repeatable)",
+    )
     args = parser.parse_args()
     if not args.host.startswith("127.") and args.host not in ("localhost", "::1"):
         parser.error("the test server listens on loopback only")
@@ -48,13 +61,27 @@ def main() -> None:
     for pair in filter(None, os.environ.get("XNAT_TEST_USERS", "admin:admin").split(",")):
         login, _, password = pair.partition(":")
         users[login] = password
+    for archive in args.load:  # before anything starts: a wrong path is a one-line error
+        try:
+            session_folders(archive)
+        except LoadError as exc:
+            parser.error(str(exc))
+    schemas_missing = not (args.schemas / "xnat" / "xnat.xsd").is_file()
+    if schemas_missing:
+        print(
+            f"WARNING: no XNAT XSD schemas at {args.schemas} (expected xnat/xnat.xsd there): "
+            "/xapi/schemas answers 404, so xnatpy cannot connect; pyxnat and qmroct work. "
+            "Give --schemas DIR or set QMROCT_XNAT_SCHEMAS.",
+            file=sys.stderr,
+            flush=True,
+        )
     args.data.mkdir(parents=True, exist_ok=True)
     server = XnatTestServer(
         args.data,
         host=args.host,
         port=args.port,
         users=users,
-        schema_dir=args.schemas,
+        schema_dir=None if schemas_missing else args.schemas,
         token_lifetime=args.token_lifetime,
     )
     for project in args.project:
@@ -67,6 +94,10 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     server.start()
     try:
+        for archive in args.load:
+            login = next(iter(users))
+            labels = load_archive(server.url, login, users[login], archive)
+            print(f"loaded {len(labels)} sessions from {archive}: {', '.join(labels)}", flush=True)
         stop.wait()
     except KeyboardInterrupt:
         pass
