@@ -14,6 +14,17 @@ from qmroct.scratch import run_folder
 
 validate_schema(config)
 SETTINGS = check_config(config, workflow.basedir)
+# Jobs without a shared file system (the OpenStack executor implies that; known before
+# the executor starts) must still reach the archive: refused here, before any job.
+from snakemake_interface_executor_plugins.settings import SharedFSUsage
+
+if (
+    not workflow.remote_exec
+    and SharedFSUsage.INPUT_OUTPUT not in workflow.storage_settings.shared_fs_usage
+):
+    from qmroct.archive.directory import check_reachable_from_workers
+
+    check_reachable_from_workers(config["archive"])
 ALGORITHMS = sorted(SETTINGS.algorithms)
 DISCOVERY = "results/discovery"
 

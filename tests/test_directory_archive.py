@@ -114,3 +114,29 @@ def test_history_through_a_link_is_refused_also_when_superseding(tmp_path, archi
         write("1.0.0")  # unchanged: only the superseding step writes history
     assert outside.read_text() == "not the archive's\n"
     assert {p: p.read_bytes() for p in records} == records, "no record marked before the refusal"
+
+
+def test_a_relative_archive_is_refused_for_workers_without_shared_storage():
+    from qmroct.archive import ArchiveError
+    from qmroct.archive.directory import check_reachable_from_workers
+
+    with pytest.raises(ArchiveError, match="'demo/archive' is on this machine only.*absolute"):
+        check_reachable_from_workers({"backend": "directory", "path": "demo/archive"})
+    check_reachable_from_workers({"backend": "directory", "path": "/mnt/oct/archive"})
+    check_reachable_from_workers({"backend": "xnat", "server": "https://xnat.example.org"})
+
+
+def test_a_worker_without_the_archive_says_so_with_its_host_name(tmp_path, archive_copy):
+    import socket
+
+    session = archive_copy.discover(["DEMO"])[0]
+    # what a worker sees: the head's archive path does not exist there
+    elsewhere = open_archive({"backend": "directory", "path": str(tmp_path / "not-mounted")})
+    with pytest.raises(SessionUnavailable) as raised:
+        elsewhere.fetch(session, tmp_path / "dest")
+    assert f"not reachable from host {socket.gethostname()}" in str(raised.value)
+    assert "gone" not in str(raised.value)
+    # the archive is there but the file is not: both causes are named, with the host
+    (archive_copy.root / session.scans[0].files[0].uri).unlink()
+    with pytest.raises(SessionUnavailable, match=f"as host {socket.gethostname()} sees it"):
+        archive_copy.fetch(session, tmp_path / "dest2")

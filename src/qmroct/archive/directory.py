@@ -55,6 +55,27 @@ from qmroct.scratch import Owner
 SESSION_TYPE = "xnat:optSessionData"
 
 
+def check_reachable_from_workers(archive: dict[str, Any]) -> None:
+    """Refuse, before any job, a directory archive that remote workers cannot reach.
+
+    A remote executor without a shared file system (the OpenStack executor) runs each
+    job in its own folder on a worker: only the job's declared inputs travel there (the
+    algorithm code does; the archive's scan files do not, they are read at staging). A
+    relative ``archive.path`` then names a folder that is not in the job's folder. An
+    absolute path works when every worker mounts the archive at that same path."""
+    if archive.get("backend") != "directory":
+        return
+    path = str(archive.get("path", ""))
+    if not os.path.isabs(path):
+        raise ArchiveError(
+            f"archive.path {path!r} is on this machine only: without a shared file system "
+            "(the OpenStack executor) each job runs on a worker, in a folder of its own "
+            "where the archive is not. "
+            "Give archive.path as an absolute path that every worker mounts at the same place "
+            "(shared storage), or use an XNAT archive (docs/xnat.md), or run locally."
+        )
+
+
 def sha256_file(path: Path) -> str:
     return "sha256:" + file_digest(path)
 
@@ -194,6 +215,11 @@ class DirectoryArchive(Archive):
             _atomic_write(self.checksum_cache, json.dumps(cache).encode())
 
     def fetch(self, session: Session, dest: Path) -> dict[str, list[Path]]:
+        if not self.root.is_dir():  # discovery saw it: this host (a worker) does not
+            raise SessionUnavailable(
+                f"session {session.key}: the directory archive {self.root} is not reachable "
+                f"from host {socket.gethostname()} (a remote worker needs it mounted at the "
+                "same absolute path)")
         fetched: dict[str, list[Path]] = {}
         for scan in session.scans:
             paths = []
@@ -205,7 +231,10 @@ class DirectoryArchive(Archive):
                     raise SessionUnavailable(
                         f"session {session.key}: scan {scan.id}: {exc}") from None
                 if not source.is_file():
-                    raise SessionUnavailable(f"session {session.key}: scan {scan.id} file {entry.name} is gone from the archive")
+                    raise SessionUnavailable(
+                        f"session {session.key}: scan {scan.id} file {entry.name} is not in the "
+                        f"archive {self.root} as host {socket.gethostname()} sees it: gone "
+                        "since discovery, or not reachable from this host")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source, target)
                 if target.stat().st_size != entry.size or (entry.checksum and sha256_file(target) != entry.checksum):
@@ -275,8 +304,9 @@ class DirectoryArchive(Archive):
                     raise ArchiveError(
                         f"session {session.key}: assessment file {name!r}: {exc}") from None
                 shutil.copyfile(path, destination)
-            record = {"label": assessment.label, "algorithm": assessment.algorithm, "version": assessment.version,
-                      "digest": digest, "provenance": assessment.provenance, "written": _now()}
+            record = {"label": assessment.label, "algorithm": assessment.algorithm,
+                      "version": assessment.version, "digest": digest,
+                      "provenance": assessment.provenance, "written": _now()}
             (staging / "assessor.json").write_text(json.dumps(record, indent=1, default=str))
             if target.exists():
                 old = assessors / _work_name("old")
@@ -291,7 +321,8 @@ class DirectoryArchive(Archive):
         self._supersede_others(base, assessors, session, assessment)
         return WriteOutcome(assessment.label, action)
 
-    def _supersede_others(self, base: Path, assessors: Path, session: Session, assessment) -> list[str]:
+    def _supersede_others(self, base: Path, assessors: Path, session: Session,
+                          assessment) -> list[str]:
         """Older assessors of the same algorithm (other versions, or the unversioned label
         of earlier qmroct) stay, marked superseded by this one: a paper may cite them. This
         one, superseded earlier (a version rolled back), is current again."""
