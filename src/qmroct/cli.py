@@ -8,7 +8,8 @@
     qmroct cloud reap [--dry-run]                            delete VMs of crashed runs (docs/openstack.md)
     qmroct watch [--interval 300] [--once] [-- SNAKEMAKE ARGS]  run the workflow when the archive changes
     qmroct runs | qmroct status                              run history; health for monitoring (docs/operations.md)
-    qmroct freeze NAME [--study S] / qmroct rerun frozen/NAME   cite a result set; recompute and compare it
+    qmroct freeze NAME [--study S]                           freeze results as a citable crate
+    qmroct rerun frozen/NAME [--sessions N]                  recompute a frozen set and compare
 """
 
 from __future__ import annotations

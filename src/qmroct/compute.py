@@ -16,22 +16,21 @@ only (records marked :data:`LOG_FILE_ONLY`), capped: never to the console.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import platform
 import shutil
 import socket
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import qmroct
 from qmroct.algorithms.manifest import code_files
 from qmroct.archive.base import Archive, Session
+# write_json_atomic re-exported: qmroct.provenance still imports it from here
+from qmroct.fileio import now_iso, write_json_atomic  # noqa: F401
 from qmroct.provenance.identity import algorithm_environment, git_state
 from qmroct.staging import stage_session
 
@@ -40,12 +39,6 @@ RESULT_SCHEMA = "qmroct.kqi/1"
 # (an algorithm's own output); the workflow's console handler drops them.
 LOG_FILE_ONLY = {"file_only": True}
 log = logging.getLogger("qmroct.compute")
-
-
-def now_iso() -> str:
-    """Local time with its UTC offset in ISO 8601 extended form (``+01:00``, not ``+0100``):
-    the form ``xs:dateTime`` accepts, so XNAT's provenance block can carry it unchanged."""
-    return datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 def _snakemake_version() -> str:
@@ -149,7 +142,9 @@ def compute_session(
             "qmroct_version": qmroct.__version__,
             "snakemake_version": _snakemake_version(),
             # Recorded, not an identity: drift shows in the report, freeze refuses a mix.
-            "environment": algorithm_environment(algo, [p for _, p in code_files(algo.path, algo.shared)]),
+            "environment": algorithm_environment(
+                algo, [p for _, p in code_files(algo.path, algo.shared)]
+            ),
             "git": git_state(algo.path),
             "start_time": start,
             "end_time": now_iso(),
@@ -178,49 +173,3 @@ def _keep_extras(files: list[Path], workdir: Path, target: Path) -> list[str]:
         shutil.move(str(path), destination)
         kept.append(str(Path(target.name) / rel))
     return kept
-
-
-def write_json_atomic(path: Path, document: dict[str, Any]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    # Strict JSON (no NaN/Infinity tokens): other tools, jq and XNAT clients read these files.
-    tmp.write_text(json.dumps(_finite(document), indent=1, allow_nan=False, default=_json_default))
-    os.replace(tmp, path)
-
-
-def _finite(value: Any) -> Any:
-    """NaN and infinities become null, recursively: an undefined KQI is 'no value'."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    try:
-        import numpy as np
-
-        if isinstance(value, np.ndarray):
-            return _finite(value.tolist())
-        if isinstance(value, np.floating):
-            return _finite(float(value))
-        if isinstance(value, np.integer):
-            return int(value)
-    except ImportError:
-        pass
-    return value
-
-
-def _json_default(value: Any) -> Any:
-    try:
-        import numpy as np
-
-        if isinstance(value, np.generic):
-            return value.item()
-        if isinstance(value, np.ndarray):
-            return value.tolist()
-    except ImportError:
-        pass
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

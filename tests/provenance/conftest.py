@@ -38,15 +38,24 @@ def make_checkout(root: Path) -> str:
     import subprocess
 
     if not (root / "src" / "qmroct").is_dir():
-        shutil.copytree(REPO / "src" / "qmroct", root / "src" / "qmroct",
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            REPO / "src" / "qmroct",
+            root / "src" / "qmroct",
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
     shutil.copy(REPO / ".gitignore", root / ".gitignore")
-    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.org", "PATH": "/usr/bin:/bin"}
+    env = {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.org",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.org",
+        "PATH": "/usr/bin:/bin",
+    }
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True,
-                              text=True, env=env).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(root), *args], check=True, capture_output=True, text=True, env=env
+        ).stdout.strip()
 
     git("init", "-q", "-b", "main")
     git("add", "-A")
@@ -66,7 +75,9 @@ def checkout(workflow, monkeypatch):
     config["studies"] = {"demo_trial": {"criteria": ["noise.snr_db >= 15"]}}
     workflow.write_config(config)
     workflow.commit = make_checkout(workflow.root)
-    monkeypatch.setenv("PYTHONPATH", f"{workflow.root / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv(
+        "PYTHONPATH", f"{workflow.root / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    )
     return workflow
 
 
@@ -77,5 +88,11 @@ def qmroct_cli(root: Path, *args: str, timeout: int = 900):
     import sys
 
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
-    return subprocess.run([sys.executable, "-m", "qmroct.cli", *args], cwd=root, capture_output=True,
-                          text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "qmroct.cli", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )

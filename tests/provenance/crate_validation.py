@@ -49,8 +49,13 @@ class _LocalContexts(requests.adapters.BaseAdapter):
         body = self.files[request.url].read_bytes()
         headers = {"Content-Type": "application/ld+json", "Content-Length": str(len(body))}
         response = requests.Response()
-        response.raw = urllib3.HTTPResponse(body=io.BytesIO(body), headers=headers, status=200,
-                                            preload_content=False, request_url=request.url)
+        response.raw = urllib3.HTTPResponse(
+            body=io.BytesIO(body),
+            headers=headers,
+            status=200,
+            preload_content=False,
+            request_url=request.url,
+        )
         response.status_code = 200
         response._content = body
         response.headers.update(headers)
@@ -71,13 +76,20 @@ def seed_cache(cache_path: Path) -> Path:
     doc = json.loads(shipped.read_text())
     assert doc["@id"] == CONTEXT_13, "rocrate ships another context version"
     assert {doc["@context"][t] for t in ("ComputationalWorkflow", "FormalParameter")} == {
-        "https://bioschemas.org/terms/ComputationalWorkflow", "https://bioschemas.org/terms/FormalParameter"}
+        "https://bioschemas.org/terms/ComputationalWorkflow",
+        "https://bioschemas.org/terms/FormalParameter",
+    }
     doc_11 = dict(doc, **{"@id": CONTEXT_11, "@context": {**doc["@context"], **BIOSCHEMAS_11}})
     context_11 = cache_path.parent / "ro-crate-1.1-context.jsonld"
     context_11.parent.mkdir(parents=True, exist_ok=True)
     context_11.write_text(json.dumps(doc_11))
-    session = requests_cache.CachedSession(cache_name=str(cache_path), backend="sqlite", expire_after=-1,
-                                           allowable_methods=("GET",), allowable_codes=(200, 302, 404))
+    session = requests_cache.CachedSession(
+        cache_name=str(cache_path),
+        backend="sqlite",
+        expire_after=-1,
+        allowable_methods=("GET",),
+        allowable_codes=(200, 302, 404),
+    )
     files = {CONTEXT_13: shipped, CONTEXT_11: context_11}
     adapter = _LocalContexts(files)
     session.mount("https://", adapter)
@@ -91,11 +103,28 @@ def seed_cache(cache_path: Path) -> Path:
 def validate(crate: Path, cache_path: Path, profile: str = "provenance-run-crate-0.5") -> dict:
     """roc-validator's JSON report for ``crate`` at REQUIRED severity, offline."""
     report = crate.parent / f"{crate.name}.validation.json"
-    cmd = [str(Path(sys.executable).parent / "rocrate-validator"), "validate", "-p", profile,
-           "-l", "required", "--offline", "--cache-path", str(cache_path), "--skip-availability-check",
-           "--no-paging", "-f", "json", "-o", str(report), str(crate)]
+    cmd = [
+        str(Path(sys.executable).parent / "rocrate-validator"),
+        "validate",
+        "-p",
+        profile,
+        "-l",
+        "required",
+        "--offline",
+        "--cache-path",
+        str(cache_path),
+        "--skip-availability-check",
+        "--no-paging",
+        "-f",
+        "json",
+        "-o",
+        str(report),
+        str(crate),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if not report.is_file():
-        raise AssertionError(f"validator wrote no report ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
-                             f"{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"validator wrote no report ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+            f"{proc.stderr[-3000:]}"
+        )
     return json.loads(report.read_text())

@@ -21,15 +21,29 @@ def _result(end_time: str, start_time: str | None = None) -> dict:
         "session": {"project": "DEMO", "subject": "S1", "label": "S1_V1", "id": "S1_V1"},
         "algorithm": {"name": "noise", "version": "1.0.0", "code_checksum": "sha256:ab"},
         "status": "ok",
-        "scans": [{"scan": "1", "status": "ok", "error": None,
-                   "kqis": {"snr_db": {"value": 20.5, "unit": "dB"}}}],
-        "provenance": {"start_time": start_time or end_time, "end_time": end_time, "host": "worker-1",
-                       "platform": "Linux", "python": "3.11.9", "qmroct_version": "0.1.0"},
+        "scans": [
+            {
+                "scan": "1",
+                "status": "ok",
+                "error": None,
+                "kqis": {"snr_db": {"value": 20.5, "unit": "dB"}},
+            }
+        ],
+        "provenance": {
+            "start_time": start_time or end_time,
+            "end_time": end_time,
+            "host": "worker-1",
+            "platform": "Linux",
+            "python": "3.11.9",
+            "qmroct_version": "0.1.0",
+        },
     }
 
 
 def _timestamp(xml: bytes) -> str | None:
-    return etree.fromstring(xml).findtext("xnat:provenance/prov:processStep/prov:timestamp", namespaces=NS)
+    return etree.fromstring(xml).findtext(
+        "xnat:provenance/prov:processStep/prov:timestamp", namespaces=NS
+    )
 
 
 def test_now_iso_is_timezone_aware_in_xsd_form():
@@ -41,7 +55,10 @@ def test_now_iso_is_timezone_aware_in_xsd_form():
 @pytest.mark.parametrize(
     "stamp, expected",
     [
-        ("2026-11-26T10:00:00+0000", "2026-11-26T10:00:00+00:00"),  # strftime('%z'), as before the fix
+        (
+            "2026-11-26T10:00:00+0000",
+            "2026-11-26T10:00:00+00:00",
+        ),  # strftime('%z'), as before the fix
         ("2026-11-26T10:00:00+01:00", "2026-11-26T10:00:00+01:00"),
         ("2026-11-26T10:00:00-0530", "2026-11-26T10:00:00-05:30"),
         ("2026-11-26T10:00:00Z", "2026-11-26T10:00:00+00:00"),
@@ -72,7 +89,9 @@ def test_a_real_result_writes_a_valid_assessor_with_provenance(tmp_path, archive
     """compute -> assessment, as the workflow does: the block survives the real timestamps."""
     session = archive_copy.discover(["DEMO"])[0]
     algo = load_algorithm("noise", search_paths=[REPO / "algorithms"])
-    result = compute_session(session, algo, {}, archive_copy, tmp_path / "scratch", tmp_path / "extras")
+    result = compute_session(
+        session, algo, {}, archive_copy, tmp_path / "scratch", tmp_path / "extras"
+    )
     doc = etree.fromstring(Assessment.from_result(result).to_xml())
     assert xnat_xsd.validate(doc), xnat_xsd.error_log
     step = doc.find("xnat:provenance/prov:processStep", NS)

@@ -37,8 +37,13 @@ def test_freeze_validate_rerun_and_a_tampered_kqi(checkout, tmp_path, validator_
     graph = {e["@id"]: e for e in metadata["@graph"]}
     assert graph["./"]["mainEntity"] == {"@id": "workflow/Snakefile"}
     kqi_rel = "results/kqi/DEMO/SUBJ001_V1/noise.json"
-    assert graph[kqi_rel]["sha256"] == __import__("hashlib").sha256((crate / kqi_rel).read_bytes()).hexdigest()
-    assert sum(e.get("@type") == "ControlAction" for e in graph.values()) == 3 + 2  # 3 jobs + discover, aggregate
+    assert (
+        graph[kqi_rel]["sha256"]
+        == __import__("hashlib").sha256((crate / kqi_rel).read_bytes()).hexdigest()
+    )
+    assert (
+        sum(e.get("@type") == "ControlAction" for e in graph.values()) == 3 + 2
+    )  # 3 jobs + discover, aggregate
     index = json.loads((crate / "frozen.json").read_text())
     assert index["git"] == {"commit": checkout.commit, "dirty": False}
     assert (crate / "workflow" / "src" / "qmroct" / "scanio" / "dicom.py").is_file()
@@ -47,13 +52,24 @@ def test_freeze_validate_rerun_and_a_tampered_kqi(checkout, tmp_path, validator_
     # Bump the algorithm's version, commit, run: a new assessor beside the cited one.
     manifest = root / "algorithms" / "noise" / "algorithm.yaml"
     manifest.write_text(manifest.read_text().replace('version: "1.0.0"', 'version: "1.0.1"'))
-    subprocess.run(["git", "-C", str(root), "commit", "-qam", "noise 1.0.1"], check=True,
-                   env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e", "GIT_COMMITTER_NAME": "t",
-                        "GIT_COMMITTER_EMAIL": "t@e", "PATH": "/usr/bin:/bin"})
+    subprocess.run(
+        ["git", "-C", str(root), "commit", "-qam", "noise 1.0.1"],
+        check=True,
+        env={
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@e",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@e",
+            "PATH": "/usr/bin:/bin",
+        },
+    )
     checkout.run()
     for session in sorted(checkout.archive.glob("DEMO/subjects/*/experiments/*")):
         old, new = (f"{session.name}_qmroct_noise_v1-0-0", f"{session.name}_qmroct_noise_v1-0-1")
-        records = {p.parent.name: json.loads(p.read_text()) for p in (session / "assessors").glob("*/assessor.json")}
+        records = {
+            p.parent.name: json.loads(p.read_text())
+            for p in (session / "assessors").glob("*/assessor.json")
+        }
         assert set(records) == {old, new}
         assert records[old]["superseded_by"] == new and "superseded_by" not in records[new]
 
@@ -68,9 +84,15 @@ def test_freeze_validate_rerun_and_a_tampered_kqi(checkout, tmp_path, validator_
     doc = json.loads(path.read_text())
     doc["scans"][0]["kqis"]["snr_db"]["value"] += 0.5
     path.write_text(json.dumps(doc))
-    scan_file = next(checkout.archive.glob("DEMO/subjects/SUBJ002/experiments/SUBJ002_V1/scans/1/resources/*/files/*"))
+    scan_file = next(
+        checkout.archive.glob(
+            "DEMO/subjects/SUBJ002/experiments/SUBJ002_V1/scans/1/resources/*/files/*"
+        )
+    )
     scan_file.write_bytes(scan_file.read_bytes() + b"\0")
-    bad = qmroct_cli(root, "rerun", "frozen/paper1", "--from", "crate", "--workdir", str(tmp_path / "rerun2"))
+    bad = qmroct_cli(
+        root, "rerun", "frozen/paper1", "--from", "crate", "--workdir", str(tmp_path / "rerun2")
+    )
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert "code: crate" in bad.stdout
     assert "changed in the archive" in bad.stdout and "DEMO/SUBJ002_V1" in bad.stdout
@@ -90,7 +112,9 @@ def test_freeze_refuses_mixed_identities_and_a_dirty_tree(checkout, tmp_path):
     config["algorithms"]["noise"] = {"params": {"k": 5.0}}
     checkout.write_config(config)
     mixed = qmroct_cli(root, "freeze", "paper2")
-    assert mixed.returncode == 2 and "noise" in mixed.stderr and "identities" in mixed.stderr, mixed.stderr
+    assert (
+        mixed.returncode == 2 and "noise" in mixed.stderr and "identities" in mixed.stderr
+    ), mixed.stderr
     assert not (root / "frozen" / "paper2").exists()
     dirty = qmroct_cli(root, "freeze", "paper2", "--allow-mixed")
     assert dirty.returncode == 2 and "uncommitted changes" in dirty.stderr, dirty.stderr
@@ -108,8 +132,17 @@ def test_rerun_a_random_sample(checkout, tmp_path):
     root = checkout.root
     checkout.run()
     assert qmroct_cli(root, "freeze", "sample").returncode == 0
-    out = qmroct_cli(root, "rerun", "frozen/sample", "--sessions", "1", "--seed", "3",
-                     "--workdir", str(tmp_path / "w"))
+    out = qmroct_cli(
+        root,
+        "rerun",
+        "frozen/sample",
+        "--sessions",
+        "1",
+        "--seed",
+        "3",
+        "--workdir",
+        str(tmp_path / "w"),
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     doc = json.loads((tmp_path / "w" / "rerun.json").read_text())
     assert len(doc["compared"]) == 1 and doc["seed"] == 3

@@ -23,10 +23,13 @@ KQIS = "kqis: [{name: a, unit: px, higher_is_better: true}]\n"
 def _algorithm(root: Path, name: str = "probe", entry: str = "algo.py", extra: str = "") -> Path:
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "algo.py").write_text("def compute(volume, meta, params, workdir):\n"
-                                    "    return {'kqis': {'a': {'value': 1.0, 'unit': 'px'}}}\n")
+    (folder / "algo.py").write_text(
+        "def compute(volume, meta, params, workdir):\n"
+        "    return {'kqis': {'a': {'value': 1.0, 'unit': 'px'}}}\n"
+    )
     (folder / "algorithm.yaml").write_text(
-        f"name: {name}\nversion: '1.0'\nruntime: python\nentry: {entry}\n{extra}{KQIS}")
+        f"name: {name}\nversion: '1.0'\nruntime: python\nentry: {entry}\n{extra}{KQIS}"
+    )
     return folder
 
 
@@ -77,10 +80,16 @@ def test_check_config_names_the_escaping_path(tmp_path):
     config["algorithms"] = {"probe": {}}
     config["studies"] = {}
     (wf / "config.yaml").write_text(yaml.safe_dump(config))
-    with pytest.raises((ConfigError, ManifestError), match=r"entry '\.\./\.\./outside\.py' resolves to"):
+    with pytest.raises(
+        (ConfigError, ManifestError), match=r"entry '\.\./\.\./outside\.py' resolves to"
+    ):
         load_settings(wf / "config.yaml")
-    cli = subprocess.run([sys.executable, "-m", "qmroct.cli", "check-config", str(wf / "config.yaml")],
-                         capture_output=True, text=True, timeout=120)
+    cli = subprocess.run(
+        [sys.executable, "-m", "qmroct.cli", "check-config", str(wf / "config.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert cli.returncode != 0 and "../../outside.py" in cli.stderr, cli.stderr
 
 
@@ -130,7 +139,9 @@ def test_identity_and_result_record_what_ran(tmp_path, archive_copy):
     assert ident["pipeline_checksum"] == identity.cached_pipeline_checksum("python")
     assert "environment" not in ident  # versions are recorded, never a rerun trigger
     session = archive_copy.discover(["DEMO"])[0]
-    result = compute_session(session, algo, {}, archive_copy, tmp_path / "scratch", tmp_path / "extras")
+    result = compute_session(
+        session, algo, {}, archive_copy, tmp_path / "scratch", tmp_path / "extras"
+    )
     env = result["provenance"]["environment"]
     assert env["qmroct_pipeline"] == ident["pipeline_checksum"]  # this process ran the head's code
     from importlib import metadata
@@ -140,7 +151,9 @@ def test_identity_and_result_record_what_ran(tmp_path, archive_copy):
     for dist in ("numpy", "scipy", "pydicom", "oct-converter"):
         assert env["packages"][dist] == metadata.version(dist)
     git = result["provenance"]["git"]
-    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    head = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout
     assert git["commit"] == head.strip() and isinstance(git["dirty"], bool)
 
 
@@ -173,7 +186,8 @@ def test_octave_and_matlab_runtime_versions(tmp_path, monkeypatch):
     mcr.mkdir()
     (mcr / "VersionInfo.xml").write_text(
         "<?xml version='1.0'?><MathWorks_version_info><version>9.13.0.2049777</version>"
-        "<release>R2022b</release></MathWorks_version_info>")
+        "<release>R2022b</release></MathWorks_version_info>"
+    )
     assert identity.matlab_runtime_version(mcr) == "R2022b 9.13.0.2049777"
     assert identity.matlab_runtime_version(tmp_path / "nothing").startswith("unknown")
     assert identity.matlab_runtime_version(None) is None

@@ -16,7 +16,9 @@ def test_reading_path_change_reruns_the_computations_it_affects(workflow, tmp_pa
     # The workflow imports qmroct from a private copy of its source (PYTHONPATH comes
     # before the editable install), so the test can edit qmroct's code freely.
     src = tmp_path / "src"
-    shutil.copytree(identity.PACKAGE_ROOT, src / "qmroct", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        identity.PACKAGE_ROOT, src / "qmroct", ignore=shutil.ignore_patterns("__pycache__")
+    )
     monkeypatch.setenv("PYTHONPATH", f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     config = workflow.config()
     config["algorithms"] = {"noise": {}}

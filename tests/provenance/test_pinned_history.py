@@ -13,8 +13,13 @@ import yaml
 from qmroct.config import ConfigError, load_settings
 from tests.provenance.conftest import make_checkout
 
-GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@e", "PATH": "/usr/bin:/bin"}
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@e",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@e",
+    "PATH": "/usr/bin:/bin",
+}
 
 
 def _commit(root, message):
@@ -69,7 +74,9 @@ def test_a_version_nowhere_in_history_names_the_versions_there(checkout):
     config = checkout.config()
     config["algorithms"]["noise"] = {"version": "0.9"}
     checkout.write_config(config)
-    with pytest.raises(ConfigError, match=r"pinned '0.9'.*versions in its history: 1\.0\.0, 1\.1\.0"):
+    with pytest.raises(
+        ConfigError, match=r"pinned '0.9'.*versions in its history: 1\.0\.0, 1\.1\.0"
+    ):
         load_settings(root / "config.yaml", root)
 
 

@@ -37,16 +37,26 @@ class _Workflow:
 def test_executor_info_records_profile_image_flavors_without_secrets():
     info = executor_info(_Workflow(), ["snakemake", "--profile", "openstack", "--cores", "2"])
     assert info["name"] == "openstack" and info["profile"] == "openstack"
-    assert info["settings"]["image"] == "qmroct-worker" and info["settings"]["flavor"] == "m1.small,m1.medium"
+    assert (
+        info["settings"]["image"] == "qmroct-worker"
+        and info["settings"]["flavor"] == "m1.small,m1.medium"
+    )
     assert info["settings"]["password"] == REDACTED and "s3cret" not in json.dumps(info)
     assert info["settings"]["networks"] == ["private"]
 
 
 def _result(tmp_path: Path, name: str, numpy: str, version: str = "1.0.0") -> Path:
-    doc = {"algorithm": {"name": "noise", "version": version, "code_checksum": "sha256:" + "a" * 64,
-                         "pipeline_checksum": "sha256:" + "b" * 64},
-           "provenance": {"environment": {"python": "3.11.7", "qmroct": "0.1.0",
-                                          "packages": {"numpy": numpy}}}}
+    doc = {
+        "algorithm": {
+            "name": "noise",
+            "version": version,
+            "code_checksum": "sha256:" + "a" * 64,
+            "pipeline_checksum": "sha256:" + "b" * 64,
+        },
+        "provenance": {
+            "environment": {"python": "3.11.7", "qmroct": "0.1.0", "packages": {"numpy": numpy}}
+        },
+    }
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps(doc))
     return path
@@ -72,8 +82,16 @@ class _Settings:
 
 def _frozen(settings, numpy: str, key: str, **identity) -> FrozenResult:
     ident = algorithm_identity(settings.algorithms["noise"], {}) | identity
-    doc = {"algorithm": ident, "provenance": {"environment": {"python": "3.11.7", "packages": {"numpy": numpy},
-                                                              "executable": f"/venv-{key}/bin/python"}}}
+    doc = {
+        "algorithm": ident,
+        "provenance": {
+            "environment": {
+                "python": "3.11.7",
+                "packages": {"numpy": numpy},
+                "executable": f"/venv-{key}/bin/python",
+            }
+        },
+    }
     return FrozenResult("DEMO", key, "noise", Path(f"{key}.json"), doc)
 
 
@@ -94,7 +112,9 @@ def test_a_rerun_against_xnat_writes_nothing_into_it(tmp_path):
     code = tmp_path / "code"
     code.mkdir()
     (code / "config.yaml").write_text(
-        "archive: {backend: xnat, server: 'https://xnat.example'}\nprojects: [P]\nwriteback: {enabled: true}\n")
+        "archive: {backend: xnat, server: 'https://xnat.example'}\nprojects: [P]\n"
+        "writeback: {enabled: true}\n"
+    )
     config = rerun_config(tmp_path, {}, code, tmp_path)
     assert config["writeback"]["enabled"] is False and config["archive"]["history"] is False
 
@@ -102,9 +122,13 @@ def test_a_rerun_against_xnat_writes_nothing_into_it(tmp_path):
 def test_a_rerun_finds_a_relative_directory_archive_here_or_where_it_was_frozen(tmp_path):
     code = tmp_path / "code"
     code.mkdir()
-    (code / "config.yaml").write_text("archive: {backend: directory, path: demo/archive}\nprojects: [P]\n")
+    (code / "config.yaml").write_text(
+        "archive: {backend: directory, path: demo/archive}\nprojects: [P]\n"
+    )
     (tmp_path / "old" / "demo" / "archive").mkdir(parents=True)
-    config = rerun_config(tmp_path, {"original_workdir": str(tmp_path / "old")}, code, tmp_path / "elsewhere")
+    config = rerun_config(
+        tmp_path, {"original_workdir": str(tmp_path / "old")}, code, tmp_path / "elsewhere"
+    )
     assert config["archive"]["path"] == str((tmp_path / "old" / "demo" / "archive").resolve())
     (code / "config.yaml").write_text("archive: {backend: directory, path: gone}\nprojects: [P]\n")
     from qmroct.provenance.rerun import RerunError

@@ -20,17 +20,30 @@ from tests.xnat_server.load import upload_archive
 pytestmark = pytest.mark.slow
 
 
-def test_freeze_and_rerun_against_xnat(xnat_server, password, pyxnat_interface, tmp_path, small_demo):  # noqa: F811
+def test_freeze_and_rerun_against_xnat(
+    xnat_server, password, pyxnat_interface, tmp_path, small_demo
+):  # noqa: F811
     xnat_server.store.put_project("DEMO", {})
-    assert upload_archive(pyxnat_interface, small_demo / "archive", only={"SUBJ001_V1"}) == ["SUBJ001_V1"]
+    assert upload_archive(pyxnat_interface, small_demo / "archive", only={"SUBJ001_V1"}) == [
+        "SUBJ001_V1"
+    ]
     root = copy_workflow(tmp_path / "wf")
     config = yaml.safe_load((root / "config.yaml").read_text())
-    config.update(archive={"backend": "xnat", "server": xnat_server.url, "backoff": 0.1}, projects=["DEMO"],
-                  algorithms={"noise": {}}, studies={})
+    config.update(
+        archive={"backend": "xnat", "server": xnat_server.url, "backoff": 0.1},
+        projects=["DEMO"],
+        algorithms={"noise": {}},
+        studies={},
+    )
     (root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     make_checkout(root)
-    env = dict(os.environ, XNAT_USER=USER, XNAT_PASS=password, PYTHONPATH=str(root / "src"),
-               PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    env = dict(
+        os.environ,
+        XNAT_USER=USER,
+        XNAT_PASS=password,
+        PYTHONPATH=str(root / "src"),
+        PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+    )
     for var in ("XNAT_HOST", "NETRC"):
         env.pop(var, None)
 
@@ -45,7 +58,15 @@ def test_freeze_and_rerun_against_xnat(xnat_server, password, pyxnat_interface, 
     history_before = [tuple(r) for r in xnat_server.store.q("SELECT * FROM workflows")]
     assert history_before, "the first run recorded its History rows"
 
-    ok = run(sys.executable, "-m", "qmroct.cli", "rerun", "frozen/paper1", "--workdir", str(tmp_path / "rerun"))
+    ok = run(
+        sys.executable,
+        "-m",
+        "qmroct.cli",
+        "rerun",
+        "frozen/paper1",
+        "--workdir",
+        str(tmp_path / "rerun"),
+    )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "REPRODUCED" in ok.stdout
     doc = json.loads((tmp_path / "rerun" / "rerun.json").read_text())

@@ -14,16 +14,30 @@ from qmroct.provenance.run_manifest import REDACTED, redact, redact_argv
 
 
 def test_secrets_are_redacted_by_key_and_in_urls():
-    config = {"archive": {"backend": "xnat", "server": "https://alice:s3cret@xnat.example/",
-                          "password": "hunter2", "tokens": True},
-              "openstack": {"api_key": "k-123", "openstack_private_key": "~/.ssh/id"}}
+    config = {
+        "archive": {
+            "backend": "xnat",
+            "server": "https://alice:s3cret@xnat.example/",
+            "password": "hunter2",
+            "tokens": True,
+        },
+        "openstack": {"api_key": "k-123", "openstack_private_key": "~/.ssh/id"},
+    }
     clean = json.dumps(redact(config))
     assert "s3cret" not in clean and "hunter2" not in clean and "k-123" not in clean
     assert redact(config)["archive"]["server"] == f"https://alice:{REDACTED}@xnat.example/"
     assert redact(config)["archive"]["tokens"] is True  # a flag is no secret
     assert redact(config)["openstack"]["openstack_private_key"] == "~/.ssh/id"  # a path
-    argv = ["snakemake", "--openstack-password", "pw1", "--api-key=pw2", "--config",
-            "server=https://bob:pw3@h/", "--cores", "2"]
+    argv = [
+        "snakemake",
+        "--openstack-password",
+        "pw1",
+        "--api-key=pw2",
+        "--config",
+        "server=https://bob:pw3@h/",
+        "--cores",
+        "2",
+    ]
     shown = " ".join(redact_argv(argv))
     assert not re.search(r"pw[123]", shown), shown
     assert "--cores 2" in shown
@@ -43,7 +57,9 @@ def test_a_run_writes_its_manifest_and_the_report_links_it(checkout):
     assert doc["config"]["algorithms"] == {"noise": {}}
     assert doc["git"] == {"commit": commit, "dirty": False}
     head = doc["head"]
-    assert head["qmroct"] == metadata.version("qmroct") and head["snakemake"] == metadata.version("snakemake")
+    assert head["qmroct"] == metadata.version("qmroct") and head["snakemake"] == metadata.version(
+        "snakemake"
+    )
     assert f"numpy=={metadata.version('numpy')}" in head["distributions"]
     assert head["os"] and head["python"]
     assert doc["executor"]["name"] == "local"
@@ -59,7 +75,9 @@ def test_a_run_writes_its_manifest_and_the_report_links_it(checkout):
         assert result["algorithm"] in doc["algorithms"]["noise"]
         host = result["provenance"]["host"]
         assert doc["workers"][host]["distributions_sha256"] == [head["distributions_sha256"]]
-    assert doc["outcome_counts"]["results"] == 3 and doc["outcome_counts"]["computed_in_this_run"] == 3
+    assert (
+        doc["outcome_counts"]["results"] == 3 and doc["outcome_counts"]["computed_in_this_run"] == 3
+    )
 
     html = (root / "results/report/index.html").read_text()
     assert "Algorithm versions" in html and "1.0.0" in html
@@ -71,4 +89,7 @@ def test_a_run_writes_its_manifest_and_the_report_links_it(checkout):
     second = [p for p in root.glob("results/runs/*/manifest.json") if p != manifests[0]]
     assert len(second) == 1
     again = json.loads(second[0].read_text())
-    assert again["outcome_counts"]["computed_in_this_run"] == 0 and again["outcome_counts"]["results"] == 3
+    assert (
+        again["outcome_counts"]["computed_in_this_run"] == 0
+        and again["outcome_counts"]["results"] == 3
+    )

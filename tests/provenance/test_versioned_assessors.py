@@ -13,7 +13,9 @@ from qmroct.paths import check_label
 NS = {"xnat": "http://nrg.wustl.edu/xnat"}
 
 
-@pytest.mark.parametrize("version, token", [("1.0.0", "v1-0-0"), ("2", "v2"), ("1.0rc1", "v1-0rc1")])
+@pytest.mark.parametrize(
+    "version, token", [("1.0.0", "v1-0-0"), ("2", "v2"), ("1.0rc1", "v1-0rc1")]
+)
 def test_version_token(version, token):
     assert version_token(version) == token
 
@@ -29,12 +31,22 @@ def test_versioned_labels_are_xnat_labels_and_distinct():
 
 def _result(session, version, value):
     return {
-        "session": {"project": session.project, "subject": session.subject, "label": session.label,
-                    "id": session.id},
+        "session": {
+            "project": session.project,
+            "subject": session.subject,
+            "label": session.label,
+            "id": session.id,
+        },
         "algorithm": {"name": "noise", "version": version, "code_checksum": "sha256:abc"},
         "status": "ok",
-        "scans": [{"scan": "1", "status": "ok", "error": None,
-                   "kqis": {"snr_db": {"value": value, "unit": "dB"}}}],
+        "scans": [
+            {
+                "scan": "1",
+                "status": "ok",
+                "error": None,
+                "kqis": {"snr_db": {"value": value, "unit": "dB"}},
+            }
+        ],
         "provenance": {"end_time": "2026-11-26T10:00:00+00:00", "host": "h"},
     }
 
@@ -44,8 +56,9 @@ def _write(archive, session, version, value, tmp_path, algorithm="noise"):
     result["algorithm"]["name"] = algorithm
     kqi = tmp_path / f"{algorithm}.json"
     kqi.write_text(json.dumps(result))
-    return archive.write_assessment(session, Assessment.from_result(result, {kqi.name: kqi},
-                                                                      versioned=archive.versioned_labels))
+    return archive.write_assessment(
+        session, Assessment.from_result(result, {kqi.name: kqi}, versioned=archive.versioned_labels)
+    )
 
 
 def _record(base, label):
@@ -59,8 +72,12 @@ def test_version_bump_keeps_the_old_assessor_marked_superseded(tmp_path, archive
     other = f"{session.label}_qmroct_noise_octave_v1-0-0"  # same prefix, another algorithm
 
     assert _write(archive_copy, session, "1.0.0", 20.0, tmp_path).action == "created"
-    assert _write(archive_copy, session, "1.0.0", 20.0, tmp_path, "noise_octave").action == "created"
-    assert _write(archive_copy, session, "1.0.0", 20.0, tmp_path).action == "unchanged"  # idempotent
+    assert (
+        _write(archive_copy, session, "1.0.0", 20.0, tmp_path, "noise_octave").action == "created"
+    )
+    assert (
+        _write(archive_copy, session, "1.0.0", 20.0, tmp_path).action == "unchanged"
+    )  # idempotent
     assert _write(archive_copy, session, "1.1.0", 21.0, tmp_path).action == "created"
     assert sorted(p.name for p in base.iterdir()) == sorted([old, new, other])
     assert _record(base, old)["superseded_by"] == new

@@ -159,7 +159,9 @@ def _check_confined(manifest: Path, folder: Path, doc: dict[str, Any]) -> None:
         target = base / rel
         if Path(rel).is_absolute() or not any(_inside(target, root) for root in allowed):
             where = " or ".join(str(root) for root in allowed)
-            raise ManifestError(manifest, f"{key} {rel!r} resolves to {target.resolve()}, outside {where}")
+            raise ManifestError(
+                manifest, f"{key} {rel!r} resolves to {target.resolve()}, outside {where}"
+            )
 
 
 def shared_names(folder: Path, doc: dict[str, Any]) -> list[str]:
@@ -178,10 +180,11 @@ def is_code(rel: Path) -> bool:
     """Whether a file of an algorithm folder is part of what runs (see NOT_CODE_*)."""
     if any(part in NOT_CODE_DIRS for part in rel.parts[:-1]):
         return False
-    if rel.suffix in NOT_CODE_SUFFIXES or rel.name in NOT_CODE_NAMES or rel.suffix in IGNORED_SUFFIXES:
+    if rel.suffix in NOT_CODE_SUFFIXES | IGNORED_SUFFIXES or rel.name in NOT_CODE_NAMES:
         return False
     stem = rel.stem
-    return not (rel.suffix in {".py", ".m"} and (stem.startswith("test_") or stem.endswith("_test")))
+    is_test = stem.startswith("test_") or stem.endswith("_test")
+    return not (rel.suffix in {".py", ".m"} and is_test)
 
 
 def kqi_specs(doc: dict[str, Any]) -> list[KQISpec]:

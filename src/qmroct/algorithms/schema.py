@@ -49,7 +49,10 @@ KQI_OUTPUT_SCHEMA: dict[str, Any] = {
 _TOLERANCE = {
     "type": "object",
     "additionalProperties": False,
-    "properties": {"abs": {"type": "number", "minimum": 0}, "rel": {"type": "number", "minimum": 0}},
+    "properties": {
+        "abs": {"type": "number", "minimum": 0},
+        "rel": {"type": "number", "minimum": 0},
+    },
 }
 
 _THRESHOLD_PATTERN = r"^\s*(>=|<=|>|<|==)\s*-?[0-9.]+([eE][-+]?[0-9]+)?\s*$"

@@ -35,7 +35,6 @@ import re
 import secrets
 import shutil
 import socket
-import time
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +46,10 @@ from qmroct.archive.base import (
     Session,
     SessionUnavailable,
     WriteOutcome,
+    scan_order_key,
 )
 from qmroct.checksums import file_digest
+from qmroct.fileio import now_iso, write_bytes_atomic, write_text_atomic
 from qmroct.paths import UnsafePath, confined, is_confined, path_segment
 from qmroct.scratch import Owner
 
@@ -150,7 +151,7 @@ class DirectoryArchive(Archive):
                     sessions.append(Session(project, subject, session_dir.name, problem=str(exc)))
                     continue
                 scan_dirs = sorted((session_dir / "scans").glob("*"),
-                                   key=lambda p: _natural(p.name))
+                                   key=lambda p: scan_order_key(p.name))
                 scans = [self._scan(scan_dir, cache) for scan_dir in scan_dirs
                          if (scan_dir / "scan.json").is_file()
                          or (scan_dir / "scan.json").is_symlink()]
@@ -212,7 +213,7 @@ class DirectoryArchive(Archive):
 
     def _save_cache(self, cache: dict[str, Any]) -> None:
         if self.checksum_cache:
-            _atomic_write(self.checksum_cache, json.dumps(cache).encode())
+            write_bytes_atomic(self.checksum_cache, json.dumps(cache).encode())
 
     def fetch(self, session: Session, dest: Path) -> dict[str, list[Path]]:
         if not self.root.is_dir():  # discovery saw it: this host (a worker) does not
@@ -306,7 +307,7 @@ class DirectoryArchive(Archive):
                 shutil.copyfile(path, destination)
             record = {"label": assessment.label, "algorithm": assessment.algorithm,
                       "version": assessment.version, "digest": digest,
-                      "provenance": assessment.provenance, "written": _now()}
+                      "provenance": assessment.provenance, "written": now_iso()}
             (staging / "assessor.json").write_text(json.dumps(record, indent=1, default=str))
             if target.exists():
                 old = assessors / _work_name("old")
@@ -343,22 +344,24 @@ class DirectoryArchive(Archive):
             if record.get("label") == assessment.label:
                 if record.pop("superseded_by", None) is not None:
                     record.pop("superseded", None)
-                    _replace_text(record_path, json.dumps(record, indent=1, default=str))
+                    write_text_atomic(record_path, json.dumps(record, indent=1, default=str),
+                                      make_parents=False)
                 continue
             if record.get("superseded_by") == assessment.label:
                 continue
-            record.update(superseded_by=assessment.label, superseded=_now())
+            record.update(superseded_by=assessment.label, superseded=now_iso())
             xml_path = folder / "assessor.xml"
             try:
                 xml = mark_superseded(xml_path.read_bytes(), assessment.label)
             except (OSError, ValueError, SyntaxError) as exc:  # the record still says it
                 record["superseded_note"] = f"{SUPERSEDED_FIELD} not set in assessor.xml: {exc}"
             else:
-                _replace_bytes(xml_path, xml)
-            _replace_text(record_path, json.dumps(record, indent=1, default=str))
+                write_bytes_atomic(xml_path, xml, make_parents=False)
+            write_text_atomic(record_path, json.dumps(record, indent=1, default=str),
+                              make_parents=False)
             marked.append(str(record.get("label") or folder.name))
         _append_history_lines(base, [
-            {"time": _now(), "pipeline_name": f"qmroct {assessment.algorithm}",
+            {"time": now_iso(), "pipeline_name": f"qmroct {assessment.algorithm}",
              "version": assessment.version, "status": "Complete",
              "details": f"assessor {label} superseded by {assessment.label}"}
             for label in marked
@@ -367,7 +370,7 @@ class DirectoryArchive(Archive):
 
     def _append_history(self, base: Path, assessment, action: str) -> None:
         _append_history_lines(base, [{
-            "time": _now(),
+            "time": now_iso(),
             "pipeline_name": f"qmroct {assessment.algorithm}",
             "version": assessment.version,
             "status": "Complete" if assessment.status != "failed" else "Failed",
@@ -470,34 +473,8 @@ def _text(info: dict[str, Any], key: str, default: str) -> str:
     return value
 
 
-def _replace_bytes(path: Path, data: bytes) -> None:
-    """Replace a file's content atomically (a reader never sees half of it)."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _replace_text(path: Path, text: str) -> None:
-    _replace_bytes(path, text.encode())
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:  # ValueError: bad JSON or bad UTF-8
         raise ArchiveError(f"{path.name}: unreadable metadata ({exc})") from exc
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _natural(name: str):
-    return (0, int(name), "") if name.isdigit() else (1, 0, name)
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

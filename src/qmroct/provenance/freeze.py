@@ -87,8 +87,10 @@ def select_results(workdir: Path, settings, selection: Selection) -> list[Frozen
     projects = list(selection.projects or settings.raw["projects"])
     if selection.study:
         if selection.study not in settings.studies:
-            raise FreezeError(f"unknown study {selection.study!r} (config has: "
-                              f"{', '.join(sorted(settings.studies)) or 'none'})")
+            raise FreezeError(
+                f"unknown study {selection.study!r} (config has: "
+                f"{', '.join(sorted(settings.studies)) or 'none'})"
+            )
         study = settings.studies[selection.study]
         projects = [p for p in projects if p in study.projects]
         named = sorted({c.column.split(".", 1)[0] for c in study.criteria})
@@ -103,7 +105,9 @@ def select_results(workdir: Path, settings, selection: Selection) -> list[Frozen
         found = {s for _, s in pairs} | {f"{p}/{s}" for p, s in pairs}
         missing_sessions = sorted(wanted - found)
         if missing_sessions:
-            raise FreezeError(f"session(s) not in the discovered archive: {', '.join(missing_sessions)}")
+            raise FreezeError(
+                f"session(s) not in the discovered archive: {', '.join(missing_sessions)}"
+            )
     if not pairs or not algorithms:
         raise FreezeError("the selection is empty (no session or no algorithm)")
     results, missing = [], []
@@ -113,9 +117,13 @@ def select_results(workdir: Path, settings, selection: Selection) -> list[Frozen
             if not path.is_file():
                 missing.append(f"{project}/{key}/{algorithm}")
                 continue
-            results.append(FrozenResult(project, key, algorithm, path, json.loads(path.read_text())))
+            results.append(
+                FrozenResult(project, key, algorithm, path, json.loads(path.read_text()))
+            )
     if missing:
-        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        shown = ", ".join(missing[:10]) + (
+            f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        )
         raise FreezeError(f"{len(missing)} result(s) missing ({shown}): run the workflow first")
     return results
 
@@ -136,25 +144,46 @@ def mixtures(results: list[FrozenResult], settings) -> list[str]:
         stale = sum(n for key, n in idents.items() if json.loads(key) != current)
         if len(idents) > 1 or stale:
             versions = sorted({json.loads(k)["version"] for k in idents})
-            problems.append(f"{name}: {len(idents)} identities among {len(own)} results (versions "
-                            f"{', '.join(versions)}); {stale} differ from the workflow's current code, "
-                            f"params or qmroct pipeline (rerun snakemake to bring them up to date)")
-        foreign = sum(1 for r in own if (r.doc.get("provenance", {}).get("environment") or {})
-                      .get("qmroct_pipeline", r.doc["algorithm"].get("pipeline_checksum"))
-                      != r.doc["algorithm"].get("pipeline_checksum"))
+            problems.append(
+                f"{name}: {len(idents)} identities among {len(own)} results (versions "
+                f"{', '.join(versions)}); {stale} differ from the workflow's current code, "
+                f"params or qmroct pipeline (rerun snakemake to bring them up to date)"
+            )
+        foreign = sum(
+            1
+            for r in own
+            if (r.doc.get("provenance", {}).get("environment") or {}).get(
+                "qmroct_pipeline", r.doc["algorithm"].get("pipeline_checksum")
+            )
+            != r.doc["algorithm"].get("pipeline_checksum")
+        )
         if foreign:
-            problems.append(f"{name}: {foreign} results were computed by qmroct code other than the "
-                            f"workflow's (a worker with another qmroct installed?)")
-        envs = {json.dumps(identity.environment_key(r.doc.get("provenance", {}).get("environment") or {}),
-                           sort_keys=True) for r in own}
+            problems.append(
+                f"{name}: {foreign} results were computed by qmroct code other than the "
+                f"workflow's (a worker with another qmroct installed?)"
+            )
+        envs = {
+            json.dumps(
+                identity.environment_key(r.doc.get("provenance", {}).get("environment") or {}),
+                sort_keys=True,
+            )
+            for r in own
+        }
         if len(envs) > 1:
-            problems.append(f"{name}: results computed in {len(envs)} different environments "
-                            f"(Python, package or runtime versions differ)")
+            problems.append(
+                f"{name}: results computed in {len(envs)} different environments "
+                f"(Python, package or runtime versions differ)"
+            )
     return problems
 
 
-def freeze(name: str, workdir: Path = Path("."), selection: Selection | None = None,
-           allow_mixed: bool = False, allow_dirty: bool = False) -> Path:
+def freeze(
+    name: str,
+    workdir: Path = Path("."),
+    selection: Selection | None = None,
+    allow_mixed: bool = False,
+    allow_dirty: bool = False,
+) -> Path:
     """Write ``frozen/NAME/`` and return its path; raises FreezeError with the reason."""
     from qmroct.config import load_settings
 
@@ -163,33 +192,56 @@ def freeze(name: str, workdir: Path = Path("."), selection: Selection | None = N
         raise FreezeError(f"bad name {name!r}: one folder name such as paper1")
     target = workdir / FROZEN_DIR / name
     if target.exists():
-        raise FreezeError(f"{target} exists: a frozen set is never overwritten (choose another name)")
+        raise FreezeError(
+            f"{target} exists: a frozen set is never overwritten (choose another name)"
+        )
     settings = load_settings(workdir / "config.yaml", workdir)
     results = select_results(workdir, settings, selection or Selection())
 
     notes: list[str] = []
     mixed = mixtures(results, settings)
     if mixed and not allow_mixed:
-        raise FreezeError("the result set mixes identities or environments:\n  " + "\n  ".join(mixed)
-                          + "\n(--allow-mixed freezes it anyway and records this)")
+        raise FreezeError(
+            "the result set mixes identities or environments:\n  "
+            + "\n  ".join(mixed)
+            + "\n(--allow-mixed freezes it anyway and records this)"
+        )
     notes += [f"mixed: {m}" for m in mixed]
     git = identity.git_state(workdir)
     diff = None
     if git and git["dirty"]:
         if not allow_dirty:
-            raise FreezeError(f"{workdir} has uncommitted changes (git status): commit them, or "
-                              "--allow-dirty to record the diff in the crate")
-        diff = subprocess.run(["git", "-C", str(workdir), "diff", "HEAD", "--binary"],
-                              capture_output=True, text=True, check=True).stdout
-        notes.append("dirty: the checkout had uncommitted changes; workflow/uncommitted.diff holds them")
+            raise FreezeError(
+                f"{workdir} has uncommitted changes (git status): commit them, or "
+                "--allow-dirty to record the diff in the crate"
+            )
+        diff = subprocess.run(
+            ["git", "-C", str(workdir), "diff", "HEAD", "--binary"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        notes.append(
+            "dirty: the checkout had uncommitted changes; workflow/uncommitted.diff holds them"
+        )
     qmroct_git = identity.git_state(identity.PACKAGE_ROOT)
 
     staging = target.with_name(f".{name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     try:
         staging.mkdir(parents=True)
-        _write(staging, workdir, name, settings, results, selection or Selection(), git, qmroct_git,
-               diff, notes)
+        _write(
+            staging,
+            workdir,
+            name,
+            settings,
+            results,
+            selection or Selection(),
+            git,
+            qmroct_git,
+            diff,
+            notes,
+        )
         staging.rename(target)  # all or nothing: a half-written crate is never left under its name
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -214,21 +266,36 @@ def _copy_code(workdir: Path, settings, algorithms: list[str], out: Path) -> Non
             shutil.copy2(path, dest)
         shutil.copy2(algo.path / MANIFEST, out / "algorithms" / name / MANIFEST)
     # qmroct's own source, as imported (the pipeline checksum covers part of it)
-    shutil.copytree(identity.PACKAGE_ROOT, out / "src" / "qmroct",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(
+        identity.PACKAGE_ROOT,
+        out / "src" / "qmroct",
+        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"),
+    )
 
 
 def _tolerances(settings, algorithms: list[str]) -> dict[str, Any]:
     out = {}
     for name in algorithms:
         manifest = settings.algorithms[name].manifest
-        out[name] = {"default": manifest.get("tolerance") or {},
-                     "kqis": {k["name"]: k["tolerance"] for k in manifest["kqis"] if k.get("tolerance")}}
+        out[name] = {
+            "default": manifest.get("tolerance") or {},
+            "kqis": {k["name"]: k["tolerance"] for k in manifest["kqis"] if k.get("tolerance")},
+        }
     return out
 
 
-def _write(out: Path, workdir: Path, name: str, settings, results: list[FrozenResult], selection: Selection,
-           git, qmroct_git, diff: str | None, notes: list[str]) -> None:
+def _write(
+    out: Path,
+    workdir: Path,
+    name: str,
+    settings,
+    results: list[FrozenResult],
+    selection: Selection,
+    git,
+    qmroct_git,
+    diff: str | None,
+    notes: list[str],
+) -> None:
     from rocrate.rocrate import ROCrate
 
     from qmroct.aggregate import tidy_table
@@ -243,7 +310,8 @@ def _write(out: Path, workdir: Path, name: str, settings, results: list[FrozenRe
         config["algorithm_paths"] = ["algorithms"]
     # Only studies whose criteria name frozen algorithms: the frozen config must pass check-config.
     config["studies"] = {
-        study: spec for study, spec in (config.get("studies") or {}).items()
+        study: spec
+        for study, spec in (config.get("studies") or {}).items()
         if {c.split(".", 1)[0].strip() for c in spec.get("criteria") or []} <= set(algorithms)
     }
     (code_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -283,21 +351,45 @@ def _write(out: Path, workdir: Path, name: str, settings, results: list[FrozenRe
         "schema": INDEX_SCHEMA,
         "name": name,
         "created": now_iso(),
-        "selection": {"projects": selection.projects, "sessions": selection.sessions,
-                      "algorithms": selection.algorithms, "study": selection.study},
+        "selection": {
+            "projects": selection.projects,
+            "sessions": selection.sessions,
+            "algorithms": selection.algorithms,
+            "study": selection.study,
+        },
         "git": git,
         "qmroct_source_git": qmroct_git,
         "qmroct_version": identity.qmroct_version(),
         "original_workdir": str(workdir),
         "archive": redact(settings.raw["archive"]),
         "notes": notes,
-        "algorithms": {a: sorted({json.dumps(r.doc["algorithm"], sort_keys=True) for r in results
-                                  if r.algorithm == a}) for a in algorithms},
+        "algorithms": {
+            a: sorted(
+                {
+                    json.dumps(r.doc["algorithm"], sort_keys=True)
+                    for r in results
+                    if r.algorithm == a
+                }
+            )
+            for a in algorithms
+        },
         "tolerance": _tolerances(settings, algorithms),
-        "sessions": {f"{p}/{k}": json.loads((out / f"results/discovery/sessions/{p}/{k}.json").read_text())
-                     .get("fingerprint") for p, k in sessions},
-        "results": [{"path": r.rel, "project": r.project, "session": r.session_key,
-                     "algorithm": r.algorithm, "sha256": digests[r.rel]} for r in results],
+        "sessions": {
+            f"{p}/{k}": json.loads(
+                (out / f"results/discovery/sessions/{p}/{k}.json").read_text()
+            ).get("fingerprint")
+            for p, k in sessions
+        },
+        "results": [
+            {
+                "path": r.rel,
+                "project": r.project,
+                "session": r.session_key,
+                "algorithm": r.algorithm,
+                "sha256": digests[r.rel],
+            }
+            for r in results
+        ],
         "run_manifests": runs,
     }
     index["algorithms"] = {a: [json.loads(s) for s in v] for a, v in index["algorithms"].items()}
@@ -319,8 +411,10 @@ def _run_manifests(workdir: Path, digests: dict[str, str], out: Path) -> list[st
         except ValueError:
             continue
         files = doc.get("result_files") or {}
-        if any(files.get(rel, {}).get("sha256") == digest and files[rel].get("computed_in_this_run")
-               for rel, digest in digests.items()):
+        if any(
+            files.get(rel, {}).get("sha256") == digest and files[rel].get("computed_in_this_run")
+            for rel, digest in digests.items()
+        ):
             rel = f"results/runs/{path.parent.name}/manifest.json"
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, out / rel)
@@ -331,8 +425,9 @@ def _run_manifests(workdir: Path, digests: dict[str, str], out: Path) -> list[st
 # ------------------------------------------------------------------ the RO-Crate graph
 
 
-def _describe(crate, out: Path, name: str, settings, results: list[FrozenResult], index: dict,
-              runs: list[str]) -> None:
+def _describe(
+    crate, out: Path, name: str, settings, results: list[FrozenResult], index: dict, runs: list[str]
+) -> None:
     """The Provenance Run Crate graph over the files already written to ``out``."""
     from rocrate.model.contextentity import ContextEntity
 
@@ -342,109 +437,217 @@ def _describe(crate, out: Path, name: str, settings, results: list[FrozenResult]
     def data_file(rel: str, props: dict[str, Any] | None = None):
         path = out / rel
         # No source: the file is already in place; the crate only describes it.
-        return crate.add_file(None, rel, properties={
-            "name": rel, "sha256": file_digest(path),
-            "contentSize": str(path.stat().st_size), **(props or {})})
+        return crate.add_file(
+            None,
+            rel,
+            properties={
+                "name": rel,
+                "sha256": file_digest(path),
+                "contentSize": str(path.stat().st_size),
+                **(props or {}),
+            },
+        )
 
     root = crate.root_dataset
     root["name"] = f"qmroct frozen result set {name}"
-    root["description"] = (f"KQIs of {len({(r.project, r.session_key) for r in results})} OCT sessions by "
-                           f"{', '.join(sorted({r.algorithm for r in results}))}, frozen with qmroct "
-                           f"{index['qmroct_version']}; recompute with `qmroct rerun frozen/{name}`.")
+    root["description"] = (
+        f"KQIs of {len({(r.project, r.session_key) for r in results})} OCT sessions by "
+        f"{', '.join(sorted({r.algorithm for r in results}))}, frozen with qmroct "
+        f"{index['qmroct_version']}; recompute with `qmroct rerun frozen/{name}`."
+    )
     root["license"] = DEFAULT_LICENSE
     root["datePublished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    profiles = [entity(uri, {"@type": "CreativeWork", "name": title, "version": uri.rsplit("/", 1)[1]})
-                for uri, title in PROFILES.items()]
+    profiles = [
+        entity(uri, {"@type": "CreativeWork", "name": title, "version": uri.rsplit("/", 1)[1]})
+        for uri, title in PROFILES.items()
+    ]
     root["conformsTo"] = profiles
 
     # HowTo too: the Provenance Run Crate's workflow lists its steps (schema.org HowToStep)
-    workflow = crate.add_workflow(None, "workflow/Snakefile", main=True, lang="snakemake",
-                                  lang_version=_version("snakemake"), properties={
-                                      "@type": ["File", "SoftwareSourceCode", "ComputationalWorkflow", "HowTo"]})
+    workflow = crate.add_workflow(
+        None,
+        "workflow/Snakefile",
+        main=True,
+        lang="snakemake",
+        lang_version=_version("snakemake"),
+        properties={"@type": ["File", "SoftwareSourceCode", "ComputationalWorkflow", "HowTo"]},
+    )
     workflow["name"] = "qmroct workflow"
-    workflow["description"] = "Discover OCT sessions, compute KQIs per session and algorithm, tabulate."
-    qmroct_app = entity("#qmroct", {"@type": "SoftwareApplication", "name": "qmroct",
-                                    "softwareVersion": index["qmroct_version"]})
-    snakemake_app = entity("#snakemake", {"@type": "SoftwareApplication", "name": "Snakemake",
-                                          "softwareVersion": _version("snakemake"),
-                                          "url": "https://snakemake.github.io"})
-    environment = data_file("environment/requirements.txt", {
-        "description": "Every Python distribution installed where the crate was frozen (name==version)"})
+    workflow["description"] = (
+        "Discover OCT sessions, compute KQIs per session and algorithm, tabulate."
+    )
+    qmroct_app = entity(
+        "#qmroct",
+        {
+            "@type": "SoftwareApplication",
+            "name": "qmroct",
+            "softwareVersion": index["qmroct_version"],
+        },
+    )
+    snakemake_app = entity(
+        "#snakemake",
+        {
+            "@type": "SoftwareApplication",
+            "name": "Snakemake",
+            "softwareVersion": _version("snakemake"),
+            "url": "https://snakemake.github.io",
+        },
+    )
+    environment = data_file(
+        "environment/requirements.txt",
+        {
+            "description": "Every Python distribution installed where the crate was frozen "
+            "(name==version)"
+        },
+    )
     for path in sorted((out / "workflow").rglob("*")):  # the rest of the workflow's code
         if path.is_file() and path.name != "Snakefile":
             data_file(path.relative_to(out).as_posix())
-    frozen_index = data_file(INDEX_NAME, {"description": "qmroct's index of the frozen set (read by qmroct rerun)"})
-    manifests = [data_file(rel, {"encodingFormat": "application/json", "description": "qmroct run manifest"})
-                 for rel in runs]
+    frozen_index = data_file(
+        INDEX_NAME, {"description": "qmroct's index of the frozen set (read by qmroct rerun)"}
+    )
+    manifests = [
+        data_file(rel, {"encodingFormat": "application/json", "description": "qmroct run manifest"})
+        for rel in runs
+    ]
 
     # steps and tools: discover, one compute rule per algorithm, aggregate
     def step(rule: str, position: int, props: dict[str, Any]):
         tool = entity(f"#tool-{rule}", {"@type": "SoftwareApplication", "name": rule, **props})
-        how = entity(f"#step-{rule}", {"@type": "HowToStep", "name": rule, "position": str(position),
-                                       "workExample": tool})
+        how = entity(
+            f"#step-{rule}",
+            {"@type": "HowToStep", "name": rule, "position": str(position), "workExample": tool},
+        )
         return tool, how
 
     tools, steps = {}, {}
-    tools["discover"], steps["discover"] = step("discover", 0, {"description": "list the archive's sessions"})
+    tools["discover"], steps["discover"] = step(
+        "discover", 0, {"description": "list the archive's sessions"}
+    )
     for i, algorithm in enumerate(sorted({r.algorithm for r in results}), start=1):
         algo = settings.algorithms[algorithm]
         rule = f"compute_{algorithm}"
-        tools[rule], steps[rule] = step(rule, i, {
-            "description": algo.description or f"KQIs of {algorithm}", "softwareVersion": algo.version,
-            "identifier": algo.code_checksum, "softwareRequirements": qmroct_app})
-    tools["aggregate"], steps["aggregate"] = step("aggregate", len(steps), {"description": "tidy KQI table"})
+        tools[rule], steps[rule] = step(
+            rule,
+            i,
+            {
+                "description": algo.description or f"KQIs of {algorithm}",
+                "softwareVersion": algo.version,
+                "identifier": algo.code_checksum,
+                "softwareRequirements": qmroct_app,
+            },
+        )
+    tools["aggregate"], steps["aggregate"] = step(
+        "aggregate", len(steps), {"description": "tidy KQI table"}
+    )
     workflow["hasPart"] = list(tools.values())  # the code files are parts of the root dataset
     workflow["step"] = list(steps.values())
 
     controls = []
 
     def job(rule: str, ident: str, objects: list, products: list, props: dict[str, Any]):
-        action = crate.add_action(tools[rule], identifier=ident, object=objects, result=products,
-                                  properties={"@type": "CreateAction", "name": f"{rule} {ident.lstrip('#')}",
-                                              **props})
-        controls.append(entity(f"#control-{ident.lstrip('#')}", {
-            "@type": "ControlAction", "name": f"orchestrate {ident.lstrip('#')}",
-            "instrument": steps[rule], "object": action}))
+        action = crate.add_action(
+            tools[rule],
+            identifier=ident,
+            object=objects,
+            result=products,
+            properties={"@type": "CreateAction", "name": f"{rule} {ident.lstrip('#')}", **props},
+        )
+        controls.append(
+            entity(
+                f"#control-{ident.lstrip('#')}",
+                {
+                    "@type": "ControlAction",
+                    "name": f"orchestrate {ident.lstrip('#')}",
+                    "instrument": steps[rule],
+                    "object": action,
+                },
+            )
+        )
         return action
 
     session_files = {}
     for project, key in sorted({(r.project, r.session_key) for r in results}):
         rel = f"results/discovery/sessions/{project}/{key}.json"
-        session_files[(project, key)] = data_file(rel, {
-            "encodingFormat": "application/json",
-            "description": f"session {project}/{key}: scans, file checksums, fingerprint"})
+        session_files[(project, key)] = data_file(
+            rel,
+            {
+                "encodingFormat": "application/json",
+                "description": f"session {project}/{key}: scans, file checksums, fingerprint",
+            },
+        )
     job("discover", "#job-discover", [], list(session_files.values()), {})
     kqi_files, starts, ends = [], [], []
     for r in results:
         prov = r.doc.get("provenance", {})
-        kqi = data_file(r.rel, {"encodingFormat": "application/json",
-                                "description": f"KQIs of {r.algorithm} {r.doc['algorithm']['version']} "
-                                               f"for {r.project}/{r.session_key} ({r.doc.get('status')})"})
+        kqi = data_file(
+            r.rel,
+            {
+                "encodingFormat": "application/json",
+                "description": f"KQIs of {r.algorithm} {r.doc['algorithm']['version']} "
+                f"for {r.project}/{r.session_key} ({r.doc.get('status')})",
+            },
+        )
         kqi_files.append(kqi)
-        props = {k: v for k, v in (("startTime", prov.get("start_time")), ("endTime", prov.get("end_time")))
-                 if v}
+        props = {
+            k: v
+            for k, v in (("startTime", prov.get("start_time")), ("endTime", prov.get("end_time")))
+            if v
+        }
         starts += [prov["start_time"]] if prov.get("start_time") else []
         ends += [prov["end_time"]] if prov.get("end_time") else []
-        job(f"compute_{r.algorithm}", f"#job-{r.algorithm}-{r.project}-{r.session_key}",
-            [session_files[(r.project, r.session_key)]], [kqi], props)
-    table = data_file("results/tables/kqi.tsv", {"encodingFormat": "text/tab-separated-values",
-                                                 "description": "one row per session, scan, algorithm and KQI"})
+        job(
+            f"compute_{r.algorithm}",
+            f"#job-{r.algorithm}-{r.project}-{r.session_key}",
+            [session_files[(r.project, r.session_key)]],
+            [kqi],
+            props,
+        )
+    table = data_file(
+        "results/tables/kqi.tsv",
+        {
+            "encodingFormat": "text/tab-separated-values",
+            "description": "one row per session, scan, algorithm and KQI",
+        },
+    )
     job("aggregate", "#job-aggregate", kqi_files, [table], {})
     outputs = [table, *kqi_files]
     if (out / "results" / "report" / "index.html").is_file():
-        outputs.append(data_file("results/report/index.html", {
-            "encodingFormat": "text/html", "description": "the run's HTML report (all sessions of that run)"}))
+        outputs.append(
+            data_file(
+                "results/report/index.html",
+                {
+                    "encodingFormat": "text/html",
+                    "description": "the run's HTML report (all sessions of that run)",
+                },
+            )
+        )
 
-    run = crate.add_action(workflow, identifier="#workflow-run", object=list(session_files.values()),
-                           result=outputs, properties={
-                               "@type": "CreateAction", "name": f"qmroct workflow run (frozen as {name})",
-                               **({"startTime": min(starts)} if starts else {}),
-                               **({"endTime": max(ends)} if ends else {}),
-                               "description": "; ".join(index["notes"]) or "one identity and environment "
-                                                                          "per algorithm, clean checkout"})
+    run = crate.add_action(
+        workflow,
+        identifier="#workflow-run",
+        object=list(session_files.values()),
+        result=outputs,
+        properties={
+            "@type": "CreateAction",
+            "name": f"qmroct workflow run (frozen as {name})",
+            **({"startTime": min(starts)} if starts else {}),
+            **({"endTime": max(ends)} if ends else {}),
+            "description": "; ".join(index["notes"])
+            or "one identity and environment " "per algorithm, clean checkout",
+        },
+    )
     run["subjectOf"] = manifests + [frozen_index, environment]
-    entity("#organize", {"@type": "OrganizeAction", "name": "Snakemake run",
-                         "instrument": snakemake_app, "object": controls, "result": run})
+    entity(
+        "#organize",
+        {
+            "@type": "OrganizeAction",
+            "name": "Snakemake run",
+            "instrument": snakemake_app,
+            "object": controls,
+            "result": run,
+        },
+    )
 
 
 def _version(dist: str) -> str:

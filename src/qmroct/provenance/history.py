@@ -64,7 +64,10 @@ def _materialise(repo: Path, rel: str, commit: str, target: Path) -> None:
     name = rel.rsplit("/", 1)[-1]
     parent = rel.rsplit("/", 1)[0] if "/" in rel else ""
     doc = yaml.safe_load(_git(repo, "show", f"{commit}:{rel}/{MANIFEST}"))
-    wanted = [p for p in _git(repo, "ls-tree", "-r", "--name-only", commit, "--", rel).decode().splitlines()]
+    wanted = [
+        p
+        for p in _git(repo, "ls-tree", "-r", "--name-only", commit, "--", rel).decode().splitlines()
+    ]
     shared_prefix = f"{parent}/{SHARED_DIR}" if parent else SHARED_DIR
     wanted += [f"{shared_prefix}/{s}" for s in doc.get("shared") or []]
     for data in doc.get("data") or []:
@@ -75,7 +78,7 @@ def _materialise(repo: Path, rel: str, commit: str, target: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         for path in wanted:
-            inside = path[len(parent) + 1:] if parent else path
+            inside = path[len(parent) + 1 :] if parent else path
             dest = tmp / inside
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(_git(repo, "show", f"{commit}:{path}"))
@@ -83,8 +86,15 @@ def _materialise(repo: Path, rel: str, commit: str, target: Path) -> None:
         for dirpath, dirnames, filenames in os.walk(tmp, topdown=False):
             for fn in filenames:
                 os.chmod(Path(dirpath) / fn, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
-            os.chmod(dirpath, stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP
-                     | stat.S_IROTH | stat.S_IXOTH)
+            os.chmod(
+                dirpath,
+                stat.S_IRUSR
+                | stat.S_IXUSR
+                | stat.S_IRGRP
+                | stat.S_IXGRP
+                | stat.S_IROTH
+                | stat.S_IXOTH,
+            )
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, target)  # another process may have won the race: same content
     except OSError:
@@ -111,17 +121,24 @@ def pinned_folder(current: Path, pin: str, cache_dir: Path) -> Path:
         found = sorted(base.glob(f"{prefix}*/{name}/{MANIFEST}"), key=lambda p: p.stat().st_mtime)
         if found:
             return found[-1].parent
-        raise PinError(f"version {pin!r} is not in {current} and its git history cannot be read: {exc}") from None
+        raise PinError(
+            f"version {pin!r} is not in {current} and its git history cannot be read: {exc}"
+        ) from None
     commits = history.get(pin)
     if not commits:
         known = ", ".join(sorted(history)) or "none"
-        raise PinError(f"version {pin!r} is in no commit of {current}/{MANIFEST} (versions in its history: {known})")
+        raise PinError(
+            f"version {pin!r} is in no commit of {current}/{MANIFEST} "
+            f"(versions in its history: {known})"
+        )
     target = base / f"{prefix}{commits[0][:12]}"
     if not (target / name / MANIFEST).is_file():
         repo, rel = _repo_and_path(current)
         try:
             _materialise(repo, rel, commits[0], target)
         except (OSError, PinError, yaml.YAMLError) as exc:
-            raise PinError(f"version {pin!r} is in commit(s) {', '.join(c[:12] for c in commits)} but "
-                           f"could not be restored from {commits[0][:12]}: {exc}") from None
+            raise PinError(
+                f"version {pin!r} is in commit(s) {', '.join(c[:12] for c in commits)} but "
+                f"could not be restored from {commits[0][:12]}: {exc}"
+            ) from None
     return target / name

@@ -34,7 +34,11 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # src/qmroct
 # Relative to src/qmroct. Every runtime goes through these: the scan readers and staging
 # make the array, the runner validates the algorithm's output, compute writes the result.
 COMMON_SOURCES = (
-    "scanio/*.py", "staging.py", "algorithms/runner.py", "algorithms/child.py", "compute.py",
+    "scanio/*.py",
+    "staging.py",
+    "algorithms/runner.py",
+    "algorithms/child.py",
+    "compute.py",
 )
 # What each runtime adds: the child-process shim and the shared-code loader for Python,
 # the Octave side of the contract for Octave. An edit to an Octave adapter reruns only
@@ -64,7 +68,9 @@ def pipeline_files(runtime: str, root: Path = PACKAGE_ROOT) -> list[Path]:
 
 def pipeline_checksum(runtime: str, root: Path = PACKAGE_ROOT) -> str:
     """sha256 over the relative names and bytes of :func:`pipeline_files`."""
-    return _files_checksum((p.relative_to(root).as_posix(), p) for p in pipeline_files(runtime, root))
+    return _files_checksum(
+        (p.relative_to(root).as_posix(), p) for p in pipeline_files(runtime, root)
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -148,11 +154,15 @@ def octave_version() -> str | None:
     """``GNU Octave, version 7.3.0`` -> ``7.3.0``; None when Octave is not installed."""
     import os
 
-    octave = os.environ.get("OCTAVE_EXECUTABLE") or shutil.which("octave-cli") or shutil.which("octave")
+    octave = (
+        os.environ.get("OCTAVE_EXECUTABLE") or shutil.which("octave-cli") or shutil.which("octave")
+    )
     if not octave:
         return None
     try:
-        out = subprocess.run([octave, "--version"], capture_output=True, text=True, timeout=60).stdout
+        out = subprocess.run(
+            [octave, "--version"], capture_output=True, text=True, timeout=60
+        ).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         return f"unknown ({exc.__class__.__name__})"
     match = re.search(r"version\s+(\S+)", out)
@@ -178,9 +188,15 @@ def matlab_runtime_version(mcr_root: str | Path | None) -> str | None:
 def git_state(directory: Path | str) -> dict[str, Any] | None:
     """The commit of the checkout holding ``directory`` and whether it has uncommitted
     changes (with a hash of the diff, so two dirty runs can be told apart); None outside git."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(directory), *args], capture_output=True, text=True,
-                              timeout=60, check=True).stdout
+        return subprocess.run(
+            ["git", "-C", str(directory), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
 
     try:
         commit = git("rev-parse", "HEAD").strip()
@@ -216,7 +232,9 @@ def algorithm_environment(algo, code_files: Iterable[Path] = ()) -> dict[str, An
     if algo.runtime == "executable" and Path(algo.entry).name.startswith("run_"):
         import os
 
-        env["matlab_runtime"] = matlab_runtime_version(algo.mcr_root or os.environ.get("QMROCT_MCR_ROOT"))
+        env["matlab_runtime"] = matlab_runtime_version(
+            algo.mcr_root or os.environ.get("QMROCT_MCR_ROOT")
+        )
     return env
 
 
@@ -230,7 +248,9 @@ def distributions_digest() -> str:
     names = set()
     for entry in sys.path:
         try:
-            names.update(n for n in os.listdir(entry or ".") if n.endswith((".dist-info", ".egg-info")))
+            names.update(
+                n for n in os.listdir(entry or ".") if n.endswith((".dist-info", ".egg-info"))
+            )
         except OSError:
             continue
     return "sha256:" + hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()

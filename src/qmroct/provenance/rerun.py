@@ -64,7 +64,9 @@ class RerunReport:
 
     @property
     def reproduced(self) -> bool:
-        return not (self.differences or self.changed_sessions or self.missing_sessions) and bool(self.compared)
+        return not (self.differences or self.changed_sessions or self.missing_sessions) and bool(
+            self.compared
+        )
 
 
 # ------------------------------------------------------------------ tolerance
@@ -97,8 +99,9 @@ def _tol_text(tol: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:g}" for k, v in sorted(tol.items()))
 
 
-def compare_results(frozen: dict[str, Any], rerun: dict[str, Any], tolerances: dict[str, Any],
-                    session: str) -> tuple[list[Difference], int]:
+def compare_results(
+    frozen: dict[str, Any], rerun: dict[str, Any], tolerances: dict[str, Any], session: str
+) -> tuple[list[Difference], int]:
     """Every KQI of every scan; a scan or status that differs is a difference too."""
     algorithm = frozen["algorithm"]["name"]
     diffs: list[Difference] = []
@@ -131,7 +134,13 @@ def compare_results(frozen: dict[str, Any], rerun: dict[str, Any], tolerances: d
                 continue
             per_a, per_b = value.get("per_bscan") or [], new.get("per_bscan") or []
             if len(per_a) != len(per_b):
-                differ(sid, f"{kqi}[per_bscan]", f"{len(per_a)} values", f"{len(per_b)} values", "exact")
+                differ(
+                    sid,
+                    f"{kqi}[per_bscan]",
+                    f"{len(per_a)} values",
+                    f"{len(per_b)} values",
+                    "exact",
+                )
                 continue
             for i, (a, b) in enumerate(zip(per_a, per_b)):
                 if not within(a, b, tol):
@@ -152,7 +161,9 @@ def load_index(crate: Path) -> dict[str, Any]:
     try:
         index = json.loads(path.read_text())
     except FileNotFoundError:
-        raise RerunError(f"{path} not found: {crate} is not a crate written by qmroct freeze") from None
+        raise RerunError(
+            f"{path} not found: {crate} is not a crate written by qmroct freeze"
+        ) from None
     except ValueError as exc:
         raise RerunError(f"{path}: not JSON: {exc}") from None
     if index.get("schema") != INDEX_SCHEMA:
@@ -161,8 +172,9 @@ def load_index(crate: Path) -> dict[str, Any]:
 
 
 def _git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=check,
-                          timeout=600)
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], capture_output=True, text=True, check=check, timeout=600
+    )
 
 
 def _has_commit(repo: Path, commit: str) -> bool:
@@ -175,10 +187,19 @@ def _has_commit(repo: Path, commit: str) -> bool:
 def recreate(crate: Path, index: dict[str, Any], code: Path, source: str, repo: Path) -> str:
     """Put the frozen workflow into ``code``; returns how ('git <commit>' or 'crate')."""
     git = index.get("git") or {}
-    usable_git = bool(git.get("commit")) and not git.get("dirty") and _has_commit(repo, git["commit"])
+    usable_git = (
+        bool(git.get("commit")) and not git.get("dirty") and _has_commit(repo, git["commit"])
+    )
     if source == "git" and not usable_git:
-        why = ("the frozen checkout was dirty" if git.get("dirty") else
-               f"commit {git.get('commit')} is not in {repo}" if git.get("commit") else "no commit was recorded")
+        why = (
+            "the frozen checkout was dirty"
+            if git.get("dirty")
+            else (
+                f"commit {git.get('commit')} is not in {repo}"
+                if git.get("commit")
+                else "no commit was recorded"
+            )
+        )
         raise RerunError(f"cannot rerun from git: {why} (use --from crate)")
     if source in ("git", "auto") and usable_git:
         _git(repo, "worktree", "add", "--detach", str(code), git["commit"])
@@ -206,8 +227,10 @@ def rerun_config(crate: Path, index: dict[str, Any], code: Path, here: Path) -> 
                 archive["path"] = str((base / archive["path"]).resolve())
                 break
         else:
-            raise RerunError(f"archive folder {archive['path']!r} not found in {here} "
-                             f"nor {index.get('original_workdir')}")
+            raise RerunError(
+                f"archive folder {archive['path']!r} not found in {here} "
+                f"nor {index.get('original_workdir')}"
+            )
     (code / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return config
 
@@ -219,7 +242,9 @@ def check_fingerprints(crate: Path, index: dict[str, Any], config: dict[str, Any
     frozen = {}
     for key in index["sessions"]:
         project, folder = key.split("/", 1)
-        manifest = json.loads((crate / "results" / "discovery" / "sessions" / project / f"{folder}.json").read_text())
+        manifest = json.loads(
+            (crate / "results" / "discovery" / "sessions" / project / f"{folder}.json").read_text()
+        )
         frozen[(project, manifest["label"])] = (key, manifest["fingerprint"])
     projects = sorted({p for p, _ in frozen})
     with archive_for(config) as archive:
@@ -238,7 +263,9 @@ def check_fingerprints(crate: Path, index: dict[str, Any], config: dict[str, Any
 
 def _snakemake(code: Path, targets: list[str], cores: int, log: Path) -> None:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(code / "src"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONPATH"] = os.pathsep.join([str(code / "src"), env.get("PYTHONPATH", "")]).rstrip(
+        os.pathsep
+    )
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     cmd = [sys.executable, "-m", "snakemake", "--cores", str(cores), "--nocolor", *targets]
     with open(log, "a") as out:
@@ -250,12 +277,21 @@ def _snakemake(code: Path, targets: list[str], cores: int, log: Path) -> None:
         raise RerunError(f"snakemake failed (exit {proc.returncode}); log {log}:\n{tail}")
 
 
-def rerun(crate: Path, workdir: Path | None = None, sessions: int | None = None, seed: int | None = None,
-          source: str = "auto", cores: int = 2, here: Path = Path(".")) -> RerunReport:
+def rerun(
+    crate: Path,
+    workdir: Path | None = None,
+    sessions: int | None = None,
+    seed: int | None = None,
+    source: str = "auto",
+    cores: int = 2,
+    here: Path = Path("."),
+) -> RerunReport:
     crate, here = Path(crate).resolve(), Path(here).resolve()
     index = load_index(crate)
     own_workdir = workdir is None
-    work = Path(tempfile.mkdtemp(prefix="qmroct-rerun-")) if own_workdir else Path(workdir).resolve()
+    work = (
+        Path(tempfile.mkdtemp(prefix="qmroct-rerun-")) if own_workdir else Path(workdir).resolve()
+    )
     work.mkdir(parents=True, exist_ok=True)
     code = work / "workflow"
     if code.exists():
@@ -264,7 +300,9 @@ def rerun(crate: Path, workdir: Path | None = None, sessions: int | None = None,
     report = RerunReport(code_source=how, workdir=work)
     try:
         config = rerun_config(crate, index, code, here)
-        ok, report.changed_sessions, report.missing_sessions = check_fingerprints(crate, index, config)
+        ok, report.changed_sessions, report.missing_sessions = check_fingerprints(
+            crate, index, config
+        )
         if sessions is not None and sessions < len(ok):
             report.seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
             ok = sorted(random.Random(report.seed).sample(ok, sessions))
@@ -277,8 +315,9 @@ def rerun(crate: Path, workdir: Path | None = None, sessions: int | None = None,
         for r in todo:
             frozen = json.loads((crate / r["path"]).read_text())
             new = json.loads((code / r["path"]).read_text())
-            diffs, count = compare_results(frozen, new, index.get("tolerance") or {},
-                                           f"{r['project']}/{r['session']}")
+            diffs, count = compare_results(
+                frozen, new, index.get("tolerance") or {}, f"{r['project']}/{r['session']}"
+            )
             report.differences += diffs
             report.kqis_compared += count
             report.compared.append(f"{r['project']}/{r['session']}/{r['algorithm']}")
@@ -292,30 +331,44 @@ def rerun(crate: Path, workdir: Path | None = None, sessions: int | None = None,
 
 
 def _report_doc(report: RerunReport) -> dict[str, Any]:
-    return {"reproduced": report.reproduced, "code_source": report.code_source, "seed": report.seed,
-            "compared": report.compared, "kqis_compared": report.kqis_compared,
-            "changed_sessions": report.changed_sessions, "missing_sessions": report.missing_sessions,
-            "differences": [d.__dict__ for d in report.differences]}
+    return {
+        "reproduced": report.reproduced,
+        "code_source": report.code_source,
+        "seed": report.seed,
+        "compared": report.compared,
+        "kqis_compared": report.kqis_compared,
+        "changed_sessions": report.changed_sessions,
+        "missing_sessions": report.missing_sessions,
+        "differences": [d.__dict__ for d in report.differences],
+    }
 
 
 def format_report(report: RerunReport) -> str:
     lines = [f"code: {report.code_source}; work folder: {report.workdir}"]
     if report.seed is not None:
-        lines.append(f"random sample of sessions, seed {report.seed} (--seed {report.seed} repeats it)")
-    for title, keys in (("changed in the archive since the freeze (not recomputed)", report.changed_sessions),
-                        ("missing from the archive (not recomputed)", report.missing_sessions)):
+        lines.append(
+            f"random sample of sessions, seed {report.seed} (--seed {report.seed} repeats it)"
+        )
+    for title, keys in (
+        ("changed in the archive since the freeze (not recomputed)", report.changed_sessions),
+        ("missing from the archive (not recomputed)", report.missing_sessions),
+    ):
         if keys:
             lines.append(f"{len(keys)} session(s) {title}: {', '.join(keys)}")
     if report.differences:
         rows = [("session", "algorithm", "scan", "KQI", "frozen", "rerun", "tolerance")]
-        rows += [(d.session, d.algorithm, str(d.scan), d.kqi, _fmt(d.frozen), _fmt(d.rerun), d.tolerance)
-                 for d in report.differences]
+        rows += [
+            (d.session, d.algorithm, str(d.scan), d.kqi, _fmt(d.frozen), _fmt(d.rerun), d.tolerance)
+            for d in report.differences
+        ]
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines.append(f"{len(report.differences)} KQI(s) differ:")
         lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     verdict = "REPRODUCED" if report.reproduced else "NOT REPRODUCED"
-    lines.append(f"{verdict}: {report.kqis_compared} KQIs compared in {len(report.compared)} results, "
-                 f"{len(report.differences)} differ")
+    lines.append(
+        f"{verdict}: {report.kqis_compared} KQIs compared in {len(report.compared)} results, "
+        f"{len(report.differences)} differ"
+    )
     return "\n".join(lines)
 
 

@@ -33,7 +33,9 @@ MANIFEST_SCHEMA = "qmroct.run-manifest/1"
 RUN_ID_ENV = "QMROCT_RUN_ID"  # seen by the head's own jobs (the report links the manifest)
 REDACTED = "<redacted>"
 _SECRET_KEY = re.compile(r"pass(word)?|secret|token|credential|api[_-]?key|private", re.IGNORECASE)
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):[^@/\s]+@", re.IGNORECASE)
+_URL_PASSWORD = re.compile(
+    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):[^@/\s]+@", re.IGNORECASE
+)
 # Key names that are public even though they match the pattern above (paths, not secrets).
 _PUBLIC_KEYS = {"openstack_private_key", "private_key"}
 
@@ -69,7 +71,11 @@ def redact_argv(argv: list[str]) -> list[str]:
             hide_next = False
             continue
         option, eq, value = arg.partition("=")
-        if option.startswith("-") and _SECRET_KEY.search(option) and option.lstrip("-").replace("-", "_") not in _PUBLIC_KEYS:
+        if (
+            option.startswith("-")
+            and _SECRET_KEY.search(option)
+            and option.lstrip("-").replace("-", "_") not in _PUBLIC_KEYS
+        ):
             if eq:
                 out.append(f"{option}={REDACTED}")
             else:
@@ -93,10 +99,15 @@ def _profile(argv: list[str]) -> str | None:
 def executor_info(workflow: Any, argv: list[str]) -> dict[str, Any]:
     """Which executor ran the jobs, its settings (image, flavors, ...) and the profile."""
     plugin = getattr(workflow, "executor_plugin", None)
-    info: dict[str, Any] = {"name": getattr(plugin, "name", None) or "local", "profile": _profile(argv)}
+    info: dict[str, Any] = {
+        "name": getattr(plugin, "name", None) or "local",
+        "profile": _profile(argv),
+    }
     settings = getattr(workflow, "executor_settings", None)
     if settings is not None and is_dataclass(settings):
-        info["settings"] = redact({f.name: _plain(getattr(settings, f.name)) for f in fields(settings)})
+        info["settings"] = redact(
+            {f.name: _plain(getattr(settings, f.name)) for f in fields(settings)}
+        )
     return info
 
 
@@ -136,8 +147,12 @@ def manifest_path(run_id: str, root: Path = Path(".")) -> Path:
     return root / RUNS_DIR / run_id / "manifest.json"
 
 
-def start_run(config: dict[str, Any], workflow: Any = None, workdir: Path = Path("."),
-              argv: list[str] | None = None) -> dict[str, Any]:
+def start_run(
+    config: dict[str, Any],
+    workflow: Any = None,
+    workdir: Path = Path("."),
+    argv: list[str] | None = None,
+) -> dict[str, Any]:
     """Write the manifest of a starting run (outcome ``running``) and remember it."""
     from qmroct.compute import now_iso, write_json_atomic
 
@@ -172,8 +187,11 @@ def result_set(workdir: Path, algorithms: list[str]) -> list[Path]:
     index = workdir / "results" / "discovery" / "sessions.tsv"
     if not index.is_file():
         return []
-    paths = (workdir / "results" / "kqi" / p / s / f"{a}.json"
-             for p, s in read_session_index(index) for a in algorithms)
+    paths = (
+        workdir / "results" / "kqi" / p / s / f"{a}.json"
+        for p, s in read_session_index(index)
+        for a in algorithms
+    )
     return sorted(p for p in paths if p.is_file())
 
 
@@ -187,7 +205,9 @@ def finish_run(failed: bool, algorithms: list[str]) -> dict[str, Any] | None:
     doc["end_time"] = now_iso()
     doc["outcome"] = "failed" if failed else "succeeded"
     try:
-        doc.update(results_section(result_set(workdir, algorithms), workdir, since=_current["started"]))
+        doc.update(
+            results_section(result_set(workdir, algorithms), workdir, since=_current["started"])
+        )
     except Exception as exc:  # the other end-of-run hooks (token invalidation) must still run
         doc["results_error"] = f"{type(exc).__name__}: {exc}"
         print(f"qmroct: run manifest incomplete: {doc['results_error']}", file=sys.stderr)
@@ -227,16 +247,23 @@ def results_section(result_paths: list[Path], workdir: Path, since: float) -> di
         sessions[f"{session.get('project')}/{session.get('label')}"] = session.get("fingerprint")
         fresh = Path(path).stat().st_mtime >= since
         computed += fresh
-        files[_rel(path, workdir)] = {"sha256": file_digest(Path(path)), "status": doc.get("status"),
-                                      "computed_in_this_run": fresh}
-        status_counts[doc.get("status", "unknown")] = status_counts.get(doc.get("status", "unknown"), 0) + 1
+        files[_rel(path, workdir)] = {
+            "sha256": file_digest(Path(path)),
+            "status": doc.get("status"),
+            "computed_in_this_run": fresh,
+        }
+        status_counts[doc.get("status", "unknown")] = (
+            status_counts.get(doc.get("status", "unknown"), 0) + 1
+        )
         prov = doc.get("provenance", {})
         if fresh:
             host = prov.get("host", "unknown")
             full = prov.get("environment") or {}
             env = identity.environment_key(full)
-            worker = workers.setdefault(host, {"platform": prov.get("platform"), "environments": [],
-                                               "distributions_sha256": []})
+            worker = workers.setdefault(
+                host,
+                {"platform": prov.get("platform"), "environments": [], "distributions_sha256": []},
+            )
             if env and env not in worker["environments"]:
                 worker["environments"].append(env)
             digest = full.get("distributions_sha256")
@@ -247,7 +274,11 @@ def results_section(result_paths: list[Path], workdir: Path, since: float) -> di
         "sessions": sessions,
         "result_files": files,
         "workers": workers,
-        "outcome_counts": {"results": len(files), "computed_in_this_run": computed, **status_counts},
+        "outcome_counts": {
+            "results": len(files),
+            "computed_in_this_run": computed,
+            **status_counts,
+        },
     }
 
 
@@ -283,27 +314,39 @@ def versions_html(result_paths: list[Path], run_id: str | None, report_dir: Path
     if run_id:
         manifest = manifest_path(run_id)
         href = os.path.relpath(manifest, report_dir)
-        parts.append(f"<p>Run <code>{html.escape(run_id)}</code>: "
-                     f"<a href='{html.escape(href)}'>run manifest</a> (config, code, environment, "
-                     f"checksums of every result).</p>")
-    parts.append("<table><tr><th>algorithm</th><th>version</th><th>code</th><th>qmroct pipeline</th>"
-                 "<th>results</th></tr>")
+        parts.append(
+            f"<p>Run <code>{html.escape(run_id)}</code>: "
+            f"<a href='{html.escape(href)}'>run manifest</a> (config, code, environment, "
+            f"checksums of every result).</p>"
+        )
+    parts.append(
+        "<table><tr><th>algorithm</th><th>version</th><th>code</th><th>qmroct pipeline</th>"
+        "<th>results</th></tr>"
+    )
     drift = []
     for name in sorted(per_algo):
-        for (version, code, pipeline), count in sorted(per_algo[name]["identities"].items(), key=str):
-            parts.append(f"<tr><td>{html.escape(name)}</td><td>{html.escape(str(version))}</td>"
-                         f"<td><code>{short(code)}</code></td><td><code>{short(pipeline)}</code></td>"
-                         f"<td>{count}</td></tr>")
+        for (version, code, pipeline), count in sorted(
+            per_algo[name]["identities"].items(), key=str
+        ):
+            parts.append(
+                f"<tr><td>{html.escape(name)}</td><td>{html.escape(str(version))}</td>"
+                f"<td><code>{short(code)}</code></td><td><code>{short(pipeline)}</code></td>"
+                f"<td>{count}</td></tr>"
+            )
         envs = per_algo[name]["environments"]
         if len(envs) > 1:
             drift.append((name, envs))
     parts.append("</table>")
     if drift:
-        parts.append("<h3 class='fail'>Environment drift</h3><p>These algorithms' results were "
-                     "computed in more than one environment (packages or runtimes differ):</p><ul>")
+        parts.append(
+            "<h3 class='fail'>Environment drift</h3><p>These algorithms' results were "
+            "computed in more than one environment (packages or runtimes differ):</p><ul>"
+        )
         for name, envs in drift:
-            variants = "; ".join(f"{count} results: {_env_summary(json.loads(env))}"
-                                 for env, count in sorted(envs.items()))
+            variants = "; ".join(
+                f"{count} results: {_env_summary(json.loads(env))}"
+                for env, count in sorted(envs.items())
+            )
             parts.append(f"<li><b>{html.escape(name)}</b>: {html.escape(variants)}</li>")
         parts.append("</ul>")
     return "\n".join(parts)
