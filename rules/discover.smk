@@ -24,5 +24,8 @@ checkpoint discover:
 
 def archive_state():
     from qmroct.discovery import archive_state_token
+    from qmroct.usererrors import stop_plainly_on_archive_error
 
-    return archive_state_token(config)
+    # a wrong password or an unreachable server: one line, not InputFunctionException
+    with stop_plainly_on_archive_error():
+        return archive_state_token(config)
