@@ -1,0 +1,184 @@
+"""Throughput: a session's KQIs through the workflow vs the same algorithms in one process.
+
+    .venv/bin/python benchmarks/throughput/bench_throughput.py [--sessions 50] [--cores 2]
+
+One run, side by side, on the same volumes (a demo archive, one 49 x 496 x 512 scan per
+session, `qmroct demo-archive --scans 1`):
+
+(a) **together**: the six built-in algorithms in one process (``isolate=False``, the ILM/BM
+    segmentation shared, its cache cleared per volume), on volumes staged beforehand exactly
+    as the workflow stages them (``qmroct.staging``); CPU = ``time.process_time``;
+(b) **workflow**: the real workflow (Snakefile, rules, scripts, algorithms copied into a
+    fresh folder) with ``snakemake --cores N`` from nothing to the report; CPU = user+sys of
+    the Snakemake head and every process under it (``os.wait4``).
+
+Where (b)'s CPU goes: every Python process of the run imports ``profile_hook/sitecustomize.py``
+(on PYTHONPATH for this run only) and records its own CPU and that of its waited-for children
+at exit, labelled with its rule; the head's own share is its self CPU.
+
+The machine is shared: the load average before and after is printed with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+HOOK = Path(__file__).resolve().parent / "profile_hook"
+SIX = ["noise", "layers", "mtci", "signal", "motion", "centering"]
+BIN = Path(sys.executable).parent
+
+
+def build_archive(base: Path, sessions: int, scans: int) -> Path:
+    subprocess.run(
+        [str(BIN / "qmroct"), "demo-archive", "--out", str(base / "demo"), "--sessions",
+         str(sessions), "--scans", str(scans), "--seed", "0"],
+        check=True, capture_output=True,
+    )
+    return base / "demo" / "archive"
+
+
+def copy_workflow(base: Path, archive: Path, repo: Path) -> Path:
+    work = base / "workflow"
+    work.mkdir()
+    for part in ("Snakefile", "rules", "scripts", "algorithms", "envs"):
+        src = repo / part
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / part)
+    algorithms = "".join(f"  {name}: {{}}\n" for name in SIX)
+    (work / "config.yaml").write_text(
+        f"archive: {{backend: directory, path: {archive}}}\nprojects: [DEMO]\n"
+        f"algorithms:\n{algorithms}"
+        "studies:\n  trial:\n    criteria: ['noise.snr_db >= 15', "
+        "'layers.detection_fraction >= 0.95']\n"
+        "scratch_dir: scratch\ncache_dir: .qmroct\n"
+    )
+    return work
+
+
+def together(base: Path, archive: Path) -> dict:
+    """(a): stage every session as the workflow does, then time the six in one process."""
+    import numpy as np
+
+    from qmroct.algorithms import load_algorithm
+    from qmroct.discovery import archive_for, discover
+    from qmroct.staging import stage_session
+
+    config = {"archive": {"backend": "directory", "path": str(archive)}, "projects": ["DEMO"]}
+    sessions = discover(config, base / "disc", base / "disc" / "sessions.tsv")
+    scratch = base / "scratch-a"  # made by stage_session (a claimed run folder)
+    volumes = []
+    with archive_for(config) as arch:
+        for session in sessions:
+            staged = stage_session(scratch, session, arch)
+            volumes += [(s.volume_path, s.meta) for s in staged.values() if not s.error]
+    algos = {name: load_algorithm(name, [REPO / "algorithms"]) for name in SIX}
+    seg_caches = lambda: [m for k, m in sys.modules.items() if k.startswith("_qmroct_shared_octseg_")]
+    for name, algo in algos.items():  # warm-up: imports, page cache (not counted)
+        algo.run(volumes[0][0], volumes[0][1], {}, scratch / "w" / name, isolate=False)
+    cpu, wall = [], []
+    for path, meta in volumes:
+        for mod in seg_caches():
+            mod._cache.clear()
+        c0, t0 = time.process_time(), time.perf_counter()
+        for name, algo in algos.items():
+            algo.run(path, meta, {}, scratch / "w" / name, isolate=False)
+        cpu.append(time.process_time() - c0)
+        wall.append(time.perf_counter() - t0)
+    shutil.rmtree(scratch, ignore_errors=True)
+    del np
+    per_scan = len(volumes) / len({p.parent.parent for p, _ in volumes})
+    return {"volumes": len(volumes), "cpu_per_session": statistics.mean(cpu) * per_scan,
+            "wall_per_session": statistics.mean(wall) * per_scan}
+
+
+def workflow(work: Path, cores: int, sessions: int, repo: Path) -> dict:
+    """(b): the real workflow from nothing to the report; CPU of the whole process tree."""
+    cpu_log = work / "cpu.jsonl"
+    # another checkout's qmroct (--repo, a before/after comparison) ahead of the installed one
+    pythonpath = [str(HOOK)] + ([str(repo / "src")] if repo != REPO else [])
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}",
+               PYTHONPATH=os.pathsep.join(filter(None, [*pythonpath, os.environ.get("PYTHONPATH")])),
+               QMROCT_BENCH_CPU_LOG=str(cpu_log))
+    log = open(work / "snakemake.out", "w")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", str(cores), "--nocolor"],
+                            cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    log.close()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"workflow failed, see {work / 'snakemake.out'}:\n"
+                           + (work / "snakemake.out").read_text()[-3000:])
+    kqi_files = list((work / "results" / "kqi").rglob("*.json"))
+    assert len(kqi_files) == sessions * len(SIX), f"{len(kqi_files)} KQI files"
+    by_kind: dict[str, list[float]] = defaultdict(list)
+    for line in cpu_log.read_text().splitlines():
+        rec = json.loads(line)
+        if rec["kind"] == "snakemake head":
+            by_kind["snakemake head (own)"].append(rec["self_cpu_s"])
+        else:
+            by_kind[rec["kind"]].append(rec["self_cpu_s"] + rec["children_cpu_s"])
+    total = usage.ru_utime + usage.ru_stime
+    return {"cpu_total": total, "wall_total": wall, "cpu_per_session": total / sessions,
+            "wall_per_session": wall / sessions,
+            "profile": {k: (len(v), sum(v)) for k, v in sorted(by_kind.items())}}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sessions", type=int, default=50)
+    ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--scans", type=int, default=1, help="scans per session (make demo: 6 x 2)")
+    ap.add_argument("--repo", type=Path, default=REPO,
+                    help="checkout whose workflow and qmroct to run in (b), e.g. an export of the "
+                    "previous commit (git archive) for a before/after figure")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder (printed)")
+    args = ap.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="qmroct-throughput-"))
+    try:
+        archive = build_archive(base, args.sessions, args.scans)
+        load_before = os.getloadavg()
+        work = copy_workflow(base, archive, args.repo.resolve())
+        wf = workflow(work, args.cores, args.sessions, args.repo.resolve())
+        tog = together(base, archive)
+        load_after = os.getloadavg()
+    finally:
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+        else:
+            print(f"kept {base}")
+    n = args.sessions
+    ratio = wf["cpu_per_session"] / tog["cpu_per_session"]
+    print(f"{n} sessions, {args.scans} 49x496x512 scan(s) each; snakemake --cores {args.cores}; "
+          f"load average before {load_before[0]:.1f}/{load_before[1]:.1f}, "
+          f"after {load_after[0]:.1f}/{load_after[1]:.1f} (1/5 min) on {os.cpu_count()} CPUs\n")
+    print("| what | CPU per session (s) | wall per session (s) |\n|---|---:|---:|")
+    print(f"| (a) six algorithms together, one process | {tog['cpu_per_session']:.2f} "
+          f"| {tog['wall_per_session']:.2f} |")
+    print(f"| (b) workflow, snakemake --cores {args.cores} (total / sessions) "
+          f"| {wf['cpu_per_session']:.2f} | {wf['wall_per_session']:.2f} |")
+    print(f"| **ratio (b) / (a)** | **{ratio:.2f}** (target <= 1.5) | |\n")
+    print(f"Where (b)'s {wf['cpu_total']:.1f} s of CPU went (processes, CPU incl. their children):\n")
+    print("| job kind | processes | CPU s | CPU per session s | share |\n|---|---:|---:|---:|---:|")
+    counted = 0.0
+    for kind, (count, cpu) in sorted(wf["profile"].items(), key=lambda kv: -kv[1][1]):
+        counted += cpu
+        print(f"| {kind} | {count} | {cpu:.1f} | {cpu / n:.3f} | {cpu / wf['cpu_total']:.0%} |")
+    rest = wf["cpu_total"] - counted
+    print(f"| not attributed (non-Python processes of the head) | | {rest:.1f} | {rest / n:.3f} "
+          f"| {rest / wf['cpu_total']:.0%} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
