@@ -81,3 +81,41 @@ def test_problem_session_without_scans_reports_its_problem(tmp_path, archive):
     empty = dataclasses.replace(session, scans=())
     result = compute_session(empty, algo, {}, archive, tmp_path / "scratch", tmp_path / "extras")
     assert result["error"] == "session has no scans"
+
+
+def test_segmentation_is_computed_once_per_scan_for_the_sessions_jobs(tmp_path, archive, monkeypatch):
+    """Issue 13: the four algorithms that need the ILM/BM segmentation share it through a file
+    beside the staged volume (each still runs in its own forked child). Proof that the second
+    algorithm reads it rather than recomputing: a doctored file changes its KQIs; and with the
+    file as computed the KQIs equal those of an unshared run."""
+    import numpy as np
+
+    session = archive.discover(["DEMO"])[0]
+    layers = load_algorithm("layers", search_paths=[REPO / "algorithms"])
+    signal = load_algorithm("signal", search_paths=[REPO / "algorithms"])
+
+    def run(algo, scratch, name):
+        return compute_session(session, algo, {}, archive, scratch, tmp_path / name)
+
+    shared = tmp_path / "shared"
+    first = run(signal, shared, "s1")
+    scan_dir = stage_dir(shared, session) / first["scans"][0]["scan"]
+    files = sorted(scan_dir.glob("octseg-*.npz"))
+    assert len(files) == 1, "one segmentation file per scan"
+    with_shared = run(layers, shared, "l1")
+
+    monkeypatch.setenv("QMROCT_SEGMENT_CACHE", "0")  # every algorithm its own segmentation
+    alone = run(layers, tmp_path / "alone", "l2")
+    assert not list((tmp_path / "alone").rglob("octseg-*.npz"))
+    assert [s["kqis"] for s in with_shared["scans"]] == [s["kqis"] for s in alone["scans"]]
+    monkeypatch.delenv("QMROCT_SEGMENT_CACHE")
+
+    with np.load(files[0]) as saved:
+        doctored = {name: saved[name] for name in saved.files}
+    doctored["bm"] = doctored["ilm"] + 10.0  # a 10-row retina everywhere
+    np.savez(files[0], **doctored)
+    read_back = run(layers, shared, "l3")
+    thickness = read_back["scans"][0]["kqis"]["thickness_mean_um"]["value"]
+    assert thickness != with_shared["scans"][0]["kqis"]["thickness_mean_um"]["value"]
+    release_session(shared, session)
+    assert not list(shared.rglob("octseg-*"))

@@ -205,8 +205,47 @@ def segment_cached(vol: np.ndarray, meta: dict | None = None, params: dict | Non
     )
     if key not in _cache:
         _cache.clear()
-        _cache[key] = segment(data, meta, p)
+        _cache[key] = _segment_shared(key, data, meta, p)
     return _cache[key]
+
+
+# Set by the workflow's compute step to the staged scan's folder (qmroct.compute): there
+# the algorithms of a session, each in its own process, share one segmentation per scan.
+SEGMENT_DIR_ENV = "QMROCT_SEGMENT_DIR"
+
+
+def _segment_shared(key: tuple, data: np.ndarray, meta: dict | None, p: dict) -> Segmentation:
+    """:func:`segment`, read from / written to a file in ``$QMROCT_SEGMENT_DIR`` when set.
+
+    The file name hashes the in-process key and this file's own bytes: an algorithm pinned
+    to an older version (its own copy of this file, served from git history) never reads
+    boundaries computed by other code. A lock makes a second process wait for the first
+    rather than compute the same boundaries beside it (the lock dies with its process, so
+    an algorithm killed on its time limit never blocks the others).
+    """
+    import fcntl
+    import hashlib
+    import os
+    from pathlib import Path
+
+    folder = os.environ.get(SEGMENT_DIR_ENV)
+    if not folder or not Path(folder).is_dir():
+        return segment(data, meta, p)
+    digest = hashlib.sha256(repr(key).encode() + Path(__file__).read_bytes()).hexdigest()[:32]
+    path = Path(folder) / f"octseg-{digest}.npz"
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.is_file():
+            try:
+                with np.load(path, allow_pickle=False) as saved:
+                    return Segmentation(**{name: saved[name] for name in saved.files})
+            except (OSError, ValueError, TypeError, KeyError):
+                pass  # unreadable or from another layout: compute it again
+        seg = segment(data, meta, p)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, **vars(seg))
+        os.replace(tmp, path)
+        return seg
 
 
 def _coarse_factor(nx: int) -> int:

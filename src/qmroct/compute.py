@@ -23,6 +23,7 @@ import shutil
 import socket
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,12 @@ def compute_session(
         workdir = Path(tempfile.mkdtemp(prefix=f"{algo.name}-{scan.id}-", dir=scratch_root))
         keep = {} if output_keep is None else {"output_keep": output_keep}
         try:
-            output = algo.run(item.volume_path, item.meta, params, workdir, timeout=timeout, **keep)
+            # the built-in algorithms' ILM/BM segmentation, computed once per scan for the
+            # session's algorithm jobs (algorithms/_shared/octseg.py), next to the staged volume
+            with _segmentation_shared_in(Path(item.volume_path).parent):
+                output = algo.run(
+                    item.volume_path, item.meta, params, workdir, timeout=timeout, **keep
+                )
             _log_output(algo.name, scan.id, output.get("output", ""))
             entry["kqis"] = output["kqis"]
             entry["extra_files"] = _keep_extras(output.get("files", []), workdir, extras_dir / scan.id)
@@ -152,6 +158,24 @@ def compute_session(
             "pid": os.getpid(),
         },
     }
+
+
+# Read by algorithms/_shared/octseg.py in the algorithm's child (which inherits this
+# process's environment): where the scan's segmentation is shared between processes.
+SEGMENT_DIR_ENV = "QMROCT_SEGMENT_DIR"
+
+
+@contextmanager
+def _segmentation_shared_in(folder: Path):
+    previous = os.environ.get(SEGMENT_DIR_ENV)
+    os.environ[SEGMENT_DIR_ENV] = str(folder)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(SEGMENT_DIR_ENV, None)
+        else:
+            os.environ[SEGMENT_DIR_ENV] = previous
 
 
 def _log_output(name: str, scan_id: str, text: str) -> None:

@@ -107,7 +107,8 @@ def find_algorithm_dir(name: str, search_paths: Iterable[Path] | None = None) ->
 def read_manifest(folder: Path) -> dict[str, Any]:
     path = folder / MANIFEST
     try:
-        doc = yaml.safe_load(path.read_text())
+        # libyaml's loader when PyYAML has it: 10x faster, and every job reads the manifests
+        doc = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except (OSError, yaml.YAMLError) as exc:
         raise ManifestError(path, f"cannot read: {exc}") from exc
     if not isinstance(doc, dict):
