@@ -50,6 +50,7 @@ rule report:
     params:
         worst_scans=config["report"]["worst_scans"],
         studies=STUDIES,
+        thumbnails=THUMBNAILS,  # results/thumbnails/<project>/<session path key>/
     script:
         "../scripts/report.py"
 
@@ -68,7 +69,7 @@ rule kqi_by_algorithm:
     conda:
         "../envs/qmroct.yaml"
     script:
-        "../scripts/aggregate.py"
+        "../scripts/kqi_by_algorithm.py"
 
 
 rule kqi_by_project:
@@ -87,4 +88,4 @@ rule kqi_by_project:
     conda:
         "../envs/qmroct.yaml"
     script:
-        "../scripts/aggregate.py"
+        "../scripts/kqi_by_project.py"

@@ -27,6 +27,7 @@ if (
     check_reachable_from_workers(config["archive"])
 ALGORITHMS = sorted(SETTINGS.algorithms)
 DISCOVERY = "results/discovery"
+THUMBNAILS = "results/thumbnails"
 
 # Scratch: every process that parses this file (the head, a remote job's snakemake)
 # works in its own run folder under scratch_dir and deletes only that (qmroct.scratch).

@@ -45,7 +45,7 @@ rule session_summary:
         results=SESSION_RESULTS,
     output:
         summary="results/sessions/{project}/{session}.json",
-        thumbnails=directory("results/thumbnails/{project}/{session}"),
+        thumbnails=directory(f"{THUMBNAILS}/{{project}}/{{session}}"),
     log:
         "logs/summary/{project}/{session}.log",
     priority: 10

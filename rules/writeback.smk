@@ -30,5 +30,7 @@ rule scan_quality:
     localrule: True
     conda:
         "../envs/qmroct.yaml"
+    params:
+        discovery=DISCOVERY,  # the sessions' manifests, written by the discover checkpoint
     script:
         "../scripts/scan_quality.py"

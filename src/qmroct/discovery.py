@@ -27,7 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from qmroct.archive import open_archive
+from qmroct.archive import archive_for
 from qmroct.archive.base import Scan, Session
 from qmroct.paths import UnsafePath, check_label, check_relative, path_segment
 
@@ -37,19 +37,10 @@ INDEX_COLUMNS = ["project", "subject", "session", "session_id", "scan", "type", 
 SCAN_ID = re.compile(r"[A-z0-9_-][A-z0-9_.-]{0,99}")
 
 
-def archive_for(config: dict[str, Any]):
-    return open_archive(config["archive"], cache_dir=config.get("cache_dir"))
-
-
 def archive_state_token(config: dict[str, Any]) -> str:
     with archive_for(config) as archive:
         archive.check()
         return archive.state_token(list(config["projects"]))
-
-
-def manifest_path(out_dir: Path, project: str, label: str) -> Path:
-    """The manifest of the session with this label (under its path key, never the raw label)."""
-    return Path(out_dir) / "sessions" / project / f"{path_segment(label)}.json"
 
 
 def vet_session(session: Session) -> Session:
@@ -157,7 +148,3 @@ def read_session_index(path: Path | str) -> tuple[tuple[str, str], ...]:
     call this often). The path key is the session's folder and file name in results/."""
     path = str(path)
     return _read_index_cached(path, os.stat(path).st_mtime_ns)
-
-
-def load_manifest(path: Path | str) -> Session:
-    return Session.from_dict(json.loads(Path(path).read_text()))

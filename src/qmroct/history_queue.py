@@ -61,8 +61,8 @@ class QueuedHistory(logging.Handler):
             log.warning("History: could not mark %s Queued: %s", algorithm, err)
 
     def queue(self, wildcards: dict[str, str], algorithm: str) -> str | None:
-        from qmroct.compute import now_iso
-        from qmroct.discovery import load_manifest
+        from qmroct.archive import load_manifest
+        from qmroct.fileio import now_iso
 
         session = load_manifest(self.manifest_pattern.format(**wildcards))
         key = self.archive.record_history(session, algorithm, "Queued", launch_time=now_iso())
@@ -114,7 +114,7 @@ def start_history_queue(
         or _HANDLER is not None
     ):
         return _HANDLER
-    from qmroct.discovery import archive_for
+    from qmroct.archive import archive_for
 
     archive = archive_for(config)
     archive.check()  # logs in now: binds the user's own credentials, before the tokens replace them

@@ -39,6 +39,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from qmroct.fileio import now_iso, write_json_atomic
+
 log = logging.getLogger("qmroct.runs")
 
 RUNS_DIR = Path("results/runs")
@@ -58,12 +60,6 @@ TRIGGER_ENV = "QMROCT_RUN_TRIGGER"  # why the watcher started it; "manual" when 
 # archive and the cloud; anything that looks like a secret).
 SECRET_ENV = re.compile(r"(PASS|SECRET|TOKEN|CREDENTIAL|PRIVATE|API_?KEY|AUTH)", re.IGNORECASE)
 SECRET_NAMES = {"XNAT_USER", "XNAT_PASS", "OS_PASSWORD", "OS_USERNAME", "OS_CLOUD"}
-
-
-def now_iso() -> str:
-    from qmroct.compute import now_iso as compute_now_iso
-
-    return compute_now_iso()
 
 
 def new_run_id() -> str:
@@ -115,8 +111,6 @@ def read_record(run_id: str, root: Path = Path(".")) -> dict[str, Any]:
 
 def merge_summary(run_id: str, summary: dict[str, Any], root: Path = Path(".")) -> Path:
     """Merge ``summary`` into the run's manifest.json, keeping every other section."""
-    from qmroct.compute import write_json_atomic
-
     path = run_dir(run_id, root) / MANIFEST
     record = read_record(run_id, root)
     record.setdefault("run_id", run_id)

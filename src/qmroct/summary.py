@@ -1,4 +1,4 @@
-"""The last job of a session's group: merge its results, draw thumbnails, release the scans.
+"""The last job of a session's group: merge its results, draw thumbnails.
 
 The summary (one JSON per session) is what write-back and the report read;
 the thumbnail is a small 8-bit picture of the central B-scan with any
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from qmroct.archive.base import Archive, Session
-from qmroct.staging import release_session, stage_session
+from qmroct.staging import stage_session
 
 THUMBNAIL_WIDTH = 320
 
@@ -81,10 +81,7 @@ def make_thumbnails(
     result_paths: list[Path],
 ) -> list[str]:
     """One PNG per readable scan: the central B-scan, log-scaled, with boundaries."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from qmroct.thumbnail import write_thumbnail
 
     out_dir.mkdir(parents=True, exist_ok=True)
     staged = stage_session(scratch_root, session, archive)
@@ -98,21 +95,13 @@ def make_thumbnails(
         image = np.asarray(volume[b], dtype=np.float32)
         shown = 10 * np.log10(np.maximum(image, 1.0)) if item.meta.get("intensity", "linear") == "linear" else image
         lo, hi = np.percentile(shown, [1, 99.8])
-        height = max(1, int(round(THUMBNAIL_WIDTH * image.shape[0] / image.shape[1])))
-        fig = plt.figure(figsize=(THUMBNAIL_WIDTH / 100, height / 100), dpi=100)
-        ax = fig.add_axes((0, 0, 1, 1))
-        ax.imshow(shown, cmap="gray", vmin=lo, vmax=hi, aspect="auto", interpolation="antialiased")
-        colours = iter(["#ff4040", "#40ff60", "#40a0ff", "#ffd040"])
-        for result, path in results:
-            for name, lines in boundaries_for(result, path, scan_id).items():
-                if lines.shape[0] > b and lines.shape[1] == image.shape[1]:
-                    ax.plot(np.arange(image.shape[1]), lines[b], lw=0.8, color=next(colours, "#ffffff"), label=name)
-        ax.set_axis_off()
-        ax.set_xlim(0, image.shape[1] - 1)
-        ax.set_ylim(image.shape[0] - 1, 0)
+        drawn = [
+            lines[b]
+            for result, path in results
+            for lines in boundaries_for(result, path, scan_id).values()
+            if lines.shape[0] > b and lines.shape[1] == image.shape[1]
+        ]
         target = out_dir / f"{scan_id}.png"
-        fig.savefig(target, dpi=100)
-        plt.close(fig)
+        write_thumbnail(target, shown, float(lo), float(hi), THUMBNAIL_WIDTH, drawn)
         written.append(target.name)
-    release_session(scratch_root, session)
     return written

@@ -19,6 +19,34 @@ if TYPE_CHECKING:  # the document type only; archives never build assessments
     from qmroct.assessment import Assessment
 
 
+_JAVA_INT_MAX = 2**31 - 1
+
+
+def scan_order_key(scan_id: str) -> tuple[int, int, str]:
+    """Sort key that puts a session's scans in the order XNAT shows them.
+
+    XNAT sorts scans by ID with ``BaseXnatImagescandata.ImageScanComparator``
+    (NrgXnat/xnat-web, src/main/java/org/nrg/xdat/om/base/BaseXnatImagescandata.java):
+    the ID is split at its first ``-`` and both halves compared as integers, a half that
+    is not one (empty, letters, beyond Java's int) counting as 0. So ``2`` < ``10`` <
+    ``10-1`` < ``11``, and ``OCT`` (0) comes before ``1``. XNAT leaves ties (``OCT`` vs
+    ``SLO``) in list order; here the ID itself breaks them, so the order never depends on
+    how a backend listed the scans. Both backends use this key, so a session's manifest
+    lists its scans the same way whichever archive it came from.
+    """
+    pre, _, post = str(scan_id).partition("-")
+    return (_java_int_or_zero(pre), _java_int_or_zero(post), str(scan_id))
+
+
+def _java_int_or_zero(text: str) -> int:
+    # Integer.valueOf: optional sign, ASCII digits only, 32-bit; anything else is 0 in XNAT
+    body = text[1:] if text[:1] in "+-" else text
+    if not body or not (body.isascii() and body.isdigit()):
+        return 0
+    value = int(text)
+    return value if -_JAVA_INT_MAX - 1 <= value <= _JAVA_INT_MAX else 0
+
+
 class ArchiveError(RuntimeError):
     """A problem with the archive itself (unreachable, bad credentials, bad layout)."""
 

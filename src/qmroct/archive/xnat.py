@@ -37,11 +37,12 @@ from qmroct.archive.base import (
     Session,
     SessionUnavailable,
     WriteOutcome,
+    scan_order_key,
 )
 from qmroct.archive import xnat_assessors
 from qmroct.archive.xnat_history import XnatHistory
 from qmroct.archive.xnat_http import XnatAuthError, XnatHttp, XnatNotFound, file_path_of
-from qmroct.archive.xnat_quality import natural_key, set_scan_quality
+from qmroct.archive.xnat_quality import set_scan_quality
 from qmroct.archive.xnat_state import OwnWrites, own_write
 from qmroct.archive.xnat_tokens import check_server_url, pyxnat_interface, resolve_credentials
 from qmroct.assessment import Assessment
@@ -209,7 +210,7 @@ class XnatArchive(Archive):
             columns="ID,type,series_description,quality,xsiType",
             what=f"scans of {project}/{row['label']}",
         )
-        for s in sorted(scan_rows, key=lambda r: natural_key(r["ID"])):
+        for s in sorted(scan_rows, key=lambda r: scan_order_key(r["ID"])):
             files = []
             base = f"/data/experiments/{quote(eid)}/scans/{quote(s['ID'])}"
             resources = self.http.listing(f"{base}/resources", what=f"resources of scan {s['ID']}")

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import re
 import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from qmroct.archive.base import ArchiveError, Session
+from qmroct.archive.base import ArchiveError, Session, scan_order_key
 from qmroct.archive.xnat_http import XnatNotFound
 from qmroct.assessment import XNAT_NS
 
@@ -130,7 +129,7 @@ def study_document(
         ET.SubElement(fields, x("field"), {"name": QUALITY_FIELD + scan_id}).text = value
     ET.SubElement(root, x("imageSession_ID")).text = session.id
     scans = ET.SubElement(root, x("scans"))
-    for scan_id, value in sorted(verdicts.items(), key=lambda kv: natural_key(kv[0])):
+    for scan_id, value in sorted(verdicts.items(), key=lambda kv: scan_order_key(kv[0])):
         scan = ET.SubElement(scans, x("scan"), {"id": scan_id})
         stats = ET.SubElement(scan, x("scanStatistics"), {XSI_TYPE: "xnat:statisticsData"})
         ET.SubElement(stats, x("addField"), {"name": "quality"}).text = value
@@ -144,7 +143,3 @@ def fields_of(root: ET.Element) -> dict[str, str]:
     if fields is None:
         return {}
     return {f.get("name", ""): (f.text or "") for f in fields.findall(f"{{{XNAT_NS}}}field")}
-
-
-def natural_key(text: str) -> tuple:
-    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", text))
