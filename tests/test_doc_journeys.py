@@ -115,7 +115,8 @@ def test_readme_partial_reprocessing_and_crash_recovery(clone):
     killed.kill()
     killed.wait()
     blocked = subprocess.run(
-        [str(clone / ".venv/bin/snakemake"), "--cores", "1", "results/discovery/sessions.tsv"],
+        [str(clone / ".venv/bin/snakemake"), "--cores", "1", "--forcerun", "compute_noise",
+         str(kqi.relative_to(clone))],
         cwd=clone, capture_output=True, text=True, timeout=300,
         env=dict(os.environ, PATH=f"{clone / '.venv/bin'}:{os.environ['PATH']}"),
     )
