@@ -299,7 +299,7 @@ def _write(
     from rocrate.rocrate import ROCrate
 
     from qmroct.aggregate import tidy_table
-    from qmroct.compute import now_iso
+    from qmroct.fileio import now_iso
 
     algorithms = sorted({r.algorithm for r in results})
     code_dir = out / "workflow"

@@ -154,7 +154,7 @@ def start_run(
     argv: list[str] | None = None,
 ) -> dict[str, Any]:
     """Write the manifest of a starting run (outcome ``running``) and remember it."""
-    from qmroct.compute import now_iso, write_json_atomic
+    from qmroct.fileio import now_iso, write_json_atomic
 
     argv = list(sys.argv if argv is None else argv)
     run_id = new_run_id()
@@ -197,7 +197,7 @@ def result_set(workdir: Path, algorithms: list[str]) -> list[Path]:
 
 def finish_run(failed: bool, algorithms: list[str]) -> dict[str, Any] | None:
     """Complete the current run's manifest (no-op when :func:`start_run` did not run)."""
-    from qmroct.compute import now_iso, write_json_atomic
+    from qmroct.fileio import now_iso, write_json_atomic
 
     if not _current:
         return None
