@@ -124,6 +124,11 @@ def test_pipeline_checksum_follows_the_reading_path_and_the_runtime(tmp_path):
     after_child = {rt: identity.pipeline_checksum(rt, src) for rt in base}
     assert all(after_child[rt] != after_adapter[rt] for rt in base)
     after_adapter = after_child
+    writer = src / "fileio.py"  # writes the KQI file (NaN -> null)
+    writer.write_text(writer.read_text() + "\n# result writing fix\n")
+    after_writer = {rt: identity.pipeline_checksum(rt, src) for rt in base}
+    assert all(after_writer[rt] != after_adapter[rt] for rt in base)
+    after_adapter = after_writer
     report = src / "report.py"
     report.write_text(report.read_text() + "\n# not on the path to a KQI\n")
     assert {rt: identity.pipeline_checksum(rt, src) for rt in base} == after_adapter

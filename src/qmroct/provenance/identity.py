@@ -32,13 +32,15 @@ from typing import Any, Iterable
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # src/qmroct
 
 # Relative to src/qmroct. Every runtime goes through these: the scan readers and staging
-# make the array, the runner validates the algorithm's output, compute writes the result.
+# make the array, the runner validates the algorithm's output, compute builds the result and
+# fileio writes it (undefined values become null there).
 COMMON_SOURCES = (
     "scanio/*.py",
     "staging.py",
     "algorithms/runner.py",
     "algorithms/child.py",
     "compute.py",
+    "fileio.py",
 )
 # What each runtime adds: the child-process shim and the shared-code loader for Python,
 # the Octave side of the contract for Octave. An edit to an Octave adapter reruns only
