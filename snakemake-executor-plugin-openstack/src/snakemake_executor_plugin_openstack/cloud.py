@@ -35,6 +35,40 @@ def connect(cloud: Optional[str] = None):
     return openstack.connect()
 
 
+def describe_connect_error(exc: BaseException, cloud: Optional[str]) -> str:
+    """The cause of a failed first contact with the cloud, in one line."""
+    from openstack import exceptions as sdk
+
+    name = cloud or os.environ.get("OS_CLOUD") or "(OS_* variables)"
+    files = os.environ.get("OS_CLIENT_CONFIG_FILE") or "clouds.yaml"
+    if isinstance(exc, sdk.ConfigException):
+        return (f"openstack executor: cloud {name!r} is not in {files} (set --openstack-cloud "
+                f"to one of its entries, or OS_CLOUD): {exc}")
+    status = getattr(exc, "status_code", None)
+    if status == 401 or type(exc).__name__ == "Unauthorized":
+        return (f"openstack executor: cloud {name!r} refused the credentials (401): check the "
+                f"auth section of {name!r} in {files} or the OS_* variables")
+    if status == 403:
+        return f"openstack executor: cloud {name!r} denied access (403): {exc}"
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"openstack executor: cannot reach cloud {name!r}: {type(exc).__name__}: {text[:300]}"
+
+
+def write_error_chain(exc: BaseException, folder: str) -> str:
+    """The exception chain into <folder>/connect-error.log; ' (details: <file>)' or ''."""
+    import traceback
+
+    path = os.path.join(folder, "connect-error.log")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(path, "a") as fh:
+            fh.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            fh.write("".join(traceback.format_exception(exc)))
+    except OSError:
+        return ""
+    return f" (details: {path})"
+
+
 def is_quota_error(text: str) -> bool:
     t = (text or "").lower()
     return ("quota" in t and ("exceed" in t or "exceeded" in t)) or "number of ports exceeded" in t
