@@ -55,6 +55,7 @@ test: setup-test
 lint: setup
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile rules/
+	$(BIN)/ruff check .
 
 clean-demo:
 	rm -rf demo results logs scratch .qmroct .snakemake

@@ -5,6 +5,12 @@
 #
 # Rules are wiring only; the logic lives in the qmroct package (src/qmroct/).
 
+from snakemake.utils import min_version
+
+# The 9.x line: the executor plugin implements snakemake-interface-executor-plugins 9;
+# 9.27.1 is the version pyproject.toml pins and the tests run.
+min_version("9.0")
+
 
 configfile: "config.yaml"
 

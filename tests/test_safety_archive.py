@@ -236,7 +236,7 @@ def test_path_segments_are_safe_stable_and_distinct():
     ]
     segments = [path_segment(n) for n in names]
     assert len(set(segments)) == len(names)
-    for name, segment in zip(names, segments):
+    for name, segment in zip(names, segments, strict=True):
         assert segment == path_segment(name)
         assert "/" not in segment and segment not in (".", "..") and len(segment) <= 100
         assert not is_periodic(segment) and "." in segment  # encoded, never equal to a plain label

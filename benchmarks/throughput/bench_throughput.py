@@ -82,7 +82,10 @@ def together(base: Path, archive: Path) -> dict:
             staged = stage_session(scratch, session, arch)
             volumes += [(s.volume_path, s.meta) for s in staged.values() if not s.error]
     algos = {name: load_algorithm(name, [REPO / "algorithms"]) for name in SIX}
-    seg_caches = lambda: [m for k, m in sys.modules.items() if k.startswith("_qmroct_shared_octseg_")]
+
+    def seg_caches():
+        return [m for k, m in sys.modules.items() if k.startswith("_qmroct_shared_octseg_")]
+
     for name, algo in algos.items():  # warm-up: imports, page cache (not counted)
         algo.run(volumes[0][0], volumes[0][1], {}, scratch / "w" / name, isolate=False)
     cpu, wall = [], []

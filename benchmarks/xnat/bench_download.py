@@ -202,8 +202,8 @@ def main() -> None:
             start = time.perf_counter()
             hashlib.md5(sample).hexdigest()
             md5_mb = len(sample) / (time.perf_counter() - start) / 1e6
-            pairs = [x / r for x, r in zip(results["xnat"], results["raw"])]
-            pairs_p = [x / r for x, r in zip(results["xnat"], results["raw_parallel"])]
+            pairs = [x / r for x, r in zip(results["xnat"], results["raw"], strict=True)]
+            pairs_p = [x / r for x, r in zip(results["xnat"], results["raw_parallel"], strict=True)]
             print(json.dumps({"summary": True, "session_MiB": args.mib, "files": args.files, "chunk": args.chunk,
                               "repeat": args.repeat, "threads": args.threads,
                               "xnat_MB_per_s_median": round(xnat_mb, 1),

@@ -48,7 +48,7 @@ def distribution_plots(tidy: pd.DataFrame, thresholds: dict[str, list[tuple[str,
         cols = min(3, len(kqis))
         rows = int(np.ceil(len(kqis) / cols))
         fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
-        for ax, kqi in zip(axes.flat, kqis):
+        for ax, kqi in zip(axes.flat, kqis, strict=False):  # the grid may have spare axes
             values = group.loc[group["kqi"] == kqi, "value"].dropna()
             unit = group.loc[group["kqi"] == kqi, "unit"].iloc[0]
             ax.hist(values, bins=min(30, max(5, len(values) // 2)), color="#4a7ab5", edgecolor="white")
@@ -108,7 +108,7 @@ def worst_scans(
     for row in failed.to_dict("records"):
         reasons.setdefault(tuple(row[k] for k in keys), []).append(f"{row['algorithm']} failed: {row['error']}")
     ranked = pd.DataFrame(
-        [dict(zip(keys, key)) | {"failed": len(v), "reasons": "; ".join(dict.fromkeys(v))} for key, v in reasons.items()],
+        [dict(zip(keys, key, strict=True)) | {"failed": len(v), "reasons": "; ".join(dict.fromkeys(v))} for key, v in reasons.items()],
         columns=keys + ["failed", "reasons"],
     )
     ranked = ranked.sort_values(["failed"] + keys, ascending=[False] + [True] * len(keys))
@@ -135,7 +135,7 @@ def render_report(
     path_keys = path_keys or {}
     thresholds: dict[str, list[tuple[str, float]]] = {}
     for study, items in criteria.items():
-        for column, text, threshold in items:
+        for column, _text, threshold in items:
             thresholds.setdefault(column, []).append((study, threshold))
 
     n_sessions = tidy[["project", "session"]].drop_duplicates().shape[0]
@@ -162,7 +162,7 @@ def render_report(
         for name in sorted(studies):
             table = studies[name]
             rows = []
-            for column, text, _ in criteria.get(name, []):
+            for _column, text, _ in criteria.get(name, []):
                 counts = table[text].value_counts() if text in table else pd.Series(dtype=int)
                 rows.append(
                     f"<tr><td>{html.escape(text)}</td><td class='pass'>{counts.get('pass', 0)}</td>"

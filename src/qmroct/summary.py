@@ -35,7 +35,7 @@ def summarise_session(session: Session, result_paths: list[Path]) -> dict[str, A
             "error": r.get("error"),
             "result": str(p),
         }
-        for r, p in zip(results, result_paths)
+        for r, p in zip(results, result_paths, strict=True)
     }
     scans: dict[str, dict[str, Any]] = {s.id: {"scan": s.id, "type": s.type, "kqis": {}, "errors": {}} for s in session.scans}
     for r in results:

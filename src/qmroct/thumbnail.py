@@ -47,6 +47,7 @@ def write_thumbnail(
         breaks = np.flatnonzero(np.diff(finite.astype(np.int8)))
         for run in np.split(np.arange(cols), breaks + 1):
             if run.size > 1 and finite[run[0]]:
-                draw.line(list(zip(x[run].tolist(), y[run].tolist())), fill=colour, width=1)
+                points = list(zip(x[run].tolist(), y[run].tolist(), strict=True))
+                draw.line(points, fill=colour, width=1)
     target = Path(target)
     canvas.save(target, format="PNG", optimize=False)

@@ -226,7 +226,7 @@ def scan_quality_step(snakemake: Any) -> None:
     with archive_for(snakemake.config) as archive:
         for (project, label), rows in table.groupby(["project", "session"], sort=True):
             session = load_manifest(manifest_path(snakemake.params.discovery, project, label))
-            verdicts = dict(zip(rows["scan"], rows["quality"]))
+            verdicts = dict(zip(rows["scan"], rows["quality"], strict=True))
             reasons = {
                 row["scan"]: "; ".join(f"{t}: {row[t]}" for t in texts if row[t] != "pass")
                 or "all criteria pass"

@@ -303,7 +303,7 @@ class Bastion:
                 if self.proc.poll() is not None or time.time() > deadline:
                     raise RuntimeError(
                         "bastion sshd did not start: " + self.log.read_text()[-2000:]
-                    )
+                    ) from None
                 time.sleep(0.05)
 
     def host_key(self) -> str:

@@ -6,7 +6,6 @@ import json
 import subprocess
 
 import pytest
-import yaml
 
 from tests.provenance.conftest import qmroct_cli
 from tests.provenance.crate_validation import seed_cache, validate
@@ -96,7 +95,7 @@ def test_freeze_validate_rerun_and_a_tampered_kqi(checkout, tmp_path, validator_
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert "code: crate" in bad.stdout
     assert "changed in the archive" in bad.stdout and "DEMO/SUBJ002_V1" in bad.stdout
-    line = next(l for l in bad.stdout.splitlines() if l.startswith("DEMO/SUBJ001_V1"))
+    line = next(ln for ln in bad.stdout.splitlines() if ln.startswith("DEMO/SUBJ001_V1"))
     assert "noise" in line.split() and "snr_db" in line.split(), line
     assert "NOT REPRODUCED" in bad.stdout
     rerun_doc = json.loads((tmp_path / "rerun2" / "rerun.json").read_text())

@@ -8,10 +8,8 @@ import stat
 import subprocess
 
 import pytest
-import yaml
 
 from qmroct.config import ConfigError, load_settings
-from tests.provenance.conftest import make_checkout
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "t",

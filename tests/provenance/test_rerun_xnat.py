@@ -21,8 +21,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_freeze_and_rerun_against_xnat(
-    xnat_server, password, pyxnat_interface, tmp_path, small_demo
-):  # noqa: F811
+    xnat_server, password, pyxnat_interface, tmp_path, small_demo  # noqa: F811 (fixtures)
+):
     xnat_server.store.put_project("DEMO", {})
     assert upload_archive(pyxnat_interface, small_demo / "archive", only={"SUBJ001_V1"}) == [
         "SUBJ001_V1"

@@ -9,7 +9,6 @@ and a random password, so a test can look for that password in logs.
 from __future__ import annotations
 
 import functools
-import os
 import secrets
 import sys
 from pathlib import Path

@@ -112,7 +112,7 @@ def test_fetch_downloads_verified_files(xnat_env, pyxnat_interface, tmp_path):
     got = arc.fetch(session, tmp_path / "scratch")
     assert sorted(got) == ["1", "2"]
     for scan in session.scans:
-        for entry, path in zip(scan.files, got[scan.id]):
+        for entry, path in zip(scan.files, got[scan.id], strict=True):
             assert path.read_bytes() == file_bytes(
                 "OCT", "S1_V1", scan.id, int(entry.name[-7:-4]), 300_000
             )

@@ -157,7 +157,7 @@ def test_xnatpy_reads_kqis_back(seeded, xnat_server, password, tmp_path):
             if child["field"] == "additionalStatistics"
             for item in child["items"]
         ]
-        assert dict(zip(names, values)) == {"cnr": 3.5, "snr_db": pytest.approx(23.1)}
+        assert dict(zip(names, values, strict=True)) == {"cnr": 3.5, "snr_db": pytest.approx(23.1)}
         assert stats.add_field.listing == ["ok"]
         # xnatpy 0.8.1 caches nested objects by (uri, field name), so scan 2's
         # scan_statistics would come back as scan 1's: read scan 2's own data

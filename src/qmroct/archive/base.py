@@ -205,6 +205,7 @@ class Archive(ABC):
         The default records nothing here: the directory archive writes its history
         line together with the assessment.
         """
+        return None
 
     def queued_run(self, session: Session, algorithm: str) -> str | None:
         """The launch time of the History row the head opened as Queued for this
@@ -218,6 +219,7 @@ class Archive(ABC):
 
     def close(self) -> None:
         """Release connections; the default has nothing to release."""
+        return None
 
     def __enter__(self) -> "Archive":
         return self

@@ -83,7 +83,7 @@ def _materialise(repo: Path, rel: str, commit: str, target: Path) -> None:
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(_git(repo, "show", f"{commit}:{path}"))
         (tmp / name).mkdir(parents=True, exist_ok=True)
-        for dirpath, dirnames, filenames in os.walk(tmp, topdown=False):
+        for dirpath, _dirnames, filenames in os.walk(tmp, topdown=False):
             for fn in filenames:
                 os.chmod(Path(dirpath) / fn, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
             os.chmod(

@@ -142,7 +142,7 @@ def compare_results(
                     "exact",
                 )
                 continue
-            for i, (a, b) in enumerate(zip(per_a, per_b)):
+            for i, (a, b) in enumerate(zip(per_a, per_b, strict=True)):
                 if not within(a, b, tol):
                     differ(sid, f"{kqi}[bscan {i}]", a, b, _tol_text(tol))
                     break
@@ -363,7 +363,7 @@ def format_report(report: RerunReport) -> str:
         ]
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines.append(f"{len(report.differences)} KQI(s) differ:")
-        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     verdict = "REPRODUCED" if report.reproduced else "NOT REPRODUCED"
     lines.append(
         f"{verdict}: {report.kqis_compared} KQIs compared in {len(report.compared)} results, "

@@ -178,7 +178,7 @@ def _read_oct_converter(path: Path, suffix: str, limit: int | None = None) -> Vo
     try:
         from oct_converter import readers
     except ImportError as exc:
-        raise ScanError(path, f"reading {suffix} files needs oct-converter (pip install oct-converter==0.7.0): {exc}")
+        raise ScanError(path, f"reading {suffix} files needs oct-converter (pip install oct-converter==0.7.0): {exc}") from exc
     try:
         if suffix == ".e2e" or suffix == ".sdb":
             volumes = readers.E2E(path).read_oct_volume()
