@@ -7,6 +7,10 @@ bash script (``set -euo pipefail``), in a clone-like folder: the workflow files 
 first on PATH (README: "Run snakemake from .venv"). So a command a new user copies from
 the docs is the command tested; a doc edit that breaks one fails here.
 
+Journeys: README.md (partial reprocessing, crash recovery), docs/algorithms.md (write,
+try, declare), docs/xnat.md section 7 (the XNAT test server), tests/cloud/README.md (a
+run on the Nova test cloud, which stands in for docs/openstack.md's cloud).
+
 What the test changes, and only this: it does what `make demo` does on a small scale
 (2 sessions of 5x128x64 B-scans, then one workflow run) where a journey starts "after
 `make demo`", keeps two algorithms in config.yaml, and swaps fixed ports and /tmp paths
@@ -18,10 +22,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -151,4 +155,41 @@ def test_xnat_try_it_with_the_test_server(clone, tmp_path):
     access = (data / "access.log").read_text().splitlines()
     writes = [line for line in access if " PUT " in line and "/assessors/" in line]
     assert writes and all(line.split()[-1].startswith("2") for line in writes), writes[:5]
+    assert (clone / "results/report/index.html").is_file()
+
+
+@pytest.mark.slow
+def test_cloud_run_on_the_test_cloud(clone, tmp_path):
+    """tests/cloud/README.md: the test cloud started with the README's command, the
+    README's clouds.yaml, then its run block; the workflow completes on the VMs."""
+    readme = (REPO / "tests/cloud/README.md").read_text()
+    start = re.search(r"^(\.venv-nova/bin/python tests/cloud/novacloud\.py .*?\n.*?)\n#", readme,
+                      re.S | re.M).group(1).replace("\\\n", " ")
+    clouds = re.search(r"```yaml\n(clouds:.*?)```", readme, re.S).group(1)
+    api, ssh = str(_free_port()), str(_free_port())
+    key = tmp_path / "ssh" / "id_ed25519"  # the README's ~/.ssh/id_ed25519, kept out of $HOME
+    key.parent.mkdir()
+    (clone / ".venv-nova").symlink_to(REPO / ".venv-nova")
+    (clone / "clouds.yaml").write_text(clouds.replace("18774", api))
+    small_demo_archive(clone)
+    state = tmp_path / "novacloud"
+    command = start.replace("18774", api).replace("/tmp/novacloud", str(state))
+    log = tmp_path / "novacloud.log"  # a file, not a pipe: Nova logs a lot and must not block
+    with open(log, "w") as fh:
+        cloud = subprocess.Popen(f"exec {command} --ssh-port {ssh}", shell=True, cwd=clone,
+                                 stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        # the README's "-> nova test cloud serving ..." line
+        while "nova test cloud serving" not in log.read_text():
+            if cloud.poll() is not None:
+                pytest.fail(f"the test cloud did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        script = journey("tests/cloud/README.md", "cloud")
+        script = script.replace("~/.ssh/id_ed25519", str(key)).replace("2222", ssh)
+        proc = run_script(clone, script)
+    finally:
+        cloud.terminate()
+        cloud.wait(timeout=60)
+    out = proc.stdout + proc.stderr
+    assert "openstack summary:" in out and "(2 done, 0 failed)" in out, out[-3000:]
     assert (clone / "results/report/index.html").is_file()
