@@ -180,6 +180,8 @@ class XnatTestServer:
         self.faults: list[Fault] = []
         self.fault_lock = threading.Lock()
         self.requests: list[dict[str, Any]] = []
+        # JSESSIONID -> the credential that opened it (the access log's "auth" column)
+        self.session_credentials: dict[str, str] = {}
         self.log_path = Path(data_dir) / "access.log"
         self.httpd = ThreadingHTTPServer((host, port), _make_handler(self))
         self.httpd.daemon_threads = True
@@ -236,7 +238,7 @@ class XnatTestServer:
     def record(self, entry: dict[str, Any]) -> None:
         self.requests.append(entry)
         with open(self.log_path, "a") as fh:
-            fh.write("{time} {user} {method} {target} {status}\n".format(**entry))
+            fh.write("{time} {user} {auth} {method} {target} {status}\n".format(**entry))
 
 
 # ====================================================================== handler
@@ -283,6 +285,9 @@ class XnatHandler(BaseHTTPRequestHandler):
         self.logged = False
         self.jsession = None
         self.user: str | None = None
+        # which credential the request came with: "password", "alias:<alias>" (an alias
+        # token), or the one that opened its JSESSION; "-" when none (never the secret)
+        self.credential = "-"
         self.status_sent = 0
         self.new_cookies: list[str] = []
         self._body: bytes | None = None
@@ -321,6 +326,8 @@ class XnatHandler(BaseHTTPRequestHandler):
             {
                 "time": now_iso().replace(" ", "T"),
                 "user": self.user or "-",
+                "auth": self.credential,
+                "peer": "%s:%d" % self.client_address[:2],
                 "method": self.method,
                 "target": self.path,
                 "status": self.status_sent,
@@ -438,12 +445,12 @@ class XnatHandler(BaseHTTPRequestHandler):
                 raise HttpError(401, "The request requires user authentication")
             user = None
             if store.check_password(login, password):
-                user = login
+                user, credential = login, "password"
             else:
-                user = store.token_user(login, password)
+                user, credential = store.token_user(login, password), f"alias:{login}"
             if user is None:
                 raise HttpError(401, "The request requires user authentication")
-            self.user = user
+            self.user, self.credential = user, credential
             if (
                 not self.cookie("JSESSIONID")
                 or store.jsession_user(self.cookie("JSESSIONID")) != user
@@ -455,6 +462,7 @@ class XnatHandler(BaseHTTPRequestHandler):
             user = store.jsession_user(sid)
             if user:
                 self.user = user
+                self.credential = self.app.session_credentials.get(sid, "session")
                 self.new_cookies.append(self.expiration_cookie())
                 return user
         if required:
@@ -479,6 +487,7 @@ class XnatHandler(BaseHTTPRequestHandler):
                 "Maximum sessions of " f"{self.app.store.max_sessions} for this principal exceeded",
             )
         self.jsession = sid
+        self.app.session_credentials[sid] = self.credential
         self.new_cookies.append(f"JSESSIONID={sid}; Path=/; HttpOnly")
         self.new_cookies.append(self.expiration_cookie())
 
@@ -542,10 +551,13 @@ class XnatHandler(BaseHTTPRequestHandler):
         form = dict(parse_qsl(self.body().decode(), keep_blank_values=True))
         login, password = form.get("username", ""), form.get("password", "")
         store = self.app.store
-        user = login if store.check_password(login, password) else store.token_user(login, password)
+        if store.check_password(login, password):
+            user, credential = login, "password"
+        else:
+            user, credential = store.token_user(login, password), f"alias:{login}"
         if user is None:
             raise HttpError(401, "Login attempt failed. Please try again.")
-        self.user = user
+        self.user, self.credential = user, credential
         sid = store.new_jsession(user)
         self.set_session_cookie(sid)
         self.send_text(200, sid)
