@@ -7,6 +7,9 @@ import shutil
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+ALGORITHMS_DIR = REPO / "algorithms"
+# The six Python algorithms the workflow ships (the Octave twins are tested on their own)
+PYTHON_ALGORITHMS = ("noise", "layers", "mtci", "signal", "motion", "centering")
 WORKFLOW_PARTS = ("Snakefile", "rules", "scripts", "algorithms", "envs", "config.yaml")
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support import REPO
 
 
 def _cloud_run(workflow, tmp_path, monkeypatch, cloud: str):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import dataclasses
 import json
@@ -15,7 +14,7 @@ from qmroct.archive.directory import DirectoryArchive
 from qmroct.compute import compute_session, write_json_atomic
 from qmroct.staging import release_session, stage_dir
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support import REPO
 
 
 class CountingArchive(DirectoryArchive):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import math
 
@@ -14,7 +13,7 @@ from qmroct.aggregate import study_table, tidy_rows
 from qmroct.config import ConfigError, Study, check_config, load_settings, validate_schema
 from qmroct.studies import CriterionError, parse_criterion
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support import REPO
 
 KQIS = {"noise": {"snr_db", "sigma"}, "layers": {"detection_fraction", "sigma"}}
 

@@ -33,7 +33,7 @@ import yaml
 
 from tests.support import copy_workflow
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support import REPO
 MARK = re.compile(r"<!--\s*journey:\s*([\w-]+)\s*-->\s*\n```(?:sh|bash)\n(.*?)\n```", re.S)
 SMALL = "5x128x64"
 

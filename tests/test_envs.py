@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import re
 import tomllib
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support import REPO
 
 
 

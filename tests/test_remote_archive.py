@@ -5,9 +5,8 @@ profile; an absolute path (storage every worker mounts) is let through."""
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support import REPO
 
 
 def _with_profile(workflow) -> None:

@@ -36,6 +36,7 @@ from qmroct.paths import (
 )
 from qmroct.scratch import Owner, claim
 
+from tests.support import REPO
 from tests.test_safety_scans import deflated_bomb
 
 PERIODIC = "PAT1_00000000000000000000"
@@ -390,7 +391,7 @@ def test_qmroct_discover_lists_problem_sessions_with_their_reasons(tmp_path, sma
     config = tmp_path / "config.yaml"
     import yaml
 
-    settings = yaml.safe_load((Path(__file__).parents[1] / "config.yaml").read_text())
+    settings = yaml.safe_load((REPO / "config.yaml").read_text())
     settings["archive"] = {"backend": "directory", "path": str(archive)}
     config.write_text(yaml.safe_dump(settings))
     out = subprocess.run([sys.executable, "-m", "qmroct.cli", "discover", str(config)],

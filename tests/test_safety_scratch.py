@@ -30,7 +30,7 @@ from qmroct.scratch import (
     run_folder,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support import REPO
 
 
 def _config(tmp_path: Path, scratch: str) -> Path:

@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-ALGORITHMS = REPO / "algorithms"
+from tests.support import ALGORITHMS_DIR as ALGORITHMS
 
 
 def stage_scan(directory: Path, volume: np.ndarray, spacing_mm: dict, intensity: str = "linear", scan_id: str = "scan1",

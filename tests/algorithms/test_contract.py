@@ -19,7 +19,7 @@ from qmroct.algorithms import (
     validate_output,
 )
 
-ALGORITHMS = Path(__file__).resolve().parents[2] / "algorithms"
+from tests.support import ALGORITHMS_DIR as ALGORITHMS
 BUILTIN = ["centering", "layers", "motion", "mtci", "noise", "signal"]
 
 

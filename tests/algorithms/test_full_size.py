@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from qmroct.algorithms import load_algorithm
 
-ALGORITHMS = Path(__file__).resolve().parents[2] / "algorithms"
-SIX = ["noise", "layers", "mtci", "signal", "motion", "centering"]
+from tests.support import ALGORITHMS_DIR as ALGORITHMS, PYTHON_ALGORITHMS as SIX
 
 
 @pytest.mark.slow

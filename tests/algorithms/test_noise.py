@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from qmroct.algorithms import AlgorithmFailure, load_algorithm
 
-ALGORITHMS = Path(__file__).resolve().parents[2] / "algorithms"
+from tests.support import ALGORITHMS_DIR as ALGORITHMS
 SHAPE = dict(n_bscans=4, depth=320, width=256)
 
 

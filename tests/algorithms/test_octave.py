@@ -12,7 +12,7 @@ import pytest
 
 from qmroct.algorithms import AlgorithmFailure, load_algorithm
 
-ALGORITHMS = Path(__file__).resolve().parents[2] / "algorithms"
+from tests.support import ALGORITHMS_DIR as ALGORITHMS
 HAVE_OCTAVE = bool(shutil.which("octave-cli") or os.environ.get("OCTAVE_EXECUTABLE"))
 if not HAVE_OCTAVE and os.environ.get("QMROCT_REQUIRE_OCTAVE") == "1":
     raise RuntimeError("QMROCT_REQUIRE_OCTAVE=1 but octave-cli is not installed (apt-get install octave)")

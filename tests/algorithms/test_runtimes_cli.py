@@ -15,7 +15,7 @@ from qmroct.algorithms import AlgorithmFailure, load_algorithm
 from qmroct.algorithms.cli import main as cli_main
 from qmroct.algorithms.scaffold import scaffold
 
-ALGORITHMS = Path(__file__).resolve().parents[2] / "algorithms"
+from tests.support import ALGORITHMS_DIR as ALGORITHMS
 HAVE_OCTAVE = shutil.which("octave-cli") is not None
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from qmroct.algorithms import load_algorithm
 
-ALGORITHMS = Path(__file__).resolve().parents[2] / "algorithms"
+from tests.support import ALGORITHMS_DIR as ALGORITHMS
 
 
 @pytest.fixture(scope="module")

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import operator
-from pathlib import Path
 
 import pytest
 
 from qmroct.algorithms import load_algorithm, parse_threshold
 
-ALGORITHMS = Path(__file__).resolve().parents[2] / "algorithms"
-SIX = ["noise", "layers", "mtci", "signal", "motion", "centering"]
+from tests.support import ALGORITHMS_DIR as ALGORITHMS, PYTHON_ALGORITHMS as SIX
 OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
 EXPECTED_FAIL = {
     (): set(),

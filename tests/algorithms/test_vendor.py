@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ from qmroct.algorithms import load_algorithm
 from qmroct.scanio import ScanError, read_scan
 from qmroct.scanio.vendor import read_heyex_vol_header, write_heyex_vol
 
-ALGORITHMS = Path(__file__).resolve().parents[2] / "algorithms"
+from tests.support import ALGORITHMS_DIR as ALGORITHMS
 
 
 @pytest.fixture

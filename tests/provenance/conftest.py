@@ -9,7 +9,7 @@ import pytest
 
 from tests.xnat_server.server import DEFAULT_SCHEMA_DIR
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
 
 
 @pytest.fixture(scope="session")

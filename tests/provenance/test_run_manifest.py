@@ -92,3 +92,17 @@ def test_a_run_writes_its_manifest_and_the_report_links_it(checkout):
         again["outcome_counts"]["computed_in_this_run"] == 0
         and again["outcome_counts"]["results"] == 3
     )
+
+
+def test_run_id_is_the_one_the_starter_gave_never_a_used_one(tmp_path, monkeypatch):
+    from qmroct.provenance.run_manifest import RUN_ID_ENV, manifest_path, new_run_id, run_id_for_this_run
+
+    given = new_run_id()
+    monkeypatch.setenv(RUN_ID_ENV, given)
+    assert run_id_for_this_run(tmp_path) == given  # qmroct watch names the run
+    manifest_path(given, tmp_path).parent.mkdir(parents=True)
+    manifest_path(given, tmp_path).write_text("{}")
+    fresh = run_id_for_this_run(tmp_path)  # that record exists: never overwritten
+    assert fresh != given and re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{6}", fresh)
+    monkeypatch.setenv(RUN_ID_ENV, "../../etc")  # not an id: ignored
+    assert run_id_for_this_run(tmp_path) != "../../etc"
