@@ -16,6 +16,7 @@ import pytest
 from qmroct.archive import ArchiveError, SessionUnavailable, open_archive
 from qmroct.archive.base import scan_order_key
 from qmroct.assessment import Assessment
+from tests.support import kqi_result
 from tests.xnat.conftest import password, xnat_env, xnat_server  # noqa: F401 (fixtures)
 from tests.xnat.helpers import USER, file_bytes, seed_session
 
@@ -160,27 +161,13 @@ def test_an_unknown_project_is_an_archive_error(backend):
         backend.archive.discover(["NOPE"])
 
 
-def _result(session, value: float) -> dict:
-    return {
-        "session": {"project": session.project, "subject": session.subject,
-                    "label": session.label, "id": session.id},
-        "algorithm": {"name": "noise", "version": "1.0.0", "code_checksum": "sha256:abc"},
-        "status": "ok",
-        "scans": [{"scan": "1", "status": "ok", "error": None,
-                   "kqis": {"snr_db": {"value": value, "unit": "dB"}}}],
-        "provenance": {"end_time": "2026-11-26T10:00:00+00:00"},
-    }
-
-
 def test_write_back_creates_then_leaves_unchanged_then_updates(backend, tmp_path):
     session = backend.archive.discover([backend.project])[0]
     kqi = tmp_path / "noise.json"
 
     def write(value: float, end_time: str):
-        document = _result(session, value)
-        document["provenance"]["end_time"] = end_time
-        kqi.write_text(json.dumps(document))
-        assessment = Assessment.from_result(_result(session, value), {"noise.json": kqi})
+        kqi.write_text(json.dumps(kqi_result(session, value, end_time=end_time)))
+        assessment = Assessment.from_result(kqi_result(session, value), {"noise.json": kqi})
         return backend.archive.write_assessment(session, assessment).action
 
     assert write(20.0, "2026-11-26T10:00:00+00:00") == "created"

@@ -9,6 +9,7 @@ import pytest
 
 from qmroct.archive import SessionUnavailable, open_archive
 from qmroct.assessment import Assessment
+from tests.support import kqi_result
 
 
 @pytest.fixture
@@ -29,13 +30,7 @@ def test_a_missing_archive_is_named(tmp_path):
 
 
 def _result(session, value):
-    return {
-        "session": {"project": session.project, "subject": session.subject, "label": session.label, "id": session.id},
-        "algorithm": {"name": "noise", "version": "1.0.0", "code_checksum": "sha256:abc"},
-        "status": "ok",
-        "scans": [{"scan": "1", "status": "ok", "error": None, "kqis": {"snr_db": {"value": value, "unit": "dB"}}}],
-        "provenance": {"end_time": "2026-11-26T10:00:00"},
-    }
+    return kqi_result(session, value, end_time="2026-11-26T10:00:00")
 
 
 def test_write_back_is_idempotent(tmp_path, archive_copy):

@@ -9,6 +9,7 @@ from lxml import etree
 
 from qmroct.assessment import SUPERSEDED_FIELD, Assessment, assessment_label, version_token
 from qmroct.paths import check_label
+from tests.support import kqi_result
 
 NS = {"xnat": "http://nrg.wustl.edu/xnat"}
 
@@ -30,25 +31,9 @@ def test_versioned_labels_are_xnat_labels_and_distinct():
 
 
 def _result(session, version, value):
-    return {
-        "session": {
-            "project": session.project,
-            "subject": session.subject,
-            "label": session.label,
-            "id": session.id,
-        },
-        "algorithm": {"name": "noise", "version": version, "code_checksum": "sha256:abc"},
-        "status": "ok",
-        "scans": [
-            {
-                "scan": "1",
-                "status": "ok",
-                "error": None,
-                "kqis": {"snr_db": {"value": value, "unit": "dB"}},
-            }
-        ],
-        "provenance": {"end_time": "2026-11-26T10:00:00+00:00", "host": "h"},
-    }
+    result = kqi_result(session, value, version=version)
+    result["provenance"]["host"] = "h"
+    return result
 
 
 def _write(archive, session, version, value, tmp_path, algorithm="noise"):

@@ -11,17 +11,13 @@ import pytest
 from qmroct.archive.xnat import XnatArchive
 from qmroct.assessment import Assessment
 from tests.xnat.conftest import SCHEMAS, needs_schemas
+from tests.support import session_fields
 from tests.xnat.helpers import USER, seed_session
 
 
 def result_doc(session, algorithm="noise", snr=(23.1, 18.5), status="ok", version="1.0.0"):
     return {
-        "session": {
-            "project": session.project,
-            "subject": session.subject,
-            "label": session.label,
-            "id": session.id,
-        },
+        "session": session_fields(session),
         "algorithm": {
             "name": algorithm,
             "version": version,
