@@ -29,17 +29,17 @@ import json
 import logging
 import os
 import re
-import secrets
 import shlex
 import subprocess
 import threading
 import time
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from qmroct.fileio import now_iso, write_json_atomic
+from qmroct.provenance.run_manifest import RUN_ID_ENV, new_run_id
 
 log = logging.getLogger("qmroct.runs")
 
@@ -52,7 +52,6 @@ SUMMARY_CACHE = Path(".qmroct/run-summaries.json")
 SNAKEMAKE_LOGGER = "snakemake.logging"
 # What Snakemake's scheduler logs when a KeyboardInterrupt ends the run (job_scheduler.py).
 USER_STOP = "Terminating processes on user request"
-RUN_ID_ENV = "QMROCT_RUN_ID"  # the run manifest's id, set in the head by whoever names the run
 WATCH_ID_ENV = "QMROCT_WATCH_RUN_ID"  # the watcher's name for a run it started
 TRIGGER_ENV = "QMROCT_RUN_TRIGGER"  # why the watcher started it; "manual" when unset
 
@@ -60,12 +59,6 @@ TRIGGER_ENV = "QMROCT_RUN_TRIGGER"  # why the watcher started it; "manual" when 
 # archive and the cloud; anything that looks like a secret).
 SECRET_ENV = re.compile(r"(PASS|SECRET|TOKEN|CREDENTIAL|PRIVATE|API_?KEY|AUTH)", re.IGNORECASE)
 SECRET_NAMES = {"XNAT_USER", "XNAT_PASS", "OS_PASSWORD", "OS_USERNAME", "OS_CLOUD"}
-
-
-def new_run_id() -> str:
-    """Sortable by start: UTC time plus a random tail (two runs in one second differ)."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return f"{stamp}-{secrets.token_hex(3)}"
 
 
 def current_run_id() -> str:

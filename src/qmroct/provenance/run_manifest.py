@@ -42,9 +42,22 @@ _PUBLIC_KEYS = {"openstack_private_key", "private_key"}
 _current: dict[str, Any] = {}
 
 
+RUN_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{6}")
+
+
 def new_run_id() -> str:
     """Sortable by time, unique across hosts: ``20261201T145012Z-3fa2c1``."""
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def run_id_for_this_run(workdir: Path = Path(".")) -> str:
+    """The id whoever started this run gave it (``qmroct watch`` sets QMROCT_RUN_ID, so its
+    logs and the manifest share one name), else a new one. An inherited id whose manifest
+    already exists is never reused: a run record is not overwritten."""
+    inherited = os.environ.get(RUN_ID_ENV, "")
+    if RUN_ID.fullmatch(inherited) and not manifest_path(inherited, workdir).exists():
+        return inherited
+    return new_run_id()
 
 
 def redact(value: Any, key: str = "") -> Any:
@@ -157,7 +170,7 @@ def start_run(
     from qmroct.fileio import now_iso, write_json_atomic
 
     argv = list(sys.argv if argv is None else argv)
-    run_id = new_run_id()
+    run_id = run_id_for_this_run(workdir)
     os.environ[RUN_ID_ENV] = run_id
     doc = {
         "schema": MANIFEST_SCHEMA,
