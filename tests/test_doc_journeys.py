@@ -159,6 +159,7 @@ def test_xnat_try_it_with_the_test_server(clone, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.cloud
 def test_cloud_run_on_the_test_cloud(clone, tmp_path):
     """tests/cloud/README.md: the test cloud started with the README's command, the
     README's clouds.yaml, then its run block; the workflow completes on the VMs."""
