@@ -13,8 +13,9 @@ rows), ``xnat_quality`` (scan quality); this one holds the archive itself:
   backoff on 5xx/timeouts/dropped connections; a session deleted after
   discovery raises SessionUnavailable naming it.
 - write_assessment: one ``xnat:qcAssessmentData`` assessor per session and
-  algorithm (stable label, updated in place under its XNAT ID), a resource
-  with the KQI JSON and extra files, and the end of the run's History row.
+  algorithm version (stable label, updated in place under its XNAT ID), a resource
+  with the KQI JSON and extra files, and the end of the run's History row; the
+  assessors of the algorithm's other versions stay, marked superseded.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ MD5 = re.compile(r"[0-9a-fA-F]{32}")
 
 class XnatArchive(Archive):
     backend = "xnat"
+    # a version bump writes a new assessor; the older stay, superseded (xnat_assessors)
+    versioned_labels = True
 
     def __init__(
         self,

@@ -17,6 +17,15 @@ How XNAT takes each call (and so the order of calls here):
   already exists." (``CatalogResource.handlePost``).
 - files are uploaded when missing or different (MD5 when XNAT lists one, else
   always), stale ones deleted (needs delete rights on the assessor).
+- labels carry the algorithm version (``Assessment.versioned``): a version bump
+  writes a new assessor and the older ones of the same algorithm stay, marked
+  with a ``qmroct_superseded_by`` field. That mark is PUT *without*
+  ``allowDataDeletion``: XNAT then loads the document onto the stored item
+  (``ExptAssessmentResource.handlePut`` with the stored item as template), so the
+  old assessor keeps its ``QMROCT`` resource; its ``xnat:fields/field`` items are
+  matched by name (``uniqueComposite="NAME"`` in xnat.xsd), so the mark adds one
+  field and changes nothing else. Removing a mark (a version rolled back) cannot
+  be done by such a merge: the current assessor is rewritten whole instead.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from urllib.parse import quote
 from qmroct.archive.base import ArchiveError, Session, WriteOutcome
 from qmroct.archive.xnat_http import XnatForbidden, XnatNotFound, XnatUnanswered, file_path_of
 from qmroct.archive.xnat_quality import fields_of
+from qmroct.assessment import ASSESSMENT_TYPE, SUPERSEDED_FIELD, assessment_label, mark_superseded
 from qmroct.checksums import file_digest
 
 if TYPE_CHECKING:
@@ -58,13 +68,19 @@ def existing_assessor(
 
 
 def put_assessor(
-    archive: XnatArchive, session: Session, label: str, document: bytes, retries: int | None = None
+    archive: XnatArchive,
+    session: Session,
+    label: str,
+    document: bytes,
+    retries: int | None = None,
+    replace: bool = True,
 ) -> Any:
     """PUT the whole document as the assessor's new state (see the module doc:
-    an update's document must carry the assessor's ID, ``with_id``)."""
+    an update's document must carry the assessor's ID, ``with_id``). ``replace=False``
+    merges it onto the stored item instead, which keeps what the document does not name."""
     return archive.http.put(
         f"{archive.session_path(session)}/assessors/{quote(label)}",
-        params={"inbody": "true", "allowDataDeletion": "true"},
+        params={"inbody": "true", "allowDataDeletion": "true" if replace else "false"},
         data=document,
         headers={"Content-Type": "text/xml"},
         retries=retries,
@@ -84,14 +100,19 @@ def write_assessment(
         f"{archive.session_path(session)}/assessors/{quote(label)}"
         f"/resources/{quote(archive.resource_label)}"
     )
+    stored = fields_of(existing[1]) if existing else {}
     if (
         existing
-        and fields_of(existing[1]).get("qmroct_digest") == assessment.digest
+        and stored.get("qmroct_digest") == assessment.digest
+        # superseded earlier and current again (a version rolled back): rewritten below
+        # without the mark
+        and SUPERSEDED_FIELD not in stored
         and _resource_complete(archive, resource, assessment)
     ):
         # Nothing to re-send; but if a compute job opened a History row for this
         # result (it recomputed the same KQIs), that row must still end.
         archive.history.finish(session, assessment, note="assessment unchanged", only_if_open=True)
+        supersede_older(archive, session, assessment)
         return WriteOutcome(label, "unchanged", existing[0])
     old_id = existing[0] if existing else ""
     response = put_document(archive, session, label, assessment.to_xml(), old_id)
@@ -99,7 +120,55 @@ def write_assessment(
     action = "created" if response.status_code == 201 or not existing else "updated"
     _upload_files(archive, resource, assessment)
     archive.history.finish(session, assessment)
+    supersede_older(archive, session, assessment)
     return WriteOutcome(label, action, assessor_id)
+
+
+def supersede_older(archive: XnatArchive, session: Session, assessment: Assessment) -> list[str]:
+    """Mark the session's other assessors of the same algorithm (older or newer versions,
+    or the unversioned label of earlier qmroct) as superseded by this one; never delete
+    them: a paper may cite them. Returns the labels marked now.
+
+    Which algorithm an assessor belongs to is read from its ``qmroct_algorithm`` field,
+    never from its label: ``noise`` is a prefix of ``noise_octave``'s labels. The listing
+    is narrowed to qmroct's labels (``<session>_qmroct_``) only to spare a GET per
+    assessor of other tools."""
+    http = archive.http
+    prefix = f"{assessment.session_label}_qmroct_"
+    unversioned = assessment_label(assessment.session_label, assessment.algorithm)
+    rows = http.listing(
+        f"/data/experiments/{quote(session.id)}/assessors",
+        columns="ID,label,xsiType",
+        what=f"assessors of {session.key}",
+    )
+    marked = []
+    for row in rows:
+        label = row.get("label", "")
+        if label == assessment.label or not label.startswith(prefix):
+            continue
+        if row.get("xsiType") not in (None, "", ASSESSMENT_TYPE):
+            continue
+        document = http.get(
+            f"/data/experiments/{quote(session.id)}/assessors/{quote(row['ID'])}",
+            params={"format": "xml"},
+            what=f"assessor {label}",
+        ).content
+        fields = fields_of(ET.fromstring(document))
+        algorithm = fields.get("qmroct_algorithm")
+        legacy = algorithm is None and label == unversioned
+        if algorithm != assessment.algorithm and not legacy:
+            continue
+        if fields.get(SUPERSEDED_FIELD) == assessment.label:
+            continue  # marked by an earlier run
+        put_assessor(
+            archive,
+            session,
+            label,
+            with_id(mark_superseded(document, assessment.label), row["ID"]),
+            replace=False,  # merged onto the stored item: its resource and KQIs stay
+        )
+        marked.append(label)
+    return marked
 
 
 def put_document(
