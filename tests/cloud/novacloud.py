@@ -43,6 +43,7 @@ os.environ.setdefault("OS_NOVA_DISABLE_EVENTLET_PATCHING", "")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from procs import descendants  # noqa: E402  (shared with the executor tests)
+from isolation import outermost  # noqa: E402  (shared with the executor tests)
 import nova.tests.functional  # noqa: E402,F401  (eventlet monkey patching)
 import eventlet  # noqa: E402
 import eventlet.wsgi  # noqa: E402
@@ -582,7 +583,8 @@ def main(argv=None) -> None:
     STATE["boot_from_request"] = args.boot_from_request
     STATE["isolate"] = args.isolate
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    HIDE[:] = [os.path.abspath(x) for x in (args.hide or ["/tmp", os.path.expanduser("~"), repo])]
+    hidden = args.hide or ["/tmp", os.path.expanduser("~"), repo]
+    HIDE[:] = outermost([os.path.abspath(x) for x in hidden])
     SSH_PORT = args.ssh_port
     STATE["boot_delay"] = args.boot_delay
     STATE["delete_delay"] = args.delete_delay
