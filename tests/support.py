@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,3 +58,15 @@ def kqi_result(session, value: float = 20.0, *, version: str = "1.0.0",
                    "kqis": {"snr_db": {"value": value, "unit": "dB"}}}],
         "provenance": {"end_time": end_time},
     }
+
+
+def wait_for(condition, timeout: float, what: str, interval: float = 0.1):
+    """Poll ``condition`` until it returns something true (returned) or ``timeout`` seconds
+    pass (an AssertionError naming ``what``): tests wait on conditions, never fixed sleeps."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

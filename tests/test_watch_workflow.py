@@ -12,12 +12,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 from qmroct.runlock import pid_exists
+from tests.support import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -58,16 +58,6 @@ def start_watcher(wf, *options: str, args=RUN_ARGS, **env: str) -> subprocess.Po
         stderr=subprocess.STDOUT,
         env=_env(**env),
     )
-
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def state(wf) -> dict:

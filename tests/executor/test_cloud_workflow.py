@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import wait_for
 from tests.executor.helpers import (
     SECRET,
     SNAKEMAKE,
@@ -152,14 +153,6 @@ def test_over_quota_shrinks_pool_instead_of_failing(project, nova_cloud, tmp_pat
     assert_clean(project, nova_cloud)
 
 
-def _wait_for(pred, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _busy_instance(wd: Path, project, nova_cloud):
@@ -194,7 +187,8 @@ def test_server_killed_mid_job_is_replaced_and_job_resubmitted(project, nova_clo
         stderr=subprocess.STDOUT,
     )
     try:
-        victim = _wait_for(lambda: _busy_instance(wd, project, nova_cloud), 90, "a busy server")
+        victim = wait_for(lambda: _busy_instance(wd, project, nova_cloud), 90, "a busy server",
+                          interval=0.2)
         time.sleep(1.5)  # the job is running (sleep 4 s)
         r = nova_cloud.control(kill=[victim])
         assert r["instances"][victim]["killed"]
@@ -258,10 +252,11 @@ def test_ctrl_c_kills_remote_jobs_and_deletes_servers(project, nova_cloud, tmp_p
         stderr=subprocess.STDOUT,
     )
     try:
-        _wait_for(
+        wait_for(
             lambda: _remote_job_pids(str(wd)) or _remote_job_pids("algo.py") or None,
             120,
             "remote jobs running",
+            interval=0.2,
         )
         time.sleep(2)
         assert _remote_job_pids("--mode")

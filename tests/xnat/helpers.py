@@ -1,10 +1,45 @@
-"""Helpers shared by the XNAT tests (seeding sessions through pyxnat)."""
+"""Helpers shared by the XNAT tests (seeding sessions through pyxnat, a workflow copy
+configured for the test server)."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import sys
+from pathlib import Path
+
+import yaml
 
 USER = "qmtester"
+
+
+def xnat_workflow_config(root: Path, server_url: str, algorithms: dict) -> dict:
+    """The workflow copy's config.yaml pointed at the test server's DEMO project, with
+    ``algorithms`` and no studies (not written: callers add what their test needs)."""
+    config = yaml.safe_load((Path(root) / "config.yaml").read_text())
+    config.update(
+        archive={"backend": "xnat", "server": server_url, "backoff": 0.1},
+        projects=["DEMO"],
+        algorithms=algorithms,
+        studies={},
+    )
+    return config
+
+
+def workflow_env(password: str, **extra: str) -> dict[str, str]:
+    """Environment for a snakemake run against the test server: credentials as the
+    Container Service gives them, this interpreter's bin first on PATH, and no XNAT_HOST or
+    NETRC of the developer's that could stand in for them."""
+    env = dict(
+        os.environ,
+        XNAT_USER=USER,
+        XNAT_PASS=password,
+        PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        **extra,
+    )
+    for key in ("XNAT_HOST", "NETRC"):
+        env.pop(key, None)
+    return env
 
 
 def file_bytes(project: str, session: str, scan: str, index: int, size: int = 4096) -> bytes:

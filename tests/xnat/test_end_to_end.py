@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from tests.support import copy_workflow, job_stats
-from tests.xnat.helpers import USER
+from tests.xnat.helpers import workflow_env, xnat_workflow_config
 from tests.xnat_server.load import upload_archive
 
 pytestmark = pytest.mark.slow
@@ -242,21 +242,9 @@ def test_workflow_against_xnat(xnat_server, password, pyxnat_interface, tmp_path
     probe.mkdir()
     (probe / "algorithm.yaml").write_text(PROBE_MANIFEST)
     (probe / "envprobe.py").write_text(PROBE_CODE)
-    config = yaml.safe_load((root / "config.yaml").read_text())
-    config["archive"] = {"backend": "xnat", "server": xnat_server.url, "backoff": 0.1}
-    config["projects"] = ["DEMO"]
-    config["algorithms"] = {"noise": {}, "envprobe": {}}
-    config["studies"] = {}
+    config = xnat_workflow_config(root, xnat_server.url, {"noise": {}, "envprobe": {}})
     dumps = tmp_path / "envdumps"
-    env = dict(
-        os.environ,
-        XNAT_USER=USER,
-        XNAT_PASS=password,
-        QMROCT_TEST_ENV_DUMP=str(dumps),
-        PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-    )
-    env.pop("XNAT_HOST", None)
-    env.pop("NETRC", None)
+    env = workflow_env(password, QMROCT_TEST_ENV_DUMP=str(dumps))
     wf = XnatWorkflow(root, env)
     wf.write_config(config)
 

@@ -9,15 +9,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
-import yaml
 
 from qmroct.archive.xnat_history import INTERRUPTED
-from tests.support import copy_workflow
-from tests.xnat.helpers import USER
+from tests.support import copy_workflow, wait_for
+from tests.xnat.helpers import workflow_env, xnat_workflow_config
 from tests.xnat.test_end_to_end import PROBE_MANIFEST, SHAPE, XnatWorkflow
 from tests.xnat_server.load import upload_archive
 
@@ -38,14 +35,6 @@ def compute(volume, meta, params, workdir):
 """
 
 
-def wait_for(condition, timeout: float = 120.0) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        if time.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
-
-
 def test_next_run_cleans_up_after_kill_9(xnat_server, password, pyxnat_interface, tmp_path):
     from qmroct.synth.demo import build_demo_archive
 
@@ -59,22 +48,8 @@ def test_next_run_cleans_up_after_kill_9(xnat_server, password, pyxnat_interface
     (probe / "envprobe.py").write_text(HOLD_CODE)
     hold = tmp_path / "hold.flag"
     hold.write_text("hold")
-    config = yaml.safe_load((root / "config.yaml").read_text())
-    config.update(
-        archive={"backend": "xnat", "server": xnat_server.url, "backoff": 0.1},
-        projects=["DEMO"],
-        algorithms={"envprobe": {}},
-        studies={},
-    )
-    env = dict(
-        os.environ,
-        XNAT_USER=USER,
-        XNAT_PASS=password,
-        QMROCT_TEST_HOLD=str(hold),
-        PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-    )
-    for key in ("XNAT_HOST", "NETRC"):
-        env.pop(key, None)
+    config = xnat_workflow_config(root, xnat_server.url, {"envprobe": {}})
+    env = workflow_env(password, QMROCT_TEST_HOLD=str(hold))
     wf = XnatWorkflow(root, env)
     wf.write_config(config)
 
@@ -88,7 +63,8 @@ def test_next_run_cleans_up_after_kill_9(xnat_server, password, pyxnat_interface
         start_new_session=True,
     )
     try:
-        wait_for(lambda: hold.with_suffix(".started").exists())
+        wait_for(lambda: hold.with_suffix(".started").exists(), 120, "the held job to start",
+                 interval=0.05)
     finally:
         os.killpg(run.pid, signal.SIGKILL)
         run.wait(30)
