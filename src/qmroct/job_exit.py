@@ -1,0 +1,34 @@
+"""Ending a workflow job's Python process without tearing the interpreter down.
+
+A ``script:`` job is a fresh interpreter with numpy, scipy, jsonschema and Snakemake loaded.
+Its normal exit frees all of that module by module, which costs 0.05-0.1 s of CPU (measured
+by benchmarks/throughput: CPU the process used after its last exit hook) for nothing: the
+process is gone a moment later anyway. Eight jobs per session pay it, so it is ~0.5 s of CPU
+per session.
+
+:func:`exit_now` does what a normal exit does that matters (exit hooks, among them
+logging's flush and close, then stdio flushed) and ends the process with ``os._exit``.
+Only when the job's own thread is the only one left: a normal exit waits for non-daemon
+threads, and ``os._exit`` would cut them off, so then it returns and the job ends normally.
+Called after the step succeeded; a step that raises never gets here (the normal traceback
+and exit status 1).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import threading
+
+
+def exit_now() -> None:
+    if threading.active_count() != 1:
+        return
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken: nothing left to keep
+            pass
+    os._exit(0)
