@@ -237,7 +237,7 @@ def rerun_config(crate: Path, index: dict[str, Any], code: Path, here: Path) -> 
 
 def check_fingerprints(crate: Path, index: dict[str, Any], config: dict[str, Any]):
     """(reproducible session keys, changed, missing) against the archive as it is now."""
-    from qmroct.discovery import archive_for
+    from qmroct.archive import archive_for
 
     frozen = {}
     for key in index["sessions"]:
