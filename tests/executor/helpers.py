@@ -431,28 +431,69 @@ def _worker_inputs() -> tuple[str, list[Path]]:
     return script, [p for p in sources if p.is_file() and "__pycache__" not in p.parts]
 
 
-def build_worker_env(scratch: Path) -> Path:
+_IN_USE: list = []  # open lock files of the builds this process uses (released when it exits)
+
+
+def _hold(target: Path) -> None:
+    """Mark the build at ``target`` in use by this process for as long as it lives (a shared
+    lock): other test sessions and benchmarks build and clean up concurrently, and one that
+    removed a build in use left every later job of this one with 'python: command not found'."""
+    import fcntl
+
+    f = open(target / ".in-use", "a")
+    fcntl.flock(f, fcntl.LOCK_SH)
+    _IN_USE.append(f)
+
+
+def _unused(build: Path) -> bool:
+    import fcntl
+
+    try:
+        with open(build / ".in-use", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+    except BlockingIOError:
+        return False
+    except OSError:  # a half-made build without its lock file
+        return True
+
+
+def remove_unused_builds(root: Path, keep: Path) -> list[Path]:
+    """Remove the builds under ``root`` other than ``keep`` that no live process holds (call
+    with ``root``/.lock held, as build_worker_env does); the builds removed."""
+    removed = []
+    for old in sorted(root.iterdir()):
+        if old.is_dir() and old != keep and _unused(old):
+            shutil.rmtree(old, ignore_errors=True)
+            removed.append(old)
+    return removed
+
+
+def build_worker_env(scratch: Path, root: Path | None = None) -> Path:
     """Run the worker image's setup script (images/worker-cloud-init.yaml) with qmroct from a
     copy of this checkout (a build in the checkout would leave build/ behind) into
-    WORKER_ROOT/<key>/venv, where key hashes the script and qmroct's sources; an existing
-    build with the same key is reused. Returns the venv's bin/."""
+    ``root``/<key>/venv (default WORKER_ROOT), where key hashes the script and qmroct's
+    sources; an existing build with the same key is reused. Builds of other sources that no
+    live process uses are removed. Returns the venv's bin/, held in use while this process
+    lives."""
     import fcntl
     import hashlib
+
+    root = Path(root or WORKER_ROOT)
 
     script, sources = _worker_inputs()
     h = hashlib.sha256(script.encode())
     for p in sources:
         h.update(str(p.relative_to(REPO)).encode() + b"\0" + p.read_bytes())
     key = h.hexdigest()[:16]
-    WORKER_ROOT.mkdir(parents=True, exist_ok=True)
-    target = WORKER_ROOT / key
-    with open(WORKER_ROOT / ".lock", "w") as lock:
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / key
+    with open(root / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time, across test sessions
         if (target / "ready").exists():
+            _hold(target)
             return target / "venv" / "bin"
-        for old in WORKER_ROOT.iterdir():  # earlier builds of other sources
-            if old.is_dir():
-                shutil.rmtree(old, ignore_errors=True)
+        remove_unused_builds(root, keep=target)
         src = scratch / "qmroct"
         for p in sources:
             (src / p.relative_to(REPO)).parent.mkdir(parents=True, exist_ok=True)
@@ -478,4 +519,5 @@ def build_worker_env(scratch: Path) -> Path:
                 "worker environment build failed:\n" + (scratch / "setup.log").read_text()[-3000:]
             )
         (target / "ready").write_text(key + "\n")
+        _hold(target)
         return target / "venv" / "bin"
