@@ -42,11 +42,10 @@ import re
 import socket
 import threading
 import time
-import uuid
 import xml.etree.ElementTree as ET
 import zipfile
 from base64 import b64decode
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -442,7 +441,7 @@ class XnatHandler(BaseHTTPRequestHandler):
             try:
                 login, _, password = b64decode(auth[6:]).decode().partition(":")
             except Exception:
-                raise HttpError(401, "The request requires user authentication")
+                raise HttpError(401, "The request requires user authentication") from None
             user = None
             if store.check_password(login, password):
                 user, credential = login, "password"
@@ -1429,7 +1428,7 @@ class XnatHandler(BaseHTTPRequestHandler):
         try:
             root = ET.fromstring(text)
         except ET.ParseError as err:
-            raise HttpError(400, f"Unable to parse the XML document: {err}")
+            raise HttpError(400, f"Unable to parse the XML document: {err}") from err
         name = localname(root)
         xsi_type = ROOT_TYPES.get(name) or f"xnat:{name[0].lower()}{name[1:]}Data"
         fields = {}
@@ -1730,7 +1729,7 @@ class XnatHandler(BaseHTTPRequestHandler):
         except NotFound:
             if self.query.get("accept-not-found") == "true":
                 return self.send_bytes(204, b"")
-            raise HttpError(404, "File missing")
+            raise HttpError(404, "File missing") from None
         self.touch_owner(t)
         self.send_text(200, "")
 
