@@ -147,12 +147,14 @@ def _tool_server(project, name, **md):
     return project.conn.compute.wait_for_server(s, interval=0.3, wait=60)
 
 
-def test_reaper_deletes_only_dead_runs_of_this_tool(project, nova_cloud, monkeypatch):
+def _dead_runs_beside_a_live_and_a_foreign_server(project):
+    """Servers of this tool whose run is over (lease expired; process gone), one of a live
+    run (this process, fresh lease) and one another tool made: the first two may go."""
     dead = subprocess.Popen(["true"])
     dead.wait()
     expired = _tool_server(project, "expired", **{cl.MD_EXPIRES: str(int(time.time()) - 5)})
     crashed = _tool_server(project, "crashed", **{cl.MD_PID: str(dead.pid)})
-    _tool_server(project, "alive")  # this process, fresh lease: must survive
+    _tool_server(project, "alive")
     foreign = project.conn.compute.create_server(
         name="foreign",
         image_id=IMAGE,
@@ -161,6 +163,11 @@ def test_reaper_deletes_only_dead_runs_of_this_tool(project, nova_cloud, monkeyp
         metadata={cl.MD_EXPIRES: "0"},
     )
     project.conn.compute.wait_for_server(foreign, interval=0.3, wait=60)
+    return expired, crashed
+
+
+def test_reaper_deletes_only_dead_runs_of_this_tool(project, nova_cloud, monkeypatch):
+    expired, crashed = _dead_runs_beside_a_live_and_a_foreign_server(project)
     adapter = cl.CloudAdapter(project.conn)
     out = io.StringIO()
     listed = reaper.reap(adapter, dry_run=True, out=out)
@@ -217,19 +224,7 @@ def test_lease_is_renewed_while_the_run_lives(project, nova_cloud, in_tmp):
 
 
 def test_pool_start_reaps_servers_of_dead_runs(project, nova_cloud, in_tmp):
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    expired = _tool_server(project, "expired", **{cl.MD_EXPIRES: str(int(time.time()) - 5)})
-    crashed = _tool_server(project, "crashed", **{cl.MD_PID: str(dead.pid)})
-    _tool_server(project, "alive")  # a live run (this process, fresh lease): left alone
-    foreign = project.conn.compute.create_server(
-        name="foreign",
-        image_id=IMAGE,
-        flavor_id="1",
-        networks="none",
-        metadata={cl.MD_EXPIRES: "0"},
-    )
-    project.conn.compute.wait_for_server(foreign, interval=0.3, wait=60)
+    expired, crashed = _dead_runs_beside_a_live_and_a_foreign_server(project)
     pool = make_pool(project, max_servers=1, leak_check_interval=0.5)
     pool.start()
     try:
