@@ -49,6 +49,9 @@ class TestOpenStackConformance(TestWorkflowsBase):
             remote_path_prefix=str(self.worker_bin),
             max_servers=2,
             expected_boot_seconds=3,
+            # a server that never answers fails the test in minutes, not after the defaults
+            boot_timeout=90,
+            launch_retries=1,
             status_log_interval=5,
         )
 
