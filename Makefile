@@ -10,18 +10,36 @@ BIN := $(VENV)/bin
 CORES ?= 2
 DEMO_SESSIONS ?= 6
 
-.PHONY: demo test setup setup-test system-packages profile clean-demo lint
+.PHONY: demo test setup setup-test system-packages profile clean-demo lint lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# Snakemake finds executor plugins only in non-editable or compat-editable installs,
-# so both packages are installed in compat mode (path .pth files).
+# Every dependency comes from the lock (exact versions, sha256 hashes; src/qmroct/envlock.py
+# says which lock is which), then qmroct and the executor plugin themselves without
+# dependencies. Snakemake finds executor plugins only in non-editable or compat-editable
+# installs, so both packages are installed in compat mode (path .pth files).
+DEV_LOCK := src/qmroct/locks/dev.txt
+RUNTIME_LOCK := src/qmroct/locks/runtime.txt
 setup: $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test]' --config-settings editable_mode=compat
-	$(BIN)/pip install --quiet -e ./snakemake-executor-plugin-openstack --config-settings editable_mode=compat
+	$(BIN)/pip install --quiet --require-hashes -r $(DEV_LOCK)
+	$(BIN)/pip install --quiet --no-deps -e . --config-settings editable_mode=compat
+	$(BIN)/pip install --quiet --no-deps -e ./snakemake-executor-plugin-openstack --config-settings editable_mode=compat
+	$(BIN)/pip check
 	@$(MAKE) --no-print-directory profile
+
+# Rewrite the locks after a change to pyproject.toml (the plugin's too): versions already
+# locked stay unless the change needs others (uv keeps the output file's pins); the dev lock
+# is constrained to the runtime lock, so both say the same version of every shared package.
+# `make lock UPGRADE=--upgrade` moves everything to the newest allowed versions.
+UV_COMPILE = $(BIN)/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+	--custom-compile-command "make lock" $(UPGRADE)
+lock: $(BIN)/python
+	@test -x $(BIN)/uv || { echo "uv missing in $(VENV): make setup first" >&2; exit 1; }
+	$(UV_COMPILE) pyproject.toml -o $(RUNTIME_LOCK)
+	$(UV_COMPILE) pyproject.toml snakemake-executor-plugin-openstack/pyproject.toml \
+	  --extra test -c $(RUNTIME_LOCK) -o $(DEV_LOCK)
 
 # `snakemake --profile openstack` looks in ~/.config/snakemake/, not in profiles/:
 # link ours there unless the user already has a profile of that name (never clobbered).
