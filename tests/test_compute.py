@@ -118,3 +118,43 @@ def test_segmentation_is_computed_once_per_scan_for_the_sessions_jobs(tmp_path, 
     assert thickness != with_shared["scans"][0]["kqis"]["thickness_mean_um"]["value"]
     release_session(shared, session)
     assert not list(shared.rglob("octseg-*"))
+
+
+def test_compute_job_loads_only_its_own_algorithm(tmp_path, small_demo, monkeypatch):
+    """Issue 13: the head checks the whole config; a compute job (one per session x
+    algorithm) loads and validates only its own algorithm's manifest, and still writes
+    the result the workflow expects."""
+    from types import SimpleNamespace
+
+    from qmroct import workflow
+    from qmroct.algorithms import runner
+    from qmroct.archive import manifest_path
+    from qmroct.config import validate_schema
+    from qmroct.discovery import discover
+
+    shutil.copytree(small_demo / "archive", tmp_path / "archive")
+    config = {
+        "archive": {"backend": "directory", "path": str(tmp_path / "archive")},
+        "projects": ["DEMO"],
+        "algorithms": {"noise": {}, "layers": {}, "mtci": {"params": {}}},
+        "studies": {"t": {"criteria": ["noise.snr_db >= 15", "layers.detection_fraction >= 0.9"]}},
+        "scratch_dir": str(tmp_path / "scratch" / "run-test"),
+    }
+    validate_schema(config)
+    session = discover(config, tmp_path / "disc", tmp_path / "disc" / "sessions.tsv")[0]
+    read = []
+    real_read = runner.read_manifest
+    monkeypatch.setattr(runner, "read_manifest", lambda folder: read.append(folder.name) or real_read(folder))
+    job = SimpleNamespace(
+        input=SimpleNamespace(session=str(manifest_path(tmp_path / "disc", "DEMO", session.label))),
+        output=SimpleNamespace(kqi=str(tmp_path / "kqi" / "noise.json"), extras=str(tmp_path / "kqi" / "noise.files")),
+        params=SimpleNamespace(algorithm={"name": "noise"}),
+        log=[str(tmp_path / "noise.log")],
+        config=config,
+        scriptdir=str(REPO / "scripts"),
+    )
+    monkeypatch.chdir(tmp_path)
+    workflow.compute_step(job)
+    assert read == ["noise"]
+    result = json.loads((tmp_path / "kqi" / "noise.json").read_text())
+    assert result["algorithm"]["name"] == "noise" and result["status"] == "ok"
