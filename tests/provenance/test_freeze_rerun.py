@@ -47,6 +47,15 @@ def test_freeze_validate_rerun_and_a_tampered_kqi(checkout, tmp_path, validator_
     assert index["git"] == {"commit": checkout.commit, "dirty": False}
     assert (crate / "workflow" / "src" / "qmroct" / "scanio" / "dicom.py").is_file()
     assert index["run_manifests"], "the run manifest that computed the results travels with them"
+    # the Python locks of the environment, as files with sha256 (qmroct.envlock)
+    from qmroct import envlock
+
+    for kind, lock in (("runtime", envlock.RUNTIME_LOCK), ("dev", envlock.DEV_LOCK)):
+        rel = f"environment/lock-{kind}.txt"
+        digest = __import__("hashlib").sha256(lock.read_bytes()).hexdigest()
+        assert graph[rel]["sha256"] == digest and index["environment_lock"][kind]["sha256"] == digest
+        assert {"@id": rel} in graph["#workflow-run"]["subjectOf"]
+    assert isinstance(index["environment_lock"]["installed_differs_from_runtime_lock"], list)
 
     # Bump the algorithm's version, commit, run: a new assessor beside the cited one.
     manifest = root / "algorithms" / "noise" / "algorithm.yaml"

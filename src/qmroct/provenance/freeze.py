@@ -11,7 +11,8 @@ profile (https://w3id.org/ro/wfrun/provenance/0.5), written with ro-crate-py:
   ``ControlAction``, all organised by Snakemake (the ``OrganizeAction``), and the workflow
   run itself as the ``CreateAction`` whose instrument is the Snakefile;
 * every KQI file, the session manifests, the table of the frozen set and the report as
-  files with sha256, the run manifests that produced them, and the Python environment;
+  files with sha256, the run manifests that produced them, and the Python environment:
+  what was installed and qmroct's hashed locks (``environment/lock-*.txt``, qmroct.envlock);
 * ``frozen.json``: qmroct's own index of the set (selection, identities, tolerances, git
   state), which ``qmroct rerun`` reads.
 
@@ -345,7 +346,9 @@ def _write(
     runs = _run_manifests(workdir, digests, out)
     env_dir = out / "environment"
     env_dir.mkdir()
-    (env_dir / "requirements.txt").write_text("\n".join(identity.installed_distributions()) + "\n")
+    installed = identity.installed_distributions()
+    (env_dir / "requirements.txt").write_text("\n".join(installed) + "\n")
+    environment_lock = _copy_locks(env_dir, installed)
 
     index = {
         "schema": INDEX_SCHEMA,
@@ -391,6 +394,7 @@ def _write(
             for r in results
         ],
         "run_manifests": runs,
+        "environment_lock": environment_lock,
     }
     index["algorithms"] = {a: [json.loads(s) for s in v] for a, v in index["algorithms"].items()}
     (out / INDEX_NAME).write_text(json.dumps(index, indent=1))
@@ -423,6 +427,22 @@ def _run_manifests(workdir: Path, digests: dict[str, str], out: Path) -> list[st
 
 
 # ------------------------------------------------------------------ the RO-Crate graph
+
+
+def _copy_locks(env_dir: Path, installed: list[str]) -> dict[str, Any]:
+    """The Python locks of the qmroct that froze the set (qmroct.envlock) beside the list of
+    what was installed, and how that differs from the runtime lock (what the KQIs depend
+    on; [] when the environment was installed from it)."""
+    from qmroct import envlock
+
+    out: dict[str, Any] = {}
+    for kind, source in (("runtime", envlock.RUNTIME_LOCK), ("dev", envlock.DEV_LOCK)):
+        dest = env_dir / f"lock-{kind}.txt"
+        shutil.copyfile(source, dest)
+        out[kind] = {"path": f"environment/{dest.name}", "sha256": file_digest(dest)}
+    pins = envlock.read_lock(envlock.RUNTIME_LOCK)
+    out["installed_differs_from_runtime_lock"] = envlock.differences(pins, installed)
+    return out
 
 
 def _describe(
@@ -500,6 +520,17 @@ def _describe(
             "(name==version)"
         },
     )
+    locks = [
+        data_file(
+            index["environment_lock"][kind]["path"],
+            {
+                "encodingFormat": "text/plain",
+                "description": f"The {what} Python lock of this qmroct: every transitive "
+                "distribution, exact version and sha256 hashes (pip install --require-hashes -r)",
+            },
+        )
+        for kind, what in (("runtime", "runtime"), ("dev", "development (runtime + tests)"))
+    ]
     for path in sorted((out / "workflow").rglob("*")):  # the rest of the workflow's code
         if path.is_file() and path.name != "Snakefile":
             data_file(path.relative_to(out).as_posix())
@@ -637,7 +668,7 @@ def _describe(
             or "one identity and environment " "per algorithm, clean checkout",
         },
     )
-    run["subjectOf"] = manifests + [frozen_index, environment]
+    run["subjectOf"] = manifests + [frozen_index, environment, *locks]
     entity(
         "#organize",
         {
