@@ -168,6 +168,18 @@ def run_snakemake(wd: Path, args: list[str], env: dict, timeout: float = 240, lo
     return p.returncode, log.read_text()
 
 
+def kqi_results(root: Path) -> dict:
+    """The workflow's KQI results without what differs from run to run or host to host
+    (provenance, the session fingerprint), to compare a remote run with a local one."""
+    out = {}
+    for p in sorted((root / "results" / "kqi").rglob("*.json")):
+        doc = json.loads(p.read_text())
+        doc.pop("provenance", None)
+        doc.get("session", {}).pop("fingerprint", None)
+        out[str(p.relative_to(root))] = doc
+    return out
+
+
 def run_summary(wd: Path) -> dict:
     files = sorted((wd / ".snakemake" / "openstack").glob("*/summary.json"), key=os.path.getmtime)
     assert files, "no summary.json written"

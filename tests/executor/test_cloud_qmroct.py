@@ -7,7 +7,6 @@ real workers reach over the network.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.executor.helpers import SNAKEMAKE, run_summary
+from tests.executor.helpers import SNAKEMAKE, kqi_results, run_summary
 
 from tests.support import REPO, copy_workflow
 
@@ -43,16 +42,6 @@ def make_workflow(root: Path, archive_src: Path) -> Path:
     cfg["studies"] = {"demo_trial": {"criteria": ["noise.snr_db >= 15"]}}
     (root / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return root
-
-
-def kqi_results(root: Path) -> dict:
-    out = {}
-    for p in sorted((root / "results" / "kqi").rglob("*.json")):
-        doc = json.loads(p.read_text())
-        doc.pop("provenance", None)
-        doc.get("session", {}).pop("fingerprint", None)
-        out[str(p.relative_to(root))] = doc
-    return out
 
 
 def test_qmroct_workflow_on_openstack_matches_local(project, nova_cloud, small_archive, tmp_path):

@@ -11,7 +11,6 @@ NOVA_INSTANCE_UUID (every session of a fake VM's sshd does), the head otherwise.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -25,7 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import yaml
 
-from tests.executor.helpers import SNAKEMAKE, run_summary
+from tests.executor.helpers import SNAKEMAKE, kqi_results, run_summary
 from tests.support import REPO, copy_workflow
 from tests.xnat.helpers import USER
 from tests.xnat_server import XnatTestServer
@@ -118,16 +117,6 @@ def make_workflow(root: Path, server_url: str) -> Path:
     cfg["studies"] = {}
     (root / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return root
-
-
-def kqi_results(root: Path) -> dict:
-    out = {}
-    for p in sorted((root / "results" / "kqi").rglob("*.json")):
-        doc = json.loads(p.read_text())
-        doc.pop("provenance", None)
-        doc.get("session", {}).pop("fingerprint", None)
-        out[str(p.relative_to(root))] = doc
-    return out
 
 
 def history_states(requests: list[dict]) -> dict[tuple[str, str], list[tuple[str, dict]]]:
