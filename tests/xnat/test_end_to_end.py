@@ -261,8 +261,8 @@ def test_workflow_against_xnat(xnat_server, password, pyxnat_interface, tmp_path
     }
     for label in first_two:
         assert assessor_labels(pyxnat_interface, sessions[label]) == [
-            f"{label}_qmroct_envprobe",
-            f"{label}_qmroct_noise",
+            f"{label}_qmroct_envprobe_v1-0-0",
+            f"{label}_qmroct_noise_v1-0-0",
         ]
         # the listing XNAT offers (WorkflowsRestlet), as the client reads it
         history = pyxnat_interface._exec(
@@ -327,7 +327,7 @@ def test_workflow_against_xnat(xnat_server, password, pyxnat_interface, tmp_path
             )
         }
         assert now == ids_before[label]
-        probe_id = now[f"{label}_qmroct_envprobe"]
+        probe_id = now[f"{label}_qmroct_envprobe_v1-0-0"]
         kqi_file = json.loads((root / f"results/kqi/DEMO/{label}/envprobe.json").read_text())
         assert kqi_file["algorithm"]["params"] == {"scale": 2.0}
         files = pyxnat_interface._get_json(
@@ -382,8 +382,8 @@ def test_workflow_against_xnat(xnat_server, password, pyxnat_interface, tmp_path
         r["label"]: r["ID"] for r in pyxnat_interface._get_json("/data/projects/DEMO/experiments")
     }["SUBJ002_V1"]
     assert assessor_labels(pyxnat_interface, new_id) == [
-        "SUBJ002_V1_qmroct_envprobe",
-        "SUBJ002_V1_qmroct_noise",
+        "SUBJ002_V1_qmroct_envprobe_v1-0-0",
+        "SUBJ002_V1_qmroct_noise_v1-0-0",
     ]
     assert all(p.stat().st_mtime_ns == t for p, t in results.items())
 
@@ -399,7 +399,7 @@ def test_workflow_against_xnat(xnat_server, password, pyxnat_interface, tmp_path
     for label, eid in all_ids.items():
         labels = assessor_labels(pyxnat_interface, eid)
         assert labels == sorted(
-            f"{label}_qmroct_{a}" for a in ("envprobe", "noise", "signal")
+            f"{label}_qmroct_{a}_v1-0-0" for a in ("envprobe", "noise", "signal")
         ), labels
 
     # 5. opt-in scan quality from a study: set where empty, a person's value is never overwritten
