@@ -74,9 +74,14 @@ class Executor(RemoteExecutor):
         self._shutdown_done = False
         self._lock = threading.Lock()
         self._counter = itertools.count(1)
-        conn = cl.connect(s.cloud)
-        adapter = cl.CloudAdapter(conn, s.network)
-        flavors = [adapter.find_flavor(f) for f in split_list(s.flavor)]
+        try:  # the first calls that need the cloud: its name, endpoint and credentials
+            conn = cl.connect(s.cloud)
+            adapter = cl.CloudAdapter(conn, s.network)
+            flavors = [adapter.find_flavor(f) for f in split_list(s.flavor)]
+        except Exception as e:
+            # one line the user can act on, not openstacksdk's 30-line chain (kept in a file)
+            details = cl.write_error_chain(e, os.path.join(".snakemake", "openstack"))
+            raise WorkflowError(cl.describe_connect_error(e, s.cloud) + details) from None
         pubkey = None
         try:
             import asyncssh
@@ -84,11 +89,11 @@ class Executor(RemoteExecutor):
             key = asyncssh.read_private_key(os.path.expanduser(s.private_key))
             pubkey = key.export_public_key().decode()
         except Exception as e:
-            raise WorkflowError(f"openstack executor: cannot read private key {s.private_key}: {e}")
+            raise WorkflowError(f"openstack executor: cannot read private key {s.private_key}: {e}") from e
         try:
             adapter.ensure_keypair(s.keypair, pubkey)
         except RuntimeError as e:
-            raise WorkflowError(f"openstack executor: {e}")
+            raise WorkflowError(f"openstack executor: {e}") from e
         user_data = None
         if s.user_data:
             with open(s.user_data) as f:
