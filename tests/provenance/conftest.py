@@ -35,8 +35,6 @@ def archive_copy(tmp_path, small_demo):
 def make_checkout(root: Path) -> str:
     """Make a workflow copy a git checkout of its own (with qmroct's source, as in the
     repository) and commit it; returns the commit."""
-    import subprocess
-
     if not (root / "src" / "qmroct").is_dir():
         shutil.copytree(
             REPO / "src" / "qmroct",
@@ -44,6 +42,16 @@ def make_checkout(root: Path) -> str:
             ignore=shutil.ignore_patterns("__pycache__"),
         )
     shutil.copy(REPO / ".gitignore", root / ".gitignore")
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "workflow")
+    return git(root, "rev-parse", "HEAD")
+
+
+def git(root: Path, *args: str) -> str:
+    """git in the checkout ``root`` with a fixed author and none of the developer's config."""
+    import subprocess
+
     env = {
         "GIT_AUTHOR_NAME": "t",
         "GIT_AUTHOR_EMAIL": "t@example.org",
@@ -51,16 +59,9 @@ def make_checkout(root: Path) -> str:
         "GIT_COMMITTER_EMAIL": "t@example.org",
         "PATH": "/usr/bin:/bin",
     }
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", "-C", str(root), *args], check=True, capture_output=True, text=True, env=env
-        ).stdout.strip()
-
-    git("init", "-q", "-b", "main")
-    git("add", "-A")
-    git("commit", "-q", "-m", "workflow")
-    return git("rev-parse", "HEAD")
+    return subprocess.run(
+        ["git", "-C", str(root), *args], check=True, capture_output=True, text=True, env=env
+    ).stdout.strip()
 
 
 @pytest.fixture

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
-from tests.provenance.conftest import qmroct_cli
+from tests.provenance.conftest import git, qmroct_cli
 from tests.provenance.crate_validation import seed_cache, validate
 
 pytestmark = pytest.mark.slow
@@ -60,17 +59,7 @@ def test_freeze_validate_rerun_and_a_tampered_kqi(checkout, tmp_path, validator_
     # Bump the algorithm's version, commit, run: a new assessor beside the cited one.
     manifest = root / "algorithms" / "noise" / "algorithm.yaml"
     manifest.write_text(manifest.read_text().replace('version: "1.0.0"', 'version: "1.0.1"'))
-    subprocess.run(
-        ["git", "-C", str(root), "commit", "-qam", "noise 1.0.1"],
-        check=True,
-        env={
-            "GIT_AUTHOR_NAME": "t",
-            "GIT_AUTHOR_EMAIL": "t@e",
-            "GIT_COMMITTER_NAME": "t",
-            "GIT_COMMITTER_EMAIL": "t@e",
-            "PATH": "/usr/bin:/bin",
-        },
-    )
+    git(root, "commit", "-qam", "noise 1.0.1")
     checkout.run()
     for session in sorted(checkout.archive.glob("DEMO/subjects/*/experiments/*")):
         old, new = (f"{session.name}_qmroct_noise_v1-0-0", f"{session.name}_qmroct_noise_v1-0-1")

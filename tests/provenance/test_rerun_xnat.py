@@ -11,7 +11,7 @@ import yaml
 from lxml import etree
 
 from qmroct.assessment import SUPERSEDED_FIELD
-from tests.provenance.conftest import make_checkout
+from tests.provenance.conftest import git, make_checkout
 from tests.provenance.crate_validation import seed_cache, validate
 from tests.support import copy_workflow
 from tests.xnat.conftest import password, pyxnat_interface, xnat_server  # noqa: F401 (fixtures)
@@ -51,6 +51,10 @@ def test_freeze_and_rerun_against_xnat(
     def run(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=900)
 
+    def rerun(workdir):
+        return run(sys.executable, "-m", "qmroct.cli", "rerun", "frozen/paper1", "--workdir",
+                   str(workdir))
+
     done = run(sys.executable, "-m", "snakemake", "--cores", "2", "--nocolor")
     assert done.returncode == 0, done.stderr[-4000:]
     assert run(sys.executable, "-m", "qmroct.cli", "freeze", "paper1").returncode == 0
@@ -61,15 +65,7 @@ def test_freeze_and_rerun_against_xnat(
     history_before = [tuple(r) for r in xnat_server.store.q("SELECT * FROM workflows")]
     assert history_before, "the first run recorded its History rows"
 
-    ok = run(
-        sys.executable,
-        "-m",
-        "qmroct.cli",
-        "rerun",
-        "frozen/paper1",
-        "--workdir",
-        str(tmp_path / "rerun"),
-    )
+    ok = rerun(tmp_path / "rerun")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "REPRODUCED" in ok.stdout
     doc = json.loads((tmp_path / "rerun" / "rerun.json").read_text())
@@ -86,17 +82,7 @@ def test_freeze_and_rerun_against_xnat(
     text = manifest.read_text()
     assert 'version: "1.0.0"' in text
     manifest.write_text(text.replace('version: "1.0.0"', 'version: "1.0.1"'))
-    subprocess.run(
-        ["git", "-C", str(root), "commit", "-qam", "noise 1.0.1"],
-        check=True,
-        env={
-            "GIT_AUTHOR_NAME": "t",
-            "GIT_AUTHOR_EMAIL": "t@e",
-            "GIT_COMMITTER_NAME": "t",
-            "GIT_COMMITTER_EMAIL": "t@e",
-            "PATH": "/usr/bin:/bin",
-        },
-    )
+    git(root, "commit", "-qam", "noise 1.0.1")
     bumped = run(sys.executable, "-m", "snakemake", "--cores", "2", "--nocolor")
     assert bumped.returncode == 0, bumped.stderr[-4000:]
     after = _assessors(pyxnat_interface)
@@ -116,15 +102,7 @@ def test_freeze_and_rerun_against_xnat(
     doc = json.loads(kqi.read_text())
     doc["scans"][0]["kqis"]["snr_db"]["value"] += 0.5
     kqi.write_text(json.dumps(doc))
-    bad = run(
-        sys.executable,
-        "-m",
-        "qmroct.cli",
-        "rerun",
-        "frozen/paper1",
-        "--workdir",
-        str(tmp_path / "rerun2"),
-    )
+    bad = rerun(tmp_path / "rerun2")
     assert bad.returncode == 1, bad.stdout + bad.stderr
     line = next(ln for ln in bad.stdout.splitlines() if ln.startswith("DEMO/SUBJ001_V1"))
     assert "noise" in line.split() and "snr_db" in line.split(), line
