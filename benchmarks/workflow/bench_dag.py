@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -155,17 +156,24 @@ def make_outputs(workdir: Path, pairs: list[tuple[str, str]]) -> None:
     touch(workdir / "results/report/index.html")
 
 
-def snakemake(workdir: Path, *args: str) -> tuple[float, str]:
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def snakemake(workdir: Path, *args: str) -> tuple[float, str, float]:
+    """Wall seconds, output, and CPU seconds (user+sys of snakemake and its children): on a
+    shared machine wall time includes waiting for a core, CPU time much less so."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _children_cpu()
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", "1", "--nocolor", *args],
         cwd=workdir, capture_output=True, text=True, env=env,
     )
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, _children_cpu() - cpu
     if proc.returncode != 0:
         raise RuntimeError(f"snakemake {args} in {workdir} failed:\n{proc.stderr[-3000:]}")
-    return elapsed, proc.stdout + proc.stderr
+    return elapsed, proc.stdout + proc.stderr, cpu
 
 
 def setup(base: Path, n: int) -> tuple[Path, Path, list[tuple[str, str]]]:
@@ -197,26 +205,38 @@ def measure(n: int, repeats: int) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"bench-dag-{n}-") as tmp:
         qm, bare, pairs = setup(Path(tmp), n)
         jobs = len(pairs) * (len(ALGORITHMS) + 2) + 3
-        timings: dict[str, list[float]] = {k: [] for k in ("qm_plan", "bare_plan", "qm_noop", "bare_noop")}
+        keys = ("qm_plan", "bare_plan", "qm_noop", "bare_noop")
+        timings: dict[str, list[float]] = {k: [] for k in keys}
+        cpu: dict[str, list[float]] = {k: [] for k in keys}
+
+        def run(key: str, workdir: Path, *args: str) -> str:
+            wall, out, used = snakemake(workdir, *args)
+            timings[key].append(wall)
+            cpu[key].append(used)
+            return out
+
         for _ in range(repeats):  # interleaved, so machine noise hits both alike
-            timings["qm_plan"].append(snakemake(qm, "-n", "--quiet", "rules")[0])
-            timings["bare_plan"].append(snakemake(bare, "-n", "--quiet", "rules")[0])
+            run("qm_plan", qm, "-n", "--quiet", "rules")
+            run("bare_plan", bare, "-n", "--quiet", "rules")
         for workdir in (qm, bare):
             make_outputs(workdir, pairs)
         for _ in range(repeats):
-            t, out = snakemake(qm)
+            out = run("qm_noop", qm)
             assert "Nothing to be done" in out, out[-2000:]
-            timings["qm_noop"].append(t)
-            t, out = snakemake(bare)
+            out = run("bare_noop", bare)
             assert "Nothing to be done" in out, out[-2000:]
-            timings["bare_noop"].append(t)
         med = {k: statistics.median(v) for k, v in timings.items()}
+        med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
         return {
             "sessions": n,
             "jobs": jobs,
             **{k: round(v, 2) for k, v in med.items()},
+            **{f"{k}_cpu": round(v, 2) for k, v in med_cpu.items()},
             "plan_ratio": round(med["qm_plan"] / med["bare_plan"], 3),
             "noop_ratio": round(med["qm_noop"] / med["bare_noop"], 3),
+            "plan_cpu_ratio": round(med_cpu["qm_plan"] / med_cpu["bare_plan"], 3),
+            "noop_cpu_ratio": round(med_cpu["qm_noop"] / med_cpu["bare_noop"], 3),
+            "load": os.getloadavg()[0],
         }
 
 
@@ -225,16 +245,20 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    print("| sessions | jobs | qmroct -n (s) | bare -n (s) | ratio | qmroct no-op (s) | bare no-op (s) | ratio |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"load average at the start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; medians of "
+          f"{args.repeats}; wall s (CPU s = user+sys of snakemake and its children)\n")
+    print("| sessions | jobs | qmroct -n | bare -n | ratio wall (CPU) "
+          "| qmroct no-op | bare no-op | ratio wall (CPU) | load at end |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for n in args.sessions:
         r = measure(n, args.repeats)
         print(
-            f"| {r['sessions']} | {r['jobs']} | {r['qm_plan']} | {r['bare_plan']} | {r['plan_ratio']} "
-            f"| {r['qm_noop']} | {r['bare_noop']} | {r['noop_ratio']} |",
+            f"| {r['sessions']} | {r['jobs']} | {r['qm_plan']} ({r['qm_plan_cpu']}) "
+            f"| {r['bare_plan']} ({r['bare_plan_cpu']}) | {r['plan_ratio']} ({r['plan_cpu_ratio']}) "
+            f"| {r['qm_noop']} ({r['qm_noop_cpu']}) | {r['bare_noop']} ({r['bare_noop_cpu']}) "
+            f"| {r['noop_ratio']} ({r['noop_cpu_ratio']}) | {r['load']:.1f} |",
             flush=True,
         )
-
 
 if __name__ == "__main__":
     main()
