@@ -130,11 +130,11 @@ def supersede_older(archive: XnatArchive, session: Session, assessment: Assessme
     them: a paper may cite them. Returns the labels marked now.
 
     Which algorithm an assessor belongs to is read from its ``qmroct_algorithm`` field,
-    never from its label: ``noise`` is a prefix of ``noise_octave``'s labels. The listing
-    is narrowed to qmroct's labels (``<session>_qmroct_``) only to spare a GET per
-    assessor of other tools."""
+    never from its label: ``noise`` is a prefix of ``noise_octave``'s labels. The label only
+    narrows which documents are fetched: every label this algorithm ever had is
+    ``<session>_qmroct_<algorithm>`` or that plus ``_v<version>``, so a write-back costs one
+    listing and a GET per version (and per algorithm whose name extends this one's)."""
     http = archive.http
-    prefix = f"{assessment.session_label}_qmroct_"
     unversioned = assessment_label(assessment.session_label, assessment.algorithm)
     rows = http.listing(
         f"/data/experiments/{quote(session.id)}/assessors",
@@ -144,7 +144,9 @@ def supersede_older(archive: XnatArchive, session: Session, assessment: Assessme
     marked = []
     for row in rows:
         label = row.get("label", "")
-        if label == assessment.label or not label.startswith(prefix):
+        if label == assessment.label or not (
+            label == unversioned or label.startswith(unversioned + "_")
+        ):
             continue
         if row.get("xsiType") not in (None, "", ASSESSMENT_TYPE):
             continue
