@@ -30,6 +30,8 @@ NOVA_PY = Path(os.environ.get("NOVA_VENV", REPO / ".venv-nova")) / "bin" / "pyth
 WORKFLOW = Path(__file__).parent / "workflow"
 IMAGE = "155d900f-4e14-4e4c-a73d-069cbf4541e6"  # an image of Nova's Glance fixture
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+# The workflow under its OpenStack profile, no retries: a failing job fails the test at once
+OPENSTACK_RUN = (str(SNAKEMAKE), "--workflow-profile", "openstack", "--nocolor", "--retries", "0")
 SECRET = "smos-secret-" + uuid.uuid4().hex  # must never leave the SSH channel
 
 
@@ -178,6 +180,21 @@ def kqi_results(root: Path) -> dict:
         doc.get("session", {}).pop("fingerprint", None)
         out[str(p.relative_to(root))] = doc
     return out
+
+
+def local_kqi_results(root: Path, env: dict) -> dict:
+    """Run the workflow copy ``root`` on this machine (the reference a remote run must
+    match) and return its kqi_results."""
+    r = subprocess.run(
+        [str(SNAKEMAKE), "--cores", "2", "--nocolor"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return kqi_results(root)
 
 
 def run_summary(wd: Path) -> dict:

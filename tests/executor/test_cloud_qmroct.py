@@ -16,7 +16,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.executor.helpers import SNAKEMAKE, kqi_results, run_summary
+from tests.executor.helpers import (
+    OPENSTACK_RUN,
+    kqi_results,
+    local_kqi_results,
+    run_summary,
+)
 
 from tests.support import REPO, copy_workflow
 
@@ -47,26 +52,12 @@ def make_workflow(root: Path, archive_src: Path) -> Path:
 def test_qmroct_workflow_on_openstack_matches_local(project, nova_cloud, small_archive, tmp_path):
     env_local = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
     local = make_workflow(tmp_path / "local", small_archive)
-    r = subprocess.run(
-        [str(SNAKEMAKE), "--cores", "2", "--nocolor"],
-        cwd=local,
-        env=env_local,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    ref = kqi_results(local)
+    ref = local_kqi_results(local, env_local)
     assert len(ref) == 3 * 2
 
     remote = make_workflow(tmp_path / "remote", small_archive)
     args = [
-        str(SNAKEMAKE),
-        "--workflow-profile",
-        "openstack",
-        "--nocolor",
-        "--retries",
-        "0",
+        *OPENSTACK_RUN,
         *project.executor_args(max_servers=2),
     ]
     env = project.env(PATH=env_local["PATH"])

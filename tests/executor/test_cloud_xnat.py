@@ -24,7 +24,12 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import yaml
 
-from tests.executor.helpers import SNAKEMAKE, kqi_results, run_summary
+from tests.executor.helpers import (
+    OPENSTACK_RUN,
+    kqi_results,
+    local_kqi_results,
+    run_summary,
+)
 from tests.support import REPO, copy_workflow
 from tests.xnat.helpers import USER
 from tests.xnat_server import XnatTestServer
@@ -222,16 +227,7 @@ def test_xnat_workflow_on_isolated_openstack_workers(project, nova_cloud, isolat
         env_local = dict(os.environ, **creds)
         for k in ("XNAT_HOST", "NETRC"):
             env_local.pop(k, None)
-        r = subprocess.run(
-            [str(SNAKEMAKE), "--cores", "2", "--nocolor"],
-            cwd=local,
-            env=env_local,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-        ref = kqi_results(local)
+        ref = local_kqi_results(local, env_local)
         assert len(ref) == len(sessions) * len(ALGORITHMS)
 
         # the same on isolated workers; servers kept at the end so that the test can look
@@ -242,12 +238,7 @@ def test_xnat_workflow_on_isolated_openstack_workers(project, nova_cloud, isolat
         for k in ("XNAT_HOST", "NETRC"):
             env.pop(k, None)
         args = [
-            str(SNAKEMAKE),
-            "--workflow-profile",
-            "openstack",
-            "--nocolor",
-            "--retries",
-            "0",
+            *OPENSTACK_RUN,
             *project.executor_args(
                 max_servers=2,
                 remote_path_prefix=isolated,
