@@ -6,12 +6,21 @@ Boot 12 s, delete 12 s, 80 jobs of 1.5 s, at most 4 VMs of 2 slots (m1.medium: 2
   (one-vm)   one VM per job (--openstack-max-jobs-per-server 1, no bundling), the old behaviour,
 and the lower bound (one boot + total work / slots).  Writes results.json beside this file.
 
+The fake VMs are isolated (the test cloud's --isolate, tests/cloud/README.md): their sshd runs in
+a mount namespace of its own where this checkout, its venvs, the home and /tmp are empty, so a
+job's sources and outputs travel over SSH as on a real cloud. Their Python is the workers' venv
+the executor tests build with the worker image's setup script (tests/executor/helpers.py,
+build_worker_env, under /opt/qmroct-bench-worker or $QMROCT_BENCH_WORKER_ROOT; reused while the
+sources are unchanged). --shared-workers: the old setup
+(VMs see the head's files and run its .venv).
+
     .venv/bin/python benchmarks/executor/run_benchmark.py [--jobs 80] [--skip-one-vm] [--pool-repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import getpass
 import os
@@ -21,22 +30,23 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+sys.path.insert(0, str(REPO))  # tests.executor.helpers: the isolated workers' Python
 NOVA_PY = REPO / ".venv-nova" / "bin" / "python"
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 IMAGE = "155d900f-4e14-4e4c-a73d-069cbf4541e6"
 
 
-def start_cloud(tmp: Path, boot: float, delete: float):
+def start_cloud(tmp: Path, boot: float, delete: float, isolate: bool):
     ready = tmp / "ready.json"
     proc = subprocess.Popen(
         [str(NOVA_PY), str(REPO / "tests/cloud/novacloud.py"), "--port", "0", "--ssh-port", "2222",
          "--state-dir", str(tmp / "state"), "--ready-file", str(ready),
-         "--boot-delay", str(boot), "--delete-delay", str(delete), "--boot-from-request"],
+         "--boot-delay", str(boot), "--delete-delay", str(delete), "--boot-from-request",
+         *(["--isolate"] if isolate else [])],
         stdout=open(tmp / "cloud.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
     t = time.time()
     while not ready.exists():
@@ -46,7 +56,8 @@ def start_cloud(tmp: Path, boot: float, delete: float):
     return proc, json.loads(ready.read_text())["endpoint"]
 
 
-def run_case(tmp: Path, endpoint: str, name: str, n: int, work: float, extra: list[str]) -> dict:
+def run_case(tmp: Path, endpoint: str, name: str, n: int, work: float, extra: list[str],
+             worker_bin: Path = SNAKEMAKE.parent) -> dict:
     wd = tmp / name
     shutil.copytree(HERE / "workflow", wd)
     key = wd / "id_ed25519"
@@ -60,7 +71,7 @@ def run_case(tmp: Path, endpoint: str, name: str, n: int, work: float, extra: li
             "--openstack-flavor", "m1.medium", "--openstack-network", "none",
             "--openstack-keypair", "bench", "--openstack-private-key", str(key),
             "--openstack-ssh-user", getpass.getuser(), "--openstack-ssh-port", "2222",
-            "--openstack-remote-path-prefix", str(SNAKEMAKE.parent), "--openstack-max-servers", "4",
+            "--openstack-remote-path-prefix", str(worker_bin), "--openstack-max-servers", "4",
             "--openstack-expected-boot-seconds", "13", "--openstack-status-log-interval", "10",
             *extra]
     load_start = os.getloadavg()[0]
@@ -84,6 +95,7 @@ def run_case(tmp: Path, endpoint: str, name: str, n: int, work: float, extra: li
         "mean_per_submission": summ["mean_timings"],
         "boot_failures": summ["boot_failures"],
         "load_1min_start_end": [round(load_start, 2), round(os.getloadavg()[0], 2)],
+        "load_1_5_15min_end": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -102,24 +114,38 @@ def main():
     ap.add_argument("--scheduler", default="greedy",
                     help="Snakemake's job scheduler in the head and, through the job command, on the VMs "
                          "(profiles/openstack sets greedy; 'ilp' solves an ILP per scheduling round)")
+    ap.add_argument("--shared-workers", action="store_true",
+                    help="fake VMs that share this machine's files and run the head's .venv "
+                         "(the setup before the VMs were isolated)")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="smos-bench-"))
-    proc, endpoint = start_cloud(tmp, a.boot, a.delete)
-    res = {"params": vars(a), "slots": 8}
+    worker_bin = SNAKEMAKE.parent
+    if not a.shared_workers:
+        from tests.executor.helpers import build_worker_env
+
+        (tmp / "worker-src").mkdir()
+        # a root of its own: a test session that rebuilds the tests' workers for changed
+        # sources must not remove the one this benchmark runs
+        root = os.environ.get("QMROCT_BENCH_WORKER_ROOT", "/opt/qmroct-bench-worker")
+        worker_bin = build_worker_env(tmp / "worker-src", root=Path(root))
+    proc, endpoint = start_cloud(tmp, a.boot, a.delete, isolate=not a.shared_workers)
+    res = {"params": vars(a), "slots": 8, "worker_python": str(worker_bin),
+           "load_1_5_15min_start": [round(x, 2) for x in os.getloadavg()]}
+    case = functools.partial(run_case, worker_bin=worker_bin)
     try:
         # the pool first and last (around the long one-VM case) so that load changes show
-        pool_runs = [run_case(tmp, endpoint, f"pool{i}", a.jobs, a.work,
+        pool_runs = [case(tmp, endpoint, f"pool{i}", a.jobs, a.work,
                               ["--group-components", f"batch={a.group_size}", "--scheduler", a.scheduler])
                      for i in range(1, a.pool_repeats)]
         if not a.skip_one_vm:
-            res["one_vm_per_job"] = run_case(tmp, endpoint, "onevm", a.jobs, a.work,
+            res["one_vm_per_job"] = case(tmp, endpoint, "onevm", a.jobs, a.work,
                                              ["--openstack-max-jobs-per-server", "1"])
-        pool_runs.append(run_case(tmp, endpoint, f"pool{a.pool_repeats}", a.jobs, a.work,
+        pool_runs.append(case(tmp, endpoint, f"pool{a.pool_repeats}", a.jobs, a.work,
                                   ["--group-components", f"batch={a.group_size}", "--scheduler", a.scheduler]))
         if a.compare_scheduler:
             # the same pool with Snakemake's default ILP scheduler, for the profile's choice of greedy
             other = "ilp" if a.scheduler == "greedy" else "greedy"
-            res[f"pool_{other}"] = run_case(tmp, endpoint, f"pool_{other}", a.jobs, a.work,
+            res[f"pool_{other}"] = case(tmp, endpoint, f"pool_{other}", a.jobs, a.work,
                                             ["--group-components", f"batch={a.group_size}", "--scheduler", other])
         pool_runs.sort(key=lambda r: r["makespan_seconds"])
         res["pool"] = dict(pool_runs[len(pool_runs) // 2])  # the median run
@@ -139,6 +165,8 @@ def main():
         res["speedup_vs_one_vm_per_job"] = round(
             res["one_vm_per_job"]["makespan_seconds"] / res["pool"]["makespan_seconds"], 2)
     res["machine"] = {"nproc": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    # the 2 cores may be shared with other work (tests of other sessions): say how busy they were
+    res["load_1_5_15min_end"] = [round(x, 2) for x in os.getloadavg()]
     (HERE / "results.json").write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))
     print(f"logs in {tmp}")
