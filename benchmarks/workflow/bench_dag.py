@@ -7,7 +7,7 @@ For N sessions x the declared algorithms, measure in one run, side by side:
 
 for the qmroct workflow and for a bare Snakemake workflow with the same jobs
 (same checkpoint, rules, groups and wildcards, trivial shell commands). The
-ratio qmroct / bare is the figure of merit (target <= 1.25).
+ratio qmroct / bare is the figure of merit (target <= 1.15, issue 13).
 
 Usage: python benchmarks/workflow/bench_dag.py [--sessions 1000 10000] [--repeats 3]
 """
