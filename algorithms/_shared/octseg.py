@@ -233,7 +233,11 @@ def _segment_shared(key: tuple, data: np.ndarray, meta: dict | None, p: dict) ->
         return segment(data, meta, p)
     digest = hashlib.sha256(repr(key).encode() + Path(__file__).read_bytes()).hexdigest()[:32]
     path = Path(folder) / f"octseg-{digest}.npz"
-    with open(path.with_suffix(".lock"), "w") as lock:
+    try:
+        lock = open(path.with_suffix(".lock"), "w")
+    except OSError:  # a folder this process may not write to: sharing is an optimisation only
+        return segment(data, meta, p)
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if path.is_file():
             try:
@@ -243,8 +247,11 @@ def _segment_shared(key: tuple, data: np.ndarray, meta: dict | None, p: dict) ->
                 pass  # unreadable or from another layout: compute it again
         seg = segment(data, meta, p)
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, **vars(seg))
-        os.replace(tmp, path)
+        try:
+            np.savez(tmp, **vars(seg))
+            os.replace(tmp, path)
+        except OSError:  # disk full, say: the result stands, the next job computes its own
+            tmp.unlink(missing_ok=True)
         return seg
 
 
