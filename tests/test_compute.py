@@ -82,7 +82,9 @@ def test_problem_session_without_scans_reports_its_problem(tmp_path, archive):
     assert result["error"] == "session has no scans"
 
 
-def test_segmentation_is_computed_once_per_scan_for_the_sessions_jobs(tmp_path, archive, monkeypatch):
+def test_segmentation_is_computed_once_per_scan_for_the_sessions_jobs(
+    tmp_path, archive, monkeypatch
+):
     """Issue 13: the four algorithms that need the ILM/BM segmentation share it through a file
     beside the staged volume (each still runs in its own forked child). Proof that the second
     algorithm reads it rather than recomputing: a doctored file changes its KQIs; and with the
@@ -144,10 +146,14 @@ def test_compute_job_loads_only_its_own_algorithm(tmp_path, small_demo, monkeypa
     session = discover(config, tmp_path / "disc", tmp_path / "disc" / "sessions.tsv")[0]
     read = []
     real_read = runner.read_manifest
-    monkeypatch.setattr(runner, "read_manifest", lambda folder: read.append(folder.name) or real_read(folder))
+    monkeypatch.setattr(
+        runner, "read_manifest", lambda folder: read.append(folder.name) or real_read(folder)
+    )
     job = SimpleNamespace(
         input=SimpleNamespace(session=str(manifest_path(tmp_path / "disc", "DEMO", session.label))),
-        output=SimpleNamespace(kqi=str(tmp_path / "kqi" / "noise.json"), extras=str(tmp_path / "kqi" / "noise.files")),
+        output=SimpleNamespace(
+            kqi=str(tmp_path / "kqi" / "noise.json"), extras=str(tmp_path / "kqi" / "noise.files")
+        ),
         params=SimpleNamespace(algorithm={"name": "noise"}),
         log=[str(tmp_path / "noise.log")],
         config=config,

@@ -110,7 +110,8 @@ def workflow(work: Path, cores: int, sessions: int, repo: Path) -> dict:
     # another checkout's qmroct (--repo, a before/after comparison) ahead of the installed one
     pythonpath = [str(HOOK)] + ([str(repo / "src")] if repo != REPO else [])
     env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}",
-               PYTHONPATH=os.pathsep.join(filter(None, [*pythonpath, os.environ.get("PYTHONPATH")])),
+               PYTHONPATH=os.pathsep.join(
+                   filter(None, [*pythonpath, os.environ.get("PYTHONPATH")])),
                QMROCT_BENCH_CPU_LOG=str(cpu_log))
     log = open(work / "snakemake.out", "w")
     t0 = time.perf_counter()
@@ -171,7 +172,8 @@ def main() -> int:
     print(f"| (b) workflow, snakemake --cores {args.cores} (total / sessions) "
           f"| {wf['cpu_per_session']:.2f} | {wf['wall_per_session']:.2f} |")
     print(f"| **ratio (b) / (a)** | **{ratio:.2f}** (target <= 1.5) | |\n")
-    print(f"Where (b)'s {wf['cpu_total']:.1f} s of CPU went (processes, CPU incl. their children):\n")
+    print(f"Where (b)'s {wf['cpu_total']:.1f} s of CPU went "
+          "(processes, CPU incl. their children):\n")
     print("| job kind | processes | CPU s | CPU per session s | share |\n|---|---:|---:|---:|---:|")
     counted = 0.0
     for kind, (count, cpu) in sorted(wf["profile"].items(), key=lambda kv: -kv[1][1]):

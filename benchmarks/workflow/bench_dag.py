@@ -245,7 +245,8 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    print(f"load average at the start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; medians of "
+    print(f"load average at the start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
+          "medians of "
           f"{args.repeats}; wall s (CPU s = user+sys of snakemake and its children)\n")
     print("| sessions | jobs | qmroct -n | bare -n | ratio wall (CPU) "
           "| qmroct no-op | bare no-op | ratio wall (CPU) | load at end |")
@@ -254,7 +255,8 @@ def main() -> None:
         r = measure(n, args.repeats)
         print(
             f"| {r['sessions']} | {r['jobs']} | {r['qm_plan']} ({r['qm_plan_cpu']}) "
-            f"| {r['bare_plan']} ({r['bare_plan_cpu']}) | {r['plan_ratio']} ({r['plan_cpu_ratio']}) "
+            f"| {r['bare_plan']} ({r['bare_plan_cpu']}) "
+            f"| {r['plan_ratio']} ({r['plan_cpu_ratio']}) "
             f"| {r['qm_noop']} ({r['qm_noop_cpu']}) | {r['bare_noop']} ({r['bare_noop_cpu']}) "
             f"| {r['noop_ratio']} ({r['noop_cpu_ratio']}) | {r['load']:.1f} |",
             flush=True,

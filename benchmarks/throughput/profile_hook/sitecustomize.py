@@ -56,7 +56,8 @@ def _dump_profile(profiler) -> None:
         return
     profiler.disable()
     kind = _kind().replace(" ", "_").replace("/", "_")[:40]
-    profiler.dump_stats(os.path.join(os.environ["QMROCT_BENCH_CPROFILE_DIR"], f"{kind}.{_PID}.prof"))
+    folder = os.environ["QMROCT_BENCH_CPROFILE_DIR"]
+    profiler.dump_stats(os.path.join(folder, f"{kind}.{_PID}.prof"))
 
 
 if _LOG:
