@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
@@ -134,6 +134,10 @@ def _mutate(data: bytes, ops) -> bytes:
     seed=st.sampled_from(["a.dcm", "d.dcm", "v.npy", "v.vol"]),
     ops=st.lists(mutation, min_size=1, max_size=4),
 )
+# found in CI: a byte inserted in the file meta information shifts an element length to
+# ~450 MB, which pydicom read from the file (a file object allocates the length up front)
+@example(seed="a.dcm", ops=[("insert", 0.080078125, b"\x00")])
+@example(seed="d.dcm", ops=[("insert", 0.080078125, b"\x00")])
 def test_mutated_scans_raise_only_scan_errors_within_the_memory_bound(seed, ops):
     _read_bounded(_mutate(seeds()[seed], ops), seed)
 

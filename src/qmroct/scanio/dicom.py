@@ -164,22 +164,23 @@ DEFLATE_HEADROOM = 16 * 2**20
 
 
 def _read_dataset(path: Path, limit: int) -> Dataset:
-    meta = pydicom.filereader.read_file_meta_info(path)
+    # Everything from memory, the file meta information included: pydicom reads each
+    # element with fp.read(length), and a file object allocates the whole (damaged, huge)
+    # length up front; a BytesIO stops at the end. The file's size is within the limit
+    # (read_scan checks it).
+    raw = path.read_bytes()
+    fh = DicomBytesIO(raw)
+    pydicom.filereader.read_preamble(fh, False)
+    meta = pydicom.filereader._read_file_meta_info(fh)  # positions fh after group 2 (pydicom 3.0)
     if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
-        # From memory, not the file: pydicom reads each element with fp.read(length), and a
-        # file object allocates the whole (damaged, huge) length up front; a BytesIO stops
-        # at the end. The file's size is within the limit (read_scan checks it).
-        return pydicom.dcmread(DicomBytesIO(path.read_bytes()))
+        return pydicom.dcmread(DicomBytesIO(raw))
     # PS3.5 A.5: everything after the file meta information is one raw deflate stream.
     # pydicom.filereader.read_partial inflates it whole (zlib.decompress): a few hundred KB
     # can become gigabytes. Here the elements before the pixel data are inflated first
     # (at most DEFLATE_HEADROOM bytes), the header's promise is checked against the
     # limit, and only then the rest, bounded by that promise.
-    fh = DicomBytesIO(path.read_bytes())  # in memory, for the reason above
-    pydicom.filereader.read_preamble(fh, False)
-    pydicom.filereader._read_file_meta_info(fh)  # positions fh after group 2 (pydicom 3.0)
     compressed = fh.read()
-    del fh
+    del fh, raw
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     data = bytearray(inflater.decompress(compressed, DEFLATE_HEADROOM))
     del compressed
