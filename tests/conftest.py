@@ -47,12 +47,18 @@ class Workflow:
     def write_config(self, config: dict) -> None:
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
-    def run(self, *args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    def run(
+        self, *args: str, check: bool = True, timeout: int = 600
+    ) -> subprocess.CompletedProcess:
         cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--nocolor", *args]
         env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
-        proc = subprocess.run(cmd, cwd=self.root, capture_output=True, text=True, timeout=timeout, env=env)
+        proc = subprocess.run(
+            cmd, cwd=self.root, capture_output=True, text=True, timeout=timeout, env=env
+        )
         if check and proc.returncode != 0:
-            raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+            raise AssertionError(
+                f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+            )
         return proc
 
     def planned_jobs(self, *args: str) -> dict[str, int]:
@@ -73,6 +79,8 @@ def workflow(tmp_path, small_demo) -> Workflow:
     config = wf.config()
     # Two algorithms keep the runs short; the other four have their own tests.
     config["algorithms"] = {"noise": {}, "layers": {}}
-    config["studies"] = {"demo_trial": {"criteria": ["noise.snr_db >= 15", "layers.detection_fraction >= 0.95"]}}
+    config["studies"] = {
+        "demo_trial": {"criteria": ["noise.snr_db >= 15", "layers.detection_fraction >= 0.95"]}
+    }
     wf.write_config(config)
     return wf

@@ -42,20 +42,35 @@ def job_stats(text: str) -> dict[str, int]:
 
 def session_fields(session) -> dict[str, str]:
     """The ``session`` block of a result document."""
-    return {"project": session.project, "subject": session.subject, "label": session.label,
-            "id": session.id}
+    return {
+        "project": session.project,
+        "subject": session.subject,
+        "label": session.label,
+        "id": session.id,
+    }
 
 
-def kqi_result(session, value: float = 20.0, *, version: str = "1.0.0",
-               end_time: str = "2026-11-26T10:00:00+00:00") -> dict:
+def kqi_result(
+    session,
+    value: float = 20.0,
+    *,
+    version: str = "1.0.0",
+    end_time: str = "2026-11-26T10:00:00+00:00",
+) -> dict:
     """A one-scan result document of the noise algorithm (scan 1, snr_db = ``value``), as
     compute writes it; enough for write-back."""
     return {
         "session": session_fields(session),
         "algorithm": {"name": "noise", "version": version, "code_checksum": "sha256:abc"},
         "status": "ok",
-        "scans": [{"scan": "1", "status": "ok", "error": None,
-                   "kqis": {"snr_db": {"value": value, "unit": "dB"}}}],
+        "scans": [
+            {
+                "scan": "1",
+                "status": "ok",
+                "error": None,
+                "kqis": {"snr_db": {"value": value, "unit": "dB"}},
+            }
+        ],
         "provenance": {"end_time": end_time},
     }
 

@@ -29,8 +29,9 @@ class DirectoryBackend:
         self.root = tmp_path / "archive"
         shutil.copytree(demo / "archive", self.root)
         self.project = "DEMO"
-        self.archive = open_archive({"backend": "directory", "path": str(self.root)},
-                                    cache_dir=str(tmp_path / "cache"))
+        self.archive = open_archive(
+            {"backend": "directory", "path": str(self.root)}, cache_dir=str(tmp_path / "cache")
+        )
 
     def overwrite(self, session, scan_id: str, name: str, data: bytes) -> None:
         scan = next(s for s in session.scans if s.id == scan_id)
@@ -40,14 +41,18 @@ class DirectoryBackend:
     def add_session(self, subject: str, label: str, scans: tuple[str, ...]) -> None:
         base = self.root / self.project / "subjects" / subject / "experiments" / label
         base.mkdir(parents=True)
-        (base / "session.json").write_text(json.dumps(
-            {"label": label, "ID": label, "xsiType": "xnat:optSessionData", "subject": subject}))
+        (base / "session.json").write_text(
+            json.dumps(
+                {"label": label, "ID": label, "xsiType": "xnat:optSessionData", "subject": subject}
+            )
+        )
         for scan in scans:
             folder = base / "scans" / scan
             (folder / "resources" / "DICOM" / "files").mkdir(parents=True)
             (folder / "scan.json").write_text(json.dumps({"ID": scan, "type": "OCT"}))
             (folder / "resources" / "DICOM" / "files" / f"{scan}.dcm").write_bytes(
-                file_bytes(self.project, label, scan, 0))
+                file_bytes(self.project, label, scan, 0)
+            )
 
     def delete_session_files(self, session) -> None:
         shutil.rmtree(self.archive.session_dir(session) / "scans")
@@ -63,13 +68,16 @@ class XnatBackend:
         upload_archive(self.intf, demo / "archive")
         self.project = "DEMO"
         # credentials from the environment (xnat_env), as XNAT's Container Service gives them
-        self.archive = open_archive({"backend": "xnat", "server": server.url,
-                                     "projects": [self.project], "backoff": 0.05},
-                                    cache_dir=str(tmp_path / "cache"))
+        self.archive = open_archive(
+            {"backend": "xnat", "server": server.url, "projects": [self.project], "backoff": 0.05},
+            cache_dir=str(tmp_path / "cache"),
+        )
 
     def _file(self, session, scan_id: str, name: str):
-        return self.intf.select(f"/project/{self.project}/subject/{session.subject}/experiment/"
-                                f"{session.label}/scan/{scan_id}/resource/DICOM/file/{name}")
+        return self.intf.select(
+            f"/project/{self.project}/subject/{session.subject}/experiment/"
+            f"{session.label}/scan/{scan_id}/resource/DICOM/file/{name}"
+        )
 
     def overwrite(self, session, scan_id: str, name: str, data: bytes) -> None:
         self._file(session, scan_id, name).put(data, format="DICOM", overwrite=True)
@@ -123,8 +131,9 @@ def test_discover_lists_every_session_with_scans_and_checksummed_files(backend, 
 
 def test_scans_come_in_xnat_order_from_every_backend(backend):
     backend.add_session("SUBJ009", "SUBJ009_V1", ODD_SCANS)
-    session = next(s for s in backend.archive.discover([backend.project])
-                   if s.label == "SUBJ009_V1")
+    session = next(
+        s for s in backend.archive.discover([backend.project]) if s.label == "SUBJ009_V1"
+    )
     assert [scan.id for scan in session.scans] == ["OCT", "SLO", "1", "1-2", "2", "10"]
 
 
@@ -181,4 +190,14 @@ def test_scan_order_key_follows_xnat_image_scan_comparator():
     ids = ["10", "2", "OCT", "1-2", "1-10", "1", "SLO", "99999999999", "-3", "1-x"]
     # non-numbers (and IDs beyond Java's int) count as 0; ties broken by the ID itself
     assert sorted(ids, key=scan_order_key) == [
-        "99999999999", "OCT", "SLO", "-3", "1", "1-x", "1-2", "1-10", "2", "10"]
+        "99999999999",
+        "OCT",
+        "SLO",
+        "-3",
+        "1",
+        "1-x",
+        "1-2",
+        "1-10",
+        "2",
+        "10",
+    ]

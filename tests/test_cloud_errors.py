@@ -28,8 +28,14 @@ def _cloud_run(workflow, tmp_path, monkeypatch, cloud: str):
         f"      endpoint: http://127.0.0.1:{port}/v2.1\n      token: 'me:p'\n"
     )
     monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))
-    proc = workflow.run("--workflow-profile", "profiles/openstack", "--openstack-cloud", cloud,
-                        check=False, timeout=300)
+    proc = workflow.run(
+        "--workflow-profile",
+        "profiles/openstack",
+        "--openstack-cloud",
+        cloud,
+        check=False,
+        timeout=300,
+    )
     return proc, port
 
 
@@ -53,15 +59,16 @@ def test_unreachable_cloud(workflow, tmp_path, monkeypatch):
     assert f"127.0.0.1:{port}" in proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("status, words", [(401, "refused the credentials (401)"),
-                                           (403, "denied access (403)")])
+@pytest.mark.parametrize(
+    "status, words", [(401, "refused the credentials (401)"), (403, "denied access (403)")]
+)
 def test_refused_credentials_are_named(status, words):
     from openstack import exceptions
 
     from snakemake_executor_plugin_openstack.cloud import describe_connect_error
 
-    error = exceptions.HttpException(message="The request you have made requires "
-                                     "authentication.", http_status=status)
+    error = exceptions.HttpException(
+        message="The request you have made requires authentication.", http_status=status
+    )
     text = describe_connect_error(error, "mycloud")
     assert words in text and "'mycloud'" in text and "\n" not in text
-

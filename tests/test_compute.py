@@ -39,12 +39,16 @@ def test_scans_are_staged_once_for_all_algorithms(tmp_path, archive):
     results = {}
     for name in ("noise", "layers"):
         algo = load_algorithm(name, search_paths=[REPO / "algorithms"])
-        results[name] = compute_session(session, algo, {}, archive, scratch, tmp_path / f"{name}.files")
+        results[name] = compute_session(
+            session, algo, {}, archive, scratch, tmp_path / f"{name}.files"
+        )
     assert archive.fetches == 1
     assert all(r["status"] == "ok" for r in results.values())
     assert {s["scan"] for s in results["noise"]["scans"]} == {"1", "2"}
     assert (stage_dir(scratch, session) / "staged.json").is_file()
-    assert not list((stage_dir(scratch, session)).rglob("*.dcm")), "raw downloads are dropped once decoded"
+    assert not list((stage_dir(scratch, session)).rglob("*.dcm")), (
+        "raw downloads are dropped once decoded"
+    )
     release_session(scratch, session)
     assert not any(scratch.rglob("*.npy"))
 
@@ -53,17 +57,24 @@ def test_algorithm_failure_is_recorded_per_scan(tmp_path, archive):
     algorithms = tmp_path / "algorithms"
     shutil.copytree(REPO / "algorithms", algorithms)
     code = algorithms / "noise" / "noise.py"
-    code.write_text(code.read_text() + "\n\ndef compute(*args, **kwargs):\n    raise RuntimeError('deliberate test failure')\n")
+    code.write_text(
+        code.read_text()
+        + "\n\ndef compute(*args, **kwargs):\n    raise RuntimeError('deliberate test failure')\n"
+    )
     algo = load_algorithm("noise", search_paths=[algorithms])
     session = archive.discover(["DEMO"])[0]
     result = compute_session(session, algo, {}, archive, tmp_path / "scratch", tmp_path / "extras")
     assert result["status"] == "failed"
-    assert all(s["status"] == "failed" and "deliberate test failure" in s["error"] for s in result["scans"])
+    assert all(
+        s["status"] == "failed" and "deliberate test failure" in s["error"] for s in result["scans"]
+    )
     assert result["error"] == "2 of 2 scans failed"
 
 
 def test_result_json_is_strict(tmp_path):
-    write_json_atomic(tmp_path / "r.json", {"value": float("nan"), "per_bscan": [1.0, float("inf")]})
+    write_json_atomic(
+        tmp_path / "r.json", {"value": float("nan"), "per_bscan": [1.0, float("inf")]}
+    )
     text = (tmp_path / "r.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"value": None, "per_bscan": [1.0, None]}

@@ -55,7 +55,9 @@ def test_semantic_errors_name_the_key():
         check_config(config, REPO)
     config = _config(algorithms={"noise": {"params": {"kk": 3.5, "k": 3.0}}}, studies={})
     validate_schema(config)
-    with pytest.raises(ConfigError, match=r"algorithms/noise/params: unknown key\(s\) kk; .*declares: .*\bk\b"):
+    with pytest.raises(
+        ConfigError, match=r"algorithms/noise/params: unknown key\(s\) kk; .*declares: .*\bk\b"
+    ):
         check_config(config, REPO)
     config = _config(algorithms={"noise": {"params": {"k": 3.0}}}, studies={})
     validate_schema(config)
@@ -69,7 +71,9 @@ def test_semantic_errors_name_the_key():
 def test_criteria_parse_and_resolve():
     c = parse_criterion("snr_db >= 15", KQIS)
     assert (c.algorithm, c.kqi, c.op, c.threshold) == ("noise", "snr_db", ">=", 15.0)
-    assert c.evaluate(15.0) == "pass" and c.evaluate(14.9) == "fail" and c.evaluate(None) == "missing"
+    assert (
+        c.evaluate(15.0) == "pass" and c.evaluate(14.9) == "fail" and c.evaluate(None) == "missing"
+    )
     assert c.evaluate(math.nan) == "missing"
     assert parse_criterion("layers.sigma < 1e-2", KQIS).threshold == 0.01
     with pytest.raises(CriterionError, match="ambiguous"):
@@ -92,9 +96,22 @@ def test_study_table_shows_failures_as_rows():
         tidy_rows(
             result(
                 [
-                    {"scan": "1", "status": "ok", "kqis": {"snr_db": {"value": 20.0, "unit": "dB"}}},
-                    {"scan": "2", "status": "ok", "kqis": {"snr_db": {"value": 10.0, "unit": "dB"}}},
-                    {"scan": "3", "status": "failed", "error": "scan not readable: corrupt DICOM", "kqis": {}},
+                    {
+                        "scan": "1",
+                        "status": "ok",
+                        "kqis": {"snr_db": {"value": 20.0, "unit": "dB"}},
+                    },
+                    {
+                        "scan": "2",
+                        "status": "ok",
+                        "kqis": {"snr_db": {"value": 10.0, "unit": "dB"}},
+                    },
+                    {
+                        "scan": "3",
+                        "status": "failed",
+                        "error": "scan not readable: corrupt DICOM",
+                        "kqis": {},
+                    },
                 ]
             ),
             {"snr_db": "dB", "sigma": "DN"},
@@ -113,5 +130,9 @@ def test_study_table_shows_failures_as_rows():
 def test_default_thresholds_come_from_the_manifests():
     settings = load_settings(REPO / "config.yaml")
     texts = [c.text for c in settings.studies["recommended"].criteria]
-    expected = [f"{name}.{kqi} {rule}" for name, algo in sorted(settings.algorithms.items()) for kqi, rule in algo.thresholds.items()]
+    expected = [
+        f"{name}.{kqi} {rule}"
+        for name, algo in sorted(settings.algorithms.items())
+        for kqi, rule in algo.thresholds.items()
+    ]
     assert texts == expected and "noise.snr_db >= 25" in texts

@@ -15,7 +15,10 @@ from tests.support import kqi_result
 @pytest.fixture
 def archive_copy(tmp_path, small_demo):
     shutil.copytree(small_demo / "archive", tmp_path / "archive")
-    return open_archive({"backend": "directory", "path": str(tmp_path / "archive")}, cache_dir=str(tmp_path / "cache"))
+    return open_archive(
+        {"backend": "directory", "path": str(tmp_path / "archive")},
+        cache_dir=str(tmp_path / "cache"),
+    )
 
 
 # Discovery, state token, fingerprints, fetch checks and write-back actions are the archive
@@ -37,12 +40,20 @@ def test_write_back_is_idempotent(tmp_path, archive_copy):
     session = archive_copy.discover(["DEMO"])[0]
     kqi = tmp_path / "noise.json"
     kqi.write_text(json.dumps(_result(session, 20.0)))
-    first = archive_copy.write_assessment(session, Assessment.from_result(_result(session, 20.0), {"noise.json": kqi}))
+    first = archive_copy.write_assessment(
+        session, Assessment.from_result(_result(session, 20.0), {"noise.json": kqi})
+    )
     assert first.action == "created"
-    kqi.write_text(json.dumps(_result(session, 20.0) | {"provenance": {"end_time": "2026-11-27T10:00:00"}}))
-    again = archive_copy.write_assessment(session, Assessment.from_result(_result(session, 20.0), {"noise.json": kqi}))
+    kqi.write_text(
+        json.dumps(_result(session, 20.0) | {"provenance": {"end_time": "2026-11-27T10:00:00"}})
+    )
+    again = archive_copy.write_assessment(
+        session, Assessment.from_result(_result(session, 20.0), {"noise.json": kqi})
+    )
     assert again.action == "unchanged"
-    changed = archive_copy.write_assessment(session, Assessment.from_result(_result(session, 21.5), {"noise.json": kqi}))
+    changed = archive_copy.write_assessment(
+        session, Assessment.from_result(_result(session, 21.5), {"noise.json": kqi})
+    )
     assert changed.action == "updated"
     base = archive_copy.session_dir(session) / "assessors"
     assert [p.name for p in base.iterdir()] == ["SUBJ001_V1_qmroct_noise"]
@@ -63,8 +74,12 @@ def test_history_through_a_link_is_refused_also_when_superseding(tmp_path, archi
         result["algorithm"] = dict(result["algorithm"], version=version)
         kqi = tmp_path / "noise.json"
         kqi.write_text(json.dumps(result))
-        return archive_copy.write_assessment(session, Assessment.from_result(
-            result, {"noise.json": kqi}, versioned=archive_copy.versioned_labels))
+        return archive_copy.write_assessment(
+            session,
+            Assessment.from_result(
+                result, {"noise.json": kqi}, versioned=archive_copy.versioned_labels
+            ),
+        )
 
     assert write("1.0.0").action == "created" and write("1.1.0").action == "created"
     base = archive_copy.session_dir(session)

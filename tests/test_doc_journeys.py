@@ -34,6 +34,7 @@ import yaml
 from tests.support import copy_workflow
 
 from tests.support import REPO
+
 MARK = re.compile(r"<!--\s*journey:\s*([\w-]+)\s*-->\s*\n```(?:sh|bash)\n(.*?)\n```", re.S)
 SMALL = "5x128x64"
 
@@ -70,8 +71,9 @@ def run_script(root: Path, script: str, timeout: int = 900) -> subprocess.Comple
     wrapped = "set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n" + script
     env = dict(os.environ, PATH=f"{root / '.venv' / 'bin'}:{os.environ['PATH']}", EDITOR="true")
     env.pop("XNAT_USER", None), env.pop("XNAT_PASS", None)
-    proc = subprocess.run(["bash", "-c", wrapped], cwd=root, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        ["bash", "-c", wrapped], cwd=root, env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert proc.returncode == 0, (
         f"journey failed ({proc.returncode}):\n--- script\n{script}\n--- stdout\n"
         f"{proc.stdout[-5000:]}\n--- stderr\n{proc.stderr[-5000:]}"
@@ -80,9 +82,26 @@ def run_script(root: Path, script: str, timeout: int = 900) -> subprocess.Comple
 
 
 def small_demo_archive(root: Path, out: str = "demo") -> None:
-    subprocess.run([sys.executable, "-m", "qmroct.cli", "demo-archive", "--out", out,
-                    "--sessions", "2", "--seed", "0", "--shape", SMALL],
-                   cwd=root, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "qmroct.cli",
+            "demo-archive",
+            "--out",
+            out,
+            "--sessions",
+            "2",
+            "--seed",
+            "0",
+            "--shape",
+            SMALL,
+        ],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
 
 
 def test_journey_extracts_only_marked_blocks():
@@ -100,17 +119,30 @@ def test_readme_partial_reprocessing_and_crash_recovery(clone):
     small_demo_archive(clone)
     run_script(clone, "snakemake --cores 2 --keep-going")  # the rest of `make demo`
     run_script(clone, journey("README.md", "readme"))
-    for target in ("results/kqi/DEMO/SUBJ001_V1/noise.json", "results/by_algorithm/noise.tsv",
-                   "results/by_project/DEMO.tsv", "results/report/index.html"):
+    for target in (
+        "results/kqi/DEMO/SUBJ001_V1/noise.json",
+        "results/by_algorithm/noise.tsv",
+        "results/by_project/DEMO.tsv",
+        "results/report/index.html",
+    ):
         assert (clone / target).is_file(), target
     result = json.loads((clone / "results/kqi/DEMO/SUBJ001_V1/noise.json").read_text())
     assert result["status"] == "ok"
     # a "killed" run: Snakemake's own lock and incomplete marker for a KQI file
     kqi = clone / "results/kqi/DEMO/SUBJ001_V1/noise.json"
     killed = subprocess.Popen(
-        [str(clone / ".venv/bin/snakemake"), "--cores", "1", "--forcerun", "compute_noise",
-         str(kqi.relative_to(clone))],
-        cwd=clone, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            str(clone / ".venv/bin/snakemake"),
+            "--cores",
+            "1",
+            "--forcerun",
+            "compute_noise",
+            str(kqi.relative_to(clone)),
+        ],
+        cwd=clone,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         env=dict(os.environ, PATH=f"{clone / '.venv/bin'}:{os.environ['PATH']}"),
     )
     for line in killed.stdout:  # killed hard as its job starts: lock (and marker) stay
@@ -119,9 +151,18 @@ def test_readme_partial_reprocessing_and_crash_recovery(clone):
     killed.kill()
     killed.wait()
     blocked = subprocess.run(
-        [str(clone / ".venv/bin/snakemake"), "--cores", "1", "--forcerun", "compute_noise",
-         str(kqi.relative_to(clone))],
-        cwd=clone, capture_output=True, text=True, timeout=300,
+        [
+            str(clone / ".venv/bin/snakemake"),
+            "--cores",
+            "1",
+            "--forcerun",
+            "compute_noise",
+            str(kqi.relative_to(clone)),
+        ],
+        cwd=clone,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env=dict(os.environ, PATH=f"{clone / '.venv/bin'}:{os.environ['PATH']}"),
     )
     assert blocked.returncode != 0 and "LockException" in blocked.stdout + blocked.stderr
@@ -164,8 +205,13 @@ def test_cloud_run_on_the_test_cloud(clone, tmp_path):
     """tests/cloud/README.md: the test cloud started with the README's command, the
     README's clouds.yaml, then its run block; the workflow completes on the VMs."""
     readme = (REPO / "tests/cloud/README.md").read_text()
-    start = re.search(r"^(\.venv-nova/bin/python tests/cloud/novacloud\.py .*?\n.*?)\n#", readme,
-                      re.S | re.M).group(1).replace("\\\n", " ")
+    start = (
+        re.search(
+            r"^(\.venv-nova/bin/python tests/cloud/novacloud\.py .*?\n.*?)\n#", readme, re.S | re.M
+        )
+        .group(1)
+        .replace("\\\n", " ")
+    )
     clouds = re.search(r"```yaml\n(clouds:.*?)```", readme, re.S).group(1)
     api, ssh = str(_free_port()), str(_free_port())
     key = tmp_path / "ssh" / "id_ed25519"  # the README's ~/.ssh/id_ed25519, kept out of $HOME
@@ -177,8 +223,13 @@ def test_cloud_run_on_the_test_cloud(clone, tmp_path):
     command = start.replace("18774", api).replace("/tmp/novacloud", str(state))
     log = tmp_path / "novacloud.log"  # a file, not a pipe: Nova logs a lot and must not block
     with open(log, "w") as fh:
-        cloud = subprocess.Popen(f"exec {command} --ssh-port {ssh}", shell=True, cwd=clone,
-                                 stdout=fh, stderr=subprocess.STDOUT)
+        cloud = subprocess.Popen(
+            f"exec {command} --ssh-port {ssh}",
+            shell=True,
+            cwd=clone,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
     try:
         # the README's "-> nova test cloud serving ..." line
         while "nova test cloud serving" not in log.read_text():

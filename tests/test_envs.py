@@ -71,7 +71,9 @@ def test_conda_env_is_deployable():
     channels = yaml.safe_load(ENV_FILE.read_text())["channels"]
     assert conda["python"] == "3.11" and "pip" in conda
     assert conda.get("octave") and "conda-forge" in channels
-    deploy = REPO / "envs" / "qmroct.post-deploy.sh"  # Snakemake's name for it: <env>.post-deploy.sh
+    deploy = (
+        REPO / "envs" / "qmroct.post-deploy.sh"
+    )  # Snakemake's name for it: <env>.post-deploy.sh
     script = deploy.read_text()
     assert deploy.stat().st_mode & 0o111 and script.startswith("#!")
     assert "pip install --no-deps -e ." in script
@@ -146,12 +148,12 @@ def test_the_test_environment_is_the_dev_lock():
 
 def test_read_lock_refuses_a_pin_without_hashes(tmp_path):
     lock = tmp_path / "lock.txt"
-    lock.write_text("numpy==2.4.6 \\\n    --hash=sha256:" + "a" * 64 + "\n    # via x\nscipy==1.0\n")
+    lock.write_text(
+        "numpy==2.4.6 \\\n    --hash=sha256:" + "a" * 64 + "\n    # via x\nscipy==1.0\n"
+    )
     with pytest.raises(ValueError, match="requirement 3 is not"):
         envlock.read_lock(lock)
     lock.write_text("numpy==2.4.6 ; python_version < '3.12' \\\n    --hash=sha256:" + "a" * 64)
     (pin,) = envlock.read_lock(lock)
     assert (pin.name, pin.version, pin.marker) == ("numpy", "2.4.6", "python_version < '3.12'")
-    assert envlock.differences([pin], ["numpy==2.4.5"]) == [
-        "numpy: locked 2.4.6, installed 2.4.5"
-    ]
+    assert envlock.differences([pin], ["numpy==2.4.5"]) == ["numpy: locked 2.4.6, installed 2.4.5"]

@@ -28,13 +28,25 @@ def test_json_is_strict_and_nan_becomes_null(tmp_path):
     target = tmp_path / "deep" / "result.json"  # parents are made
     fileio.write_json_atomic(
         target,
-        {"nan": math.nan, "inf": [math.inf], "np": np.float32(1.5), "i": np.int64(3),
-         "arr": np.array([1.0, np.nan]), "path": Path("/x")},
+        {
+            "nan": math.nan,
+            "inf": [math.inf],
+            "np": np.float32(1.5),
+            "i": np.int64(3),
+            "arr": np.array([1.0, np.nan]),
+            "path": Path("/x"),
+        },
     )
     text = target.read_text()
     assert "NaN" not in text and "Infinity" not in text
-    assert json.loads(text) == {"nan": None, "inf": [None], "np": 1.5, "i": 3,
-                                "arr": [1.0, None], "path": "/x"}
+    assert json.loads(text) == {
+        "nan": None,
+        "inf": [None],
+        "np": 1.5,
+        "i": 3,
+        "arr": [1.0, None],
+        "path": "/x",
+    }
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):

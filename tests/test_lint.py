@@ -1,4 +1,5 @@
-"""`make lint` as a test: snakemake --lint, snakefmt and ruff check (pyproject [tool.ruff])."""
+"""`make lint` as a test: snakemake --lint, snakefmt, ruff check and ruff format --check
+(pyproject [tool.ruff])."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ pytestmark = pytest.mark.slow
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_snakemake_lint_is_clean():
@@ -30,6 +32,11 @@ def test_rules_are_snakefmt_formatted():
 
 def test_ruff_check_is_clean():
     proc = _run("ruff", "check", "--no-cache", "--output-format", "concise", ".")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_python_is_ruff_formatted():
+    proc = _run("ruff", "format", "--check", "--no-cache", ".")
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

@@ -16,8 +16,9 @@ def _with_profile(workflow) -> None:
 def test_relative_directory_archive_is_refused_with_the_reason(workflow, tmp_path):
     _with_profile(workflow)
     for dry in (["-n"], []):
-        proc = workflow.run("--workflow-profile", "profiles/openstack", *dry, check=False,
-                            timeout=300)
+        proc = workflow.run(
+            "--workflow-profile", "profiles/openstack", *dry, check=False, timeout=300
+        )
         out = proc.stdout + proc.stderr
         assert proc.returncode != 0
         assert "archive.path 'demo/archive' is on this machine only" in out, out[-3000:]

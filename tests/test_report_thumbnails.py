@@ -16,11 +16,23 @@ PNG = base64.b64decode(  # a 1x1 image
 
 
 def _tidy(label: str) -> pd.DataFrame:
-    return pd.DataFrame([{
-        "project": "DEMO", "subject": "S1", "session": label, "scan": "1", "algorithm": "noise",
-        "version": "1.0.0", "kqi": "snr_db", "value": float("nan"), "unit": "dB",
-        "status": "failed", "error": "algorithm failure: deliberate",
-    }])
+    return pd.DataFrame(
+        [
+            {
+                "project": "DEMO",
+                "subject": "S1",
+                "session": label,
+                "scan": "1",
+                "algorithm": "noise",
+                "version": "1.0.0",
+                "kqi": "snr_db",
+                "value": float("nan"),
+                "unit": "dB",
+                "status": "failed",
+                "error": "algorithm failure: deliberate",
+            }
+        ]
+    )
 
 
 def test_thumbnail_of_a_session_stored_under_an_encoded_path_key(tmp_path):
@@ -38,6 +50,7 @@ def test_thumbnail_found_by_the_path_key_the_summary_names(tmp_path):
     (tmp_path / "DEMO" / "SUBJ001_V1.0123abcd").mkdir(parents=True)
     (tmp_path / "DEMO" / "SUBJ001_V1.0123abcd" / "1.png").write_bytes(PNG)
     assert "(no thumbnail" in render_report(_tidy(label), {}, {}, tmp_path)
-    page = render_report(_tidy(label), {}, {}, tmp_path,
-                         path_keys={("DEMO", label): "SUBJ001_V1.0123abcd"})
+    page = render_report(
+        _tidy(label), {}, {}, tmp_path, path_keys={("DEMO", label): "SUBJ001_V1.0123abcd"}
+    )
     assert "(no thumbnail" not in page

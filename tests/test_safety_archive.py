@@ -196,7 +196,11 @@ def test_hostile_archive_computes_or_fails_alone(workflow, tmp_path):
         # file stay
         assert not dead.exists()
         assert (neighbour / "staged.json").is_file() and (scratch / "notes.txt").is_file()
-        assert sorted(p.name for p in scratch.iterdir()) == [".qmroct-scratch-root", "notes.txt", "run-1-aaaaaaaa"]
+        assert sorted(p.name for p in scratch.iterdir()) == [
+            ".qmroct-scratch-root",
+            "notes.txt",
+            "run-1-aaaaaaaa",
+        ]
     finally:
         sleeper.kill()
         sleeper.wait()
@@ -341,9 +345,9 @@ def test_interrupted_write_back_is_cleaned_by_the_next(tmp_path, small_demo):
         assessors.is_dir()
         and any(p.name.startswith(".qmroct-writing.") for p in assessors.iterdir())
     ):
-        assert (
-            writer.poll() is None and time.monotonic() < deadline
-        ), "the writer never started writing"
+        assert writer.poll() is None and time.monotonic() < deadline, (
+            "the writer never started writing"
+        )
         time.sleep(0.05)
     live = _interrupted_writer(archive, fifo)  # a second, live writer of the same session
     while len([p for p in assessors.iterdir() if p.name.startswith(".qmroct-writing.")]) < 2:
@@ -386,16 +390,22 @@ def test_qmroct_discover_lists_problem_sessions_with_their_reasons(tmp_path, sma
     shutil.copytree(small_demo / "archive", archive)
     first = sorted(archive.glob("DEMO/subjects/*/experiments/*"))[0]
     shutil.copytree(first, archive / "DEMO" / "subjects" / "SUBJX" / "experiments" / "DUP")
-    (sorted(archive.glob("DEMO/subjects/*/experiments/*"))[1] / "scans" / "2" / "scan.json") \
-        .write_text("{not json")
+    (
+        sorted(archive.glob("DEMO/subjects/*/experiments/*"))[1] / "scans" / "2" / "scan.json"
+    ).write_text("{not json")
     config = tmp_path / "config.yaml"
     import yaml
 
     settings = yaml.safe_load((REPO / "config.yaml").read_text())
     settings["archive"] = {"backend": "directory", "path": str(archive)}
     config.write_text(yaml.safe_dump(settings))
-    out = subprocess.run([sys.executable, "-m", "qmroct.cli", "discover", str(config)],
-                         capture_output=True, text=True, timeout=120, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "qmroct.cli", "discover", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
     rows = [json.loads(line) for line in out.splitlines()]
     duplicated = [r for r in rows if r["session"] == f"DEMO/{first.name}"]
     assert len(duplicated) == 2 and all("used by 2 sessions" in r["problem"] for r in duplicated)

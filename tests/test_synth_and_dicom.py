@@ -37,7 +37,9 @@ def test_defects_leave_their_marks():
     b, cols = np.nonzero(ts.shadow_mask)
     rows = slice(int(ts.ilm.max()) + 6, int(ts.bm.min()))
     floor = ts.noise_floor
-    assert shadow[b[0], rows, cols[0]].mean() - floor < 0.3 * (clean[b[0], rows, cols[0]].mean() - floor)
+    assert shadow[b[0], rows, cols[0]].mean() - floor < 0.3 * (
+        clean[b[0], rows, cols[0]].mean() - floor
+    )
     moved, tm = generate_volume(SynthParams(**SMALL, seed=2, defects=("motion",)))
     # Bruch's membrane is flat (the pit comes from thinning inner layers), so it moves only with the eye.
     assert np.allclose(tm.bm - tm.bm[0], tm.axial_shift[:, None])
@@ -58,7 +60,9 @@ def test_unknown_defect_is_an_error():
 def test_opt_dicom_round_trip(tmp_path):
     volume, truth = generate_volume(SynthParams(**SMALL, seed=5))
     path = tmp_path / "scan.dcm"
-    write_opt_dicom(path, volume, spacing_mm=truth.spacing_mm, patient_id="P1", study_id="S1", series_number=1)
+    write_opt_dicom(
+        path, volume, spacing_mm=truth.spacing_mm, patient_id="P1", study_id="S1", series_number=1
+    )
     ds = pydicom.dcmread(path)
     assert ds.SOPClassUID == OPT_SOP_CLASS and ds.Modality == "OPT" and int(ds.NumberOfFrames) == 4
     back = read_scan(path)
@@ -73,7 +77,9 @@ def test_opt_dicom_round_trip(tmp_path):
 def test_reader_refuses_bad_files(tmp_path):
     volume, truth = generate_volume(SynthParams(**SMALL, seed=5))
     path = tmp_path / "scan.dcm"
-    write_opt_dicom(path, volume, spacing_mm=truth.spacing_mm, patient_id="P1", study_id="S1", series_number=1)
+    write_opt_dicom(
+        path, volume, spacing_mm=truth.spacing_mm, patient_id="P1", study_id="S1", series_number=1
+    )
     truncated = tmp_path / "truncated.dcm"
     truncated.write_bytes(path.read_bytes()[:3000])
     with pytest.raises(ScanError, match="corrupt"):
@@ -99,14 +105,26 @@ def test_demo_archive_is_deterministic(tmp_path):
     build_demo_archive(tmp_path / "a", sessions=2, seed=1, shape=(3, 128, 64))
     build_demo_archive(tmp_path / "b", sessions=2, seed=1, shape=(3, 128, 64))
     assert digest(tmp_path / "a/archive") == digest(tmp_path / "b/archive")
-    assert sorted(p.name for p in (tmp_path / "a/truth/DEMO").iterdir()) == ["SUBJ001_V1", "SUBJ001_V2"]
-    assert not list((tmp_path / "a/archive").rglob("*.npz")), "ground truth must stay outside the archive"
+    assert sorted(p.name for p in (tmp_path / "a/truth/DEMO").iterdir()) == [
+        "SUBJ001_V1",
+        "SUBJ001_V2",
+    ]
+    assert not list((tmp_path / "a/archive").rglob("*.npz")), (
+        "ground truth must stay outside the archive"
+    )
 
 
 def test_oct_converter_rescaled_dicoms_are_flagged(tmp_path):
     """oct-converter rescales to 0..100: the reader must say so (noise KQIs are meaningless there)."""
     from oct_converter.dicom.dicom import write_opt_dicom as oct_converter_write
-    from oct_converter.dicom.metadata import DicomMetadata, ImageGeometry, ManufacturerMeta, OCTImageParams, PatientMeta, SeriesMeta
+    from oct_converter.dicom.metadata import (
+        DicomMetadata,
+        ImageGeometry,
+        ManufacturerMeta,
+        OCTImageParams,
+        PatientMeta,
+        SeriesMeta,
+    )
 
     volume, truth = generate_volume(SynthParams(**SMALL, seed=1))
     meta = DicomMetadata(
@@ -119,14 +137,22 @@ def test_oct_converter_rescaled_dicoms_are_flagged(tmp_path):
     path = oct_converter_write(meta, list(volume), tmp_path / "converted.dcm")
     assert read_scan(path).intensity == "rescaled100"
     ours = tmp_path / "ours.dcm"
-    write_opt_dicom(ours, volume, spacing_mm=truth.spacing_mm, patient_id="P", study_id="S", series_number=1)
+    write_opt_dicom(
+        ours, volume, spacing_mm=truth.spacing_mm, patient_id="P", study_id="S", series_number=1
+    )
     assert read_scan(ours).intensity == "linear"
 
 
 def test_demo_archive_extends_by_session_index_and_never_overwrites(tmp_path):
-    first = build_demo_archive(tmp_path, sessions=2, seed=1, shape=(3, 128, 64), scans_per_session=1)
+    first = build_demo_archive(
+        tmp_path, sessions=2, seed=1, shape=(3, 128, 64), scans_per_session=1
+    )
     assert first == ["SUBJ001_V1", "SUBJ001_V2"]
-    more = build_demo_archive(tmp_path, sessions=1, seed=1, shape=(3, 128, 64), scans_per_session=1, start=3)
+    more = build_demo_archive(
+        tmp_path, sessions=1, seed=1, shape=(3, 128, 64), scans_per_session=1, start=3
+    )
     assert more == ["SUBJ002_V1"]
     with pytest.raises(ValueError, match="already has session.*SUBJ001_V2"):
-        build_demo_archive(tmp_path, sessions=2, seed=1, shape=(3, 128, 64), scans_per_session=1, start=2)
+        build_demo_archive(
+            tmp_path, sessions=2, seed=1, shape=(3, 128, 64), scans_per_session=1, start=2
+        )

@@ -326,8 +326,10 @@ def test_bad_config_and_missing_archive_are_named_by_status(tmp_path, monkeypatc
 
     monkeypatch.chdir(tmp_path)
     config = tmp_path / "config.yaml"
-    config.write_text("archive: {backend: directory, path: nowhere}\nprojects: [DEMO]\n"
-                      "algorithms: {noise: {}}\nalgoritms: {}\n")
+    config.write_text(
+        "archive: {backend: directory, path: nowhere}\nprojects: [DEMO]\n"
+        "algorithms: {noise: {}}\nalgoritms: {}\n"
+    )
     assert Watcher(WatchOptions(once=True, configfile=config)).run() == 0
     info, code = collect(tmp_path, max_age=600)
     assert code == 2 and "config: INVALID" in render(info) and "algoritms" in render(info)

@@ -200,12 +200,14 @@ def test_one_run_per_change_history_notify(workflow, tmp_path):
 
 def wf_notify_script(root: Path) -> Path:
     script = root / "notify.py"
-    script.write_text(textwrap.dedent(f"""\
+    script.write_text(
+        textwrap.dedent(f"""\
         import json, os, sys
         summary = json.load(sys.stdin)
-        with open({str(root / 'notified.jsonl')!r}, "a") as fh:
+        with open({str(root / "notified.jsonl")!r}, "a") as fh:
             fh.write(json.dumps({{"summary": summary, "env": dict(os.environ)}}) + "\\n")
-    """))
+    """)
+    )
     return script
 
 

@@ -89,9 +89,11 @@ def test_watch_against_xnat(tmp_path):
             # A new session uploaded: one run, computing only it.
             upload_archive(intf, demo / "archive", only={"SUBJ002_V1"})
             wait_for(
-                lambda: len(runs(wf)) > settled
-                and summary(wf, runs(wf)[-1]).get("end")
-                and summary(wf, runs(wf)[-1]).get("outcome") != "running",
+                lambda: (
+                    len(runs(wf)) > settled
+                    and summary(wf, runs(wf)[-1]).get("end")
+                    and summary(wf, runs(wf)[-1]).get("outcome") != "running"
+                ),
                 300,
                 "the run for the new session",
             )

@@ -45,11 +45,23 @@ def test_full_run_then_nothing_to_do(workflow):
     assert all(f["checksum"].startswith("sha256:") for s in doc["scans"] for f in s["files"])
 
     tidy = pd.read_csv(root / "results/tables/kqi.tsv", sep="\t", dtype={"scan": str})
-    assert list(tidy.columns)[:9] == ["project", "subject", "session", "scan", "algorithm", "version", "kqi", "value", "unit"]
+    assert list(tidy.columns)[:9] == [
+        "project",
+        "subject",
+        "session",
+        "scan",
+        "algorithm",
+        "version",
+        "kqi",
+        "value",
+        "unit",
+    ]
     assert set(tidy["algorithm"]) == {"noise", "layers"}
     assert set(tidy["session"]) == {p.name for p in sessions}
     assert pd.read_parquet(root / "results/tables/kqi.parquet").shape == tidy.shape
-    study = pd.read_csv(root / "results/tables/studies/demo_trial.tsv", sep="\t", dtype={"scan": str})
+    study = pd.read_csv(
+        root / "results/tables/studies/demo_trial.tsv", sep="\t", dtype={"scan": str}
+    )
     assert len(study) == 6 and set(study["overall"]) <= {"pass", "fail", "missing"}
     assert "noise.snr_db >= 15" in study.columns
 
@@ -58,14 +70,25 @@ def test_full_run_then_nothing_to_do(workflow):
 
     # Assessments written into the archive, one per session and algorithm.
     for session in sessions:
-        assessors = sorted(p.name for p in (session / "assessors").iterdir() if not p.name.startswith("."))
+        assessors = sorted(
+            p.name for p in (session / "assessors").iterdir() if not p.name.startswith(".")
+        )
         # labels carry the algorithm version (a bump writes a new assessor, qmroct.assessment)
-        assert assessors == [f"{session.name}_qmroct_layers_v1-0-0", f"{session.name}_qmroct_noise_v1-0-0"]
-        assert (session / "assessors" / assessors[0] / "assessor.xml").read_bytes().startswith(b"<?xml")
+        assert assessors == [
+            f"{session.name}_qmroct_layers_v1-0-0",
+            f"{session.name}_qmroct_noise_v1-0-0",
+        ]
+        assert (
+            (session / "assessors" / assessors[0] / "assessor.xml")
+            .read_bytes()
+            .startswith(b"<?xml")
+        )
 
     # Each session's scans were staged (read from the archive and decoded) once, for all algorithms.
     for session in sessions:
-        logs = list((root / "logs").rglob(f"*{session.name}*")) + list((root / "logs/compute/DEMO" / session.name).glob("*.log"))
+        logs = list((root / "logs").rglob(f"*{session.name}*")) + list(
+            (root / "logs/compute/DEMO" / session.name).glob("*.log")
+        )
         text = "".join(p.read_text() for p in logs if p.is_file())
         assert text.count(f"staged session DEMO/{session.name}:") == 1, text
 
@@ -77,9 +100,13 @@ def test_full_run_then_nothing_to_do(workflow):
     assert workflow.planned_jobs() == {}
     workflow.run("--forcerun", "writeback")
     for receipt in root.glob("results/writeback/DEMO/*.json"):
-        assert {a["action"] for a in json.loads(receipt.read_text())["assessments"]} == {"unchanged"}
+        assert {a["action"] for a in json.loads(receipt.read_text())["assessments"]} == {
+            "unchanged"
+        }
     for session in sessions:
-        assert len([p for p in (session / "assessors").iterdir() if not p.name.startswith(".")]) == 2
+        assert (
+            len([p for p in (session / "assessors").iterdir() if not p.name.startswith(".")]) == 2
+        )
 
 
 def test_selective_recompute(workflow):
@@ -92,10 +119,21 @@ def test_selective_recompute(workflow):
     # Declaring a new algorithm computes it for all sessions and nothing else.
     config["algorithms"]["layers"] = {}
     workflow.write_config(config)
-    assert workflow.planned_jobs() == {"compute_layers": 3, "session_summary": 3, "writeback": 3, "aggregate": 1, "report": 1, "all": 1}
+    assert workflow.planned_jobs() == {
+        "compute_layers": 3,
+        "session_summary": 3,
+        "writeback": 3,
+        "aggregate": 1,
+        "report": 1,
+        "all": 1,
+    }
     workflow.run()
-    layers_results = {p: p.stat().st_mtime_ns for p in workflow.root.glob("results/kqi/DEMO/*/layers.json")}
-    noise_results = {p: p.stat().st_mtime_ns for p in workflow.root.glob("results/kqi/DEMO/*/noise.json")}
+    layers_results = {
+        p: p.stat().st_mtime_ns for p in workflow.root.glob("results/kqi/DEMO/*/layers.json")
+    }
+    noise_results = {
+        p: p.stat().st_mtime_ns for p in workflow.root.glob("results/kqi/DEMO/*/noise.json")
+    }
     assert len(layers_results) == 3
 
     # Bumping one algorithm's version recomputes only that algorithm.
@@ -103,9 +141,14 @@ def test_selective_recompute(workflow):
     data = yaml.safe_load(manifest.read_text())
     data["version"] = str(data["version"]) + ".1"
     manifest.write_text(yaml.safe_dump(data, sort_keys=False))
-    assert "compute_layers" not in workflow.planned_jobs() and workflow.planned_jobs()["compute_noise"] == 3
+    assert (
+        "compute_layers" not in workflow.planned_jobs()
+        and workflow.planned_jobs()["compute_noise"] == 3
+    )
     workflow.run()
-    assert all(p.stat().st_mtime_ns == t for p, t in layers_results.items()), "layers must not rerun on a noise bump"
+    assert all(p.stat().st_mtime_ns == t for p, t in layers_results.items()), (
+        "layers must not rerun on a noise bump"
+    )
     assert all(p.stat().st_mtime_ns != t for p, t in noise_results.items())
 
     # Editing one algorithm's code recomputes only that algorithm.
@@ -114,7 +157,9 @@ def test_selective_recompute(workflow):
     plan = workflow.planned_jobs()
     assert plan["compute_layers"] == 3 and "compute_noise" not in plan
     workflow.run()
-    noise_after = {p: p.stat().st_mtime_ns for p in workflow.root.glob("results/kqi/DEMO/*/noise.json")}
+    noise_after = {
+        p: p.stat().st_mtime_ns for p in workflow.root.glob("results/kqi/DEMO/*/noise.json")
+    }
     assert workflow.planned_jobs() == {}
 
     # A session whose files changed is recomputed (all its algorithms); the others are not.
@@ -123,7 +168,14 @@ def test_selective_recompute(workflow):
     from qmroct.scanio import read_scan
 
     volume = read_scan(dicom)
-    write_opt_dicom(dicom, volume.data * 0.5, spacing_mm=volume.spacing_mm, patient_id="X", study_id=session.name, series_number=1)
+    write_opt_dicom(
+        dicom,
+        volume.data * 0.5,
+        spacing_mm=volume.spacing_mm,
+        patient_id="X",
+        study_id=session.name,
+        series_number=1,
+    )
     workflow.run("results/discovery/sessions.tsv")  # rediscover; then the plan is complete
     plan = workflow.planned_jobs()
     assert plan["compute_noise"] == 1 and plan["compute_layers"] == 1, plan

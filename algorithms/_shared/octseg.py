@@ -27,7 +27,9 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d, median_filter
 
 INTENSITY_KINDS = ("linear", "log8", "rescaled100")
-LOG8_DYNAMIC_RANGE_DB = 40.0  # window of log8 exports (as qmroct.synth.to_log8 and common device exports)
+LOG8_DYNAMIC_RANGE_DB = (
+    40.0  # window of log8 exports (as qmroct.synth.to_log8 and common device exports)
+)
 
 
 class InputError(ValueError):
@@ -55,7 +57,9 @@ def prepare(volume: np.ndarray, meta: dict | None = None) -> tuple[np.ndarray, l
             raise InputError("no finite voxel in the volume (all NaN/inf)")
         fill = float(np.min(vol[finite]))
         vol = np.where(finite, vol, np.float32(fill))
-        notes.append(f"{n_bad} non-finite voxel(s) ({n_bad / vol.size:.2%}) replaced by the volume minimum {fill:g}")
+        notes.append(
+            f"{n_bad} non-finite voxel(s) ({n_bad / vol.size:.2%}) replaced by the volume minimum {fill:g}"
+        )
     kind = (meta or {}).get("intensity", "linear") or "linear"
     if kind not in INTENSITY_KINDS:
         notes.append(f"unknown intensity kind {kind!r}; treated as linear")
@@ -73,8 +77,10 @@ def looks_rescaled100(vol: np.ndarray, meta: dict | None) -> bool:
     return bool(np.all(sample == np.round(sample)))
 
 
-RESCALED_NOTE = ("intensities look rescaled to 0-100 integers (e.g. an oct-converter DICOM) although declared linear: "
-                 "sigma and floor are not in device units and are quantisation-limited; SNR is indicative only")
+RESCALED_NOTE = (
+    "intensities look rescaled to 0-100 integers (e.g. an oct-converter DICOM) although declared linear: "
+    "sigma and floor are not in device units and are quantisation-limited; SNR is indicative only"
+)
 
 
 def intensity_kind(meta: dict | None) -> str:
@@ -118,7 +124,9 @@ def dp_band(cost: np.ndarray, ref: np.ndarray, max_jump: int, penalty: float) ->
     jc3 = jump_cost[None, :, None]
     # previous offset o' = o + dref - jump (row_cur - row_prev = jump): window start pad + dref - jump
     starts = pad + dref[:, :, None] - jumps[None, None, :]  # (nb, nx-1, J)
-    windows = np.lib.stride_tricks.sliding_window_view(hist, B, axis=2)  # (nx, nb, 2*pad+1, B), a view
+    windows = np.lib.stride_tricks.sliding_window_view(
+        hist, B, axis=2
+    )  # (nx, nb, 2*pad+1, B), a view
     for x in range(1, nx):
         cand = windows[x - 1][bi[:, None], starts[:, x - 1]]  # (nb, J, B) copy
         cand += jc3
@@ -176,7 +184,9 @@ SEGMENT_DEFAULTS = {
 _cache: dict = {}
 
 
-def segment_cached(vol: np.ndarray, meta: dict | None = None, params: dict | None = None) -> Segmentation:
+def segment_cached(
+    vol: np.ndarray, meta: dict | None = None, params: dict | None = None
+) -> Segmentation:
     """:func:`segment`, remembering the last result in this process.
 
     Several algorithms (layers, signal, motion, centering) need the same
@@ -307,7 +317,9 @@ def segment(vol: np.ndarray, meta: dict | None = None, params: dict | None = Non
         return np.stack([np.interp(xs, xc, row) for row in line])
 
     def smooth_ref(line: np.ndarray) -> np.ndarray:
-        return np.rint(gaussian_filter1d(upsample(line.astype(float)), 4.0, axis=1, mode="nearest")).astype(np.int64)
+        return np.rint(
+            gaussian_filter1d(upsample(line.astype(float)), 4.0, axis=1, mode="nearest")
+        ).astype(np.int64)
 
     def fine(ref: np.ndarray, B: int, sign: float) -> tuple[np.ndarray, np.ndarray]:
         raw = _gather(vol, ref, B)
@@ -332,16 +344,28 @@ def segment(vol: np.ndarray, meta: dict | None = None, params: dict | None = Non
         # about half a pixel above the ILM on our synthetic data.)
         lin_band = raw
         if kind == "log8":
-            lin_band = np.power(np.float32(10.0), lin_band * np.float32(LOG8_DYNAMIC_RANGE_DB / 2550.0))
+            lin_band = np.power(
+                np.float32(10.0), lin_band * np.float32(LOG8_DYNAMIC_RANGE_DB / 2550.0)
+            )
         lin_band = gaussian_filter1d(lin_band, sz_fine, axis=1)
         if nx > 3:
             lin_band = gaussian_filter1d(lin_band, float(p["lateral_sigma_px"]), axis=2)
         gl = grad(lin_band)
-        near_l = np.stack([np.take_along_axis(gl, np.clip(o + d, 0, B - 1)[:, None, :], 1)[:, 0] for d in (-2, -1, 0, 1, 2)])
+        near_l = np.stack(
+            [
+                np.take_along_axis(gl, np.clip(o + d, 0, B - 1)[:, None, :], 1)[:, 0]
+                for d in (-2, -1, 0, 1, 2)
+            ]
+        )
         o_lin = np.clip(o + np.argmax(near_l, axis=0) - 2, 0, B - 1)
         pos = ref + o_lin + 0.5 + _subpixel(gl, o_lin)
         # strongest local edge within +-1 px of the path (step across 2 px)
-        near = np.stack([np.take_along_axis(g_local, np.clip(o + d, 0, B - 1)[:, None, :], 1)[:, 0] for d in (-1, 0, 1)])
+        near = np.stack(
+            [
+                np.take_along_axis(g_local, np.clip(o + d, 0, B - 1)[:, None, :], 1)[:, 0]
+                for d in (-1, 0, 1)
+            ]
+        )
         strength = near.max(axis=0) * 2.0
         return pos, strength
 
@@ -358,7 +382,19 @@ def segment(vol: np.ndarray, meta: dict | None = None, params: dict | None = Non
     typical_ilm = np.median(ilm_s)
     typical_bm = np.median(bm_s)
     r = float(p["confidence_ratio"])
-    confident = (ilm_s > r * max(typical_ilm, 1e-6)) & (bm_s > r * max(typical_bm, 1e-6)) & (bm - ilm >= min_ret / 2)
+    confident = (
+        (ilm_s > r * max(typical_ilm, 1e-6))
+        & (bm_s > r * max(typical_bm, 1e-6))
+        & (bm - ilm >= min_ret / 2)
+    )
     ilm_j = np.abs(np.diff(ilm, axis=1))
     bm_j = np.abs(np.diff(bm, axis=1))
-    return Segmentation(ilm=ilm, bm=bm, ilm_strength=ilm_s, bm_strength=bm_s, confident=confident, ilm_jumps=ilm_j, bm_jumps=bm_j)
+    return Segmentation(
+        ilm=ilm,
+        bm=bm,
+        ilm_strength=ilm_s,
+        bm_strength=bm_s,
+        confident=confident,
+        ilm_jumps=ilm_j,
+        bm_jumps=bm_j,
+    )

@@ -73,7 +73,9 @@ def compute(volume, meta, params, workdir):
         "pit_depth_um": {"value": depth, "unit": "um"},
     }
     if fb is None:
-        notes.append(f"no foveal pit found (depth {depth if depth is not None else 'n/a'} um < {p['min_pit_um']} um)")
+        notes.append(
+            f"no foveal pit found (depth {depth if depth is not None else 'n/a'} um < {p['min_pit_um']} um)"
+        )
         return {"kqis": kq, "notes": notes}
     ox = (fx - (nx - 1) / 2) * dx if dx else None
     oy = (fb - (nb - 1) / 2) * dy if dy else (0.0 if nb == 1 else None)
@@ -84,5 +86,7 @@ def compute(volume, meta, params, workdir):
     if ox is not None and oy is not None:
         kq["fovea_offset_mm"]["value"] = float(np.hypot(ox, oy))
     if nb == 1:
-        notes.append("a single B-scan: the fovea is located along it only (offset across B-scans taken as 0)")
+        notes.append(
+            "a single B-scan: the fovea is located along it only (offset across B-scans taken as 0)"
+        )
     return {"kqis": kq, "notes": notes}

@@ -35,7 +35,9 @@ def count_steps(ilm: np.ndarray, bm: np.ndarray, threshold: float, span: int) ->
     nb, nx = ilm.shape
     if nx <= span:
         return np.zeros(nb)
-    over = (np.abs(ilm[:, span:] - ilm[:, :-span]) > threshold) | (np.abs(bm[:, span:] - bm[:, :-span]) > threshold)
+    over = (np.abs(ilm[:, span:] - ilm[:, :-span]) > threshold) | (
+        np.abs(bm[:, span:] - bm[:, :-span]) > threshold
+    )
     starts = over & ~np.concatenate([np.zeros((nb, 1), bool), over[:, :-1]], axis=1)
     return starts.sum(axis=1).astype(float)
 
@@ -55,7 +57,9 @@ def compute(volume, meta, params, workdir):
     thick_med = median_filter(thick, size=(1, 5), mode="nearest") if nx >= 5 else thick
     mean_b = np.array([thick[b][conf[b]].mean() if conf[b].any() else np.nan for b in range(nb)])
     min_b = np.array([thick_med[b][conf[b]].min() if conf[b].any() else np.nan for b in range(nb)])
-    disc_b = count_steps(seg.ilm, seg.bm, float(p["discontinuity_px"]), int(p["discontinuity_span"]))
+    disc_b = count_steps(
+        seg.ilm, seg.bm, float(p["discontinuity_px"]), int(p["discontinuity_span"])
+    )
     if conf.any():
         t_mean, t_min = float(thick[conf].mean()), float(np.nanmin(min_b))
     else:
@@ -63,11 +67,20 @@ def compute(volume, meta, params, workdir):
         notes.append("no A-scan with a confident ILM and BM detection: thickness undefined")
 
     workdir = Path(workdir)
-    np.savez_compressed(workdir / "layers.npz", ilm=seg.ilm.astype(np.float32), bm=seg.bm.astype(np.float32),
-                        confident=conf, depth_um_per_px=np.float32(dz_um))
+    np.savez_compressed(
+        workdir / "layers.npz",
+        ilm=seg.ilm.astype(np.float32),
+        bm=seg.bm.astype(np.float32),
+        confident=conf,
+        depth_um_per_px=np.float32(dz_um),
+    )
     return {
         "kqis": {
-            "detection_fraction": {"value": float(conf.mean()), "unit": "fraction", "per_bscan": det_b},
+            "detection_fraction": {
+                "value": float(conf.mean()),
+                "unit": "fraction",
+                "per_bscan": det_b,
+            },
             "thickness_mean_um": {"value": t_mean, "unit": "um", "per_bscan": mean_b},
             "thickness_min_um": {"value": t_min, "unit": "um", "per_bscan": min_b},
             "discontinuities": {"value": float(disc_b.sum()), "unit": "count", "per_bscan": disc_b},

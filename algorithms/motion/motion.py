@@ -38,8 +38,15 @@ def adjacent_shifts(bm: np.ndarray, confident: np.ndarray, min_fraction: float =
     return out
 
 
-def refine_shifts(vol: np.ndarray, kind: str, bm: np.ndarray, coarse: np.ndarray, above_px: int, below_px: int,
-                  search: int = 2) -> np.ndarray:
+def refine_shifts(
+    vol: np.ndarray,
+    kind: str,
+    bm: np.ndarray,
+    coarse: np.ndarray,
+    above_px: int,
+    below_px: int,
+    search: int = 2,
+) -> np.ndarray:
     """Sub-pixel shifts by axial cross-correlation around the coarse estimate, (nb-1,)."""
     octseg = load_shared("octseg", __file__)
     from scipy.ndimage import gaussian_filter1d
@@ -85,7 +92,12 @@ def compute(volume, meta, params, workdir):
     unit = {"max_shift_um": "um", "mean_shift_um": "um", "jumps": "count"}
     if nb < 2:
         notes.append("a single B-scan: motion between B-scans cannot be measured")
-        return {"kqis": {k: {"value": None, "unit": u, "per_bscan": [None] * nb} for k, u in unit.items()}, "notes": notes}
+        return {
+            "kqis": {
+                k: {"value": None, "unit": u, "per_bscan": [None] * nb} for k, u in unit.items()
+            },
+            "notes": notes,
+        }
     seg = octseg.segment_cached(vol, meta, p)
     dz_um = octseg.depth_spacing_um(meta)
     coarse = adjacent_shifts(seg.bm, seg.confident)
@@ -94,19 +106,34 @@ def compute(volume, meta, params, workdir):
     shifts_um = shifts * dz_um
     ok = np.isfinite(shifts_um)
     if not ok.all():
-        notes.append(f"{int((~ok).sum())} of {nb - 1} B-scan pair(s) without enough confidently segmented A-scans: "
-                     "shift unknown (null)")
+        notes.append(
+            f"{int((~ok).sum())} of {nb - 1} B-scan pair(s) without enough confidently segmented A-scans: "
+            "shift unknown (null)"
+        )
     per = [None] + [float(abs(v)) if np.isfinite(v) else None for v in shifts_um]
     jumps = int(np.sum(np.abs(shifts_um[ok]) > float(p["jump_um"])))
     if not ok.any():
-        return {"kqis": {k: {"value": None, "unit": u, "per_bscan": per if k == "max_shift_um" else None}
-                         for k, u in unit.items()}, "notes": notes}
+        return {
+            "kqis": {
+                k: {"value": None, "unit": u, "per_bscan": per if k == "max_shift_um" else None}
+                for k, u in unit.items()
+            },
+            "notes": notes,
+        }
     return {
         "kqis": {
-            "max_shift_um": {"value": float(np.max(np.abs(shifts_um[ok]))), "unit": "um", "per_bscan": per},
+            "max_shift_um": {
+                "value": float(np.max(np.abs(shifts_um[ok]))),
+                "unit": "um",
+                "per_bscan": per,
+            },
             "mean_shift_um": {"value": float(np.mean(np.abs(shifts_um[ok]))), "unit": "um"},
             "jumps": {"value": float(jumps), "unit": "count"},
         },
         "notes": notes,
-        "info": {"shift_um": shifts_um.round(3).tolist(), "axial_profile_px": [0.0] + np.cumsum(np.nan_to_num(shifts)).round(3).tolist(), "depth_um_per_px": dz_um},
+        "info": {
+            "shift_um": shifts_um.round(3).tolist(),
+            "axial_profile_px": [0.0] + np.cumsum(np.nan_to_num(shifts)).round(3).tolist(),
+            "depth_um_per_px": dz_um,
+        },
     }

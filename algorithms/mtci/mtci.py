@@ -26,8 +26,14 @@ import numpy as np
 from qmroct.algorithms.shared import load_shared
 
 DEVICE_CN1B = {"cirrus": 0.40, "rtvue": 0.55, "spectralis": 0.45, "3d-oct-1000": 0.50}
-DEVICE_ALIASES = {"zeiss": "cirrus", "optovue": "rtvue", "heidelberg": "spectralis", "topcon": "3d-oct-1000",
-                  "3d oct-1000": "3d-oct-1000", "3d-oct": "3d-oct-1000"}
+DEVICE_ALIASES = {
+    "zeiss": "cirrus",
+    "optovue": "rtvue",
+    "heidelberg": "spectralis",
+    "topcon": "3d-oct-1000",
+    "3d oct-1000": "3d-oct-1000",
+    "3d-oct": "3d-oct-1000",
+}
 DEFAULT_CN1B = 0.45
 
 
@@ -84,10 +90,14 @@ def compute(volume, meta, params, workdir):
         cn1b, source = device_constant((meta or {}).get("device", ""))
         if cn1b is None:
             cn1b, source = DEFAULT_CN1B, "default"
-            notes.append(f"device {(meta or {}).get('device', '')!r} has no published cN1B; used {DEFAULT_CN1B} (Spectralis)")
+            notes.append(
+                f"device {(meta or {}).get('device', '')!r} has no published cN1B; used {DEFAULT_CN1B} (Spectralis)"
+            )
     kind = octseg.intensity_kind(meta)
     if kind != "linear":
-        notes.append(f"mTCI computed on {kind} intensities as stored; compare only with the same export type")
+        notes.append(
+            f"mTCI computed on {kind} intensities as stored; compare only with the same export type"
+        )
     per = []
     reasons = set()
     for b in range(vol.shape[0]):
@@ -96,11 +106,18 @@ def compute(volume, meta, params, workdir):
         if value is None:
             reasons.add(detail["reason"].split(" = ")[0])
     if reasons:
-        notes.append(f"mTCI undefined for {sum(v is None for v in per)} B-scan(s): " + "; ".join(sorted(reasons)))
+        notes.append(
+            f"mTCI undefined for {sum(v is None for v in per)} B-scan(s): "
+            + "; ".join(sorted(reasons))
+        )
     defined = [v for v in per if v is not None]
     return {
         "kqis": {
-            "mtci": {"value": float(np.median(defined)) if defined else None, "unit": "1", "per_bscan": per},
+            "mtci": {
+                "value": float(np.median(defined)) if defined else None,
+                "unit": "1",
+                "per_bscan": per,
+            },
             "mtci_min": {"value": float(min(defined)) if defined else None, "unit": "1"},
         },
         "notes": notes,

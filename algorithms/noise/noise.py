@@ -40,7 +40,9 @@ def tile_stats(vol: np.ndarray, tile_rows: int, tile_cols: int) -> tuple[np.ndar
     return mean, var
 
 
-def background(mean: np.ndarray, var: np.ndarray, n: int, low_fraction: float, k: float) -> np.ndarray:
+def background(
+    mean: np.ndarray, var: np.ndarray, n: int, low_fraction: float, k: float
+) -> np.ndarray:
     """Boolean (nb, n_tiles): tiles whose mean is within k standard errors of the lowest tiles."""
     nb, nt = mean.shape
     n_low = max(1, int(round(low_fraction * nt)))
@@ -57,16 +59,27 @@ def compute(volume, meta, params, workdir):
     octseg = load_shared("octseg", __file__)
     vol, notes = octseg.prepare(volume, meta)
     kind = octseg.intensity_kind(meta)
-    p = {"tile_rows": 16, "tile_cols": 32, "low_fraction": 0.1, "k": 4.0, "signal_percentile": 99.0,
-         "log_dynamic_range_db": 40.0, **(params or {})}
+    p = {
+        "tile_rows": 16,
+        "tile_cols": 32,
+        "low_fraction": 0.1,
+        "k": 4.0,
+        "signal_percentile": 99.0,
+        "log_dynamic_range_db": 40.0,
+        **(params or {}),
+    }
     note = None
     if kind == "log8":
         vol = np.power(np.float32(10.0), vol * np.float32(p["log_dynamic_range_db"] / 255.0 / 10.0))
-        note = (f"log8 input linearised with a {p['log_dynamic_range_db']} dB window: sigma and floor in relative "
-                "linear units; SNR comparable")
+        note = (
+            f"log8 input linearised with a {p['log_dynamic_range_db']} dB window: sigma and floor in relative "
+            "linear units; SNR comparable"
+        )
     elif kind == "rescaled100":
-        note = ("intensities were rescaled to 0-100 (e.g. oct-converter DICOM): sigma and floor are not in device "
-                "units and are quantisation-limited; SNR is indicative only")
+        note = (
+            "intensities were rescaled to 0-100 (e.g. oct-converter DICOM): sigma and floor are not in device "
+            "units and are quantisation-limited; SNR is indicative only"
+        )
     elif octseg.looks_rescaled100(vol, meta):
         note = octseg.RESCALED_NOTE
     if note:
@@ -90,7 +103,9 @@ def compute(volume, meta, params, workdir):
         signal = float(np.median(peak_b)) - floor
         snr = 20 * np.log10(signal / sigma) if sigma > 0 and signal > 0 else float("nan")
     if not np.isfinite(snr):
-        notes.append("SNR undefined: no signal above the noise floor or zero noise (blank or constant volume)")
+        notes.append(
+            "SNR undefined: no signal above the noise floor or zero noise (blank or constant volume)"
+        )
 
     def k(value, unit, per=None):
         d = {"value": value, "unit": unit, "per_bscan": per}

@@ -29,7 +29,9 @@ from scipy.ndimage import median_filter
 from qmroct.algorithms.shared import load_shared
 
 
-def band_signal(lin: np.ndarray, ilm: np.ndarray, bm: np.ndarray, band_px: int, floor: np.ndarray) -> np.ndarray:
+def band_signal(
+    lin: np.ndarray, ilm: np.ndarray, bm: np.ndarray, band_px: int, floor: np.ndarray
+) -> np.ndarray:
     """Mean intensity above the floor in rows [BM - band_px, BM) per A-scan, (nb, nx)."""
     nb, nz, nx = lin.shape
     top = np.clip(np.rint(bm).astype(np.int64) - band_px, 0, nz - 1)
@@ -39,7 +41,9 @@ def band_signal(lin: np.ndarray, ilm: np.ndarray, bm: np.ndarray, band_px: int, 
     return vals.mean(axis=1) - floor[:, None]
 
 
-def informed_snr_cnr(vol: np.ndarray, ilm: np.ndarray, bm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def informed_snr_cnr(
+    vol: np.ndarray, ilm: np.ndarray, bm: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Per B-scan SNR (dB) and CNR; foreground = pixel centres within [ILM, BM]."""
     nb, nz, nx = vol.shape
     n_all = float(nz * nx)
@@ -71,14 +75,22 @@ def informed_snr_cnr(vol: np.ndarray, ilm: np.ndarray, bm: np.ndarray) -> tuple[
 
 def compute(volume, meta, params, workdir):
     octseg = load_shared("octseg", __file__)
-    p = {"band_um": 45.0, "loss_ratio": 0.35, "reference_fraction": 0.25, "log_dynamic_range_db": 40.0, **(params or {})}
+    p = {
+        "band_um": 45.0,
+        "loss_ratio": 0.35,
+        "reference_fraction": 0.25,
+        "log_dynamic_range_db": 40.0,
+        **(params or {}),
+    }
     vol, notes = octseg.prepare(volume, meta)
     seg = octseg.segment_cached(vol, meta, p)
     kind = octseg.intensity_kind(meta)
     lin = vol
     if kind == "log8":
         lin = np.power(np.float32(10.0), vol * np.float32(p["log_dynamic_range_db"] / 255.0 / 10.0))
-        notes.append("log8 input linearised for the signal-loss band; SNR/CNR computed on the stored (log) values")
+        notes.append(
+            "log8 input linearised for the signal-loss band; SNR/CNR computed on the stored (log) values"
+        )
     nb, nz, nx = vol.shape
     dz_um = octseg.depth_spacing_um(meta)
     band_px = max(2, int(round(p["band_um"] / dz_um)))
@@ -97,20 +109,38 @@ def compute(volume, meta, params, workdir):
     lost = (s < r * local) | (s < r * vol_ref) | (s <= 0)
     if np.max(s) <= 0:
         notes.append("no signal above the noise floor anywhere: every A-scan counts as lost")
-    np.savez_compressed(Path(workdir) / "signal_loss.npz", lost=lost, band_signal=s.astype(np.float32))
+    np.savez_compressed(
+        Path(workdir) / "signal_loss.npz", lost=lost, band_signal=s.astype(np.float32)
+    )
 
     rescaled_note = None
     if kind == "rescaled100" or octseg.looks_rescaled100(vol, meta):
-        rescaled_note = "intensities rescaled to 0-100: SNR/CNR are quantisation-limited, not device values"
+        rescaled_note = (
+            "intensities rescaled to 0-100: SNR/CNR are quantisation-limited, not device values"
+        )
         notes.append(rescaled_note)
     snr_b, cnr_b = informed_snr_cnr(vol, seg.ilm, seg.bm)
     finite = np.isfinite(snr_b)
     if not finite.all():
-        notes.append(f"SNR/CNR undefined for {int((~finite).sum())} B-scan(s) (no retina or constant background)")
+        notes.append(
+            f"SNR/CNR undefined for {int((~finite).sum())} B-scan(s) (no retina or constant background)"
+        )
     kqis = {
-        "shadow_fraction": {"value": float(lost.mean()), "unit": "fraction", "per_bscan": lost.mean(axis=1)},
-        "snr_seg_db": {"value": float(np.median(snr_b[finite])) if finite.any() else None, "unit": "dB", "per_bscan": snr_b},
-        "cnr": {"value": float(np.median(cnr_b[finite])) if finite.any() else None, "unit": "1", "per_bscan": cnr_b},
+        "shadow_fraction": {
+            "value": float(lost.mean()),
+            "unit": "fraction",
+            "per_bscan": lost.mean(axis=1),
+        },
+        "snr_seg_db": {
+            "value": float(np.median(snr_b[finite])) if finite.any() else None,
+            "unit": "dB",
+            "per_bscan": snr_b,
+        },
+        "cnr": {
+            "value": float(np.median(cnr_b[finite])) if finite.any() else None,
+            "unit": "1",
+            "per_bscan": cnr_b,
+        },
     }
     if rescaled_note:
         kqis["snr_seg_db"]["note"] = kqis["cnr"]["note"] = rescaled_note

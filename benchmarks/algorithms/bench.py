@@ -47,19 +47,29 @@ ALGORITHMS = Path(__file__).resolve().parents[2] / "algorithms"
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--defects", default="shadow,motion,tilt", help="comma-separated synthetic defects")
+    ap.add_argument(
+        "--defects", default="shadow,motion,tilt", help="comma-separated synthetic defects"
+    )
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
     if hasattr(os, "sched_setaffinity"):
         cpu = sorted(os.sched_getaffinity(0))[0]
         os.sched_setaffinity(0, {cpu})
     defects = tuple(d for d in args.defects.split(",") if d)
-    vol, truth = generate_volume(SynthParams(n_bscans=49, depth=496, width=512, seed=1, looks=2, defects=defects))
+    vol, truth = generate_volume(
+        SynthParams(n_bscans=49, depth=496, width=512, seed=1, looks=2, defects=defects)
+    )
     tmp = Path(tempfile.mkdtemp(prefix="qmroct-bench-"))
     try:
         np.save(tmp / "volume.npy", vol)
-        meta = {"scan_id": "bench", "spacing_mm": truth.spacing_mm, "device": "Spectralis", "laterality": "OD",
-                "intensity": "linear", "shape": list(vol.shape)}
+        meta = {
+            "scan_id": "bench",
+            "spacing_mm": truth.spacing_mm,
+            "device": "Spectralis",
+            "laterality": "OD",
+            "intensity": "linear",
+            "shape": list(vol.shape),
+        }
         algos = {name: load_algorithm(name, [ALGORITHMS]) for name in SIX}
         rows = []
         os.environ["QMROCT_SEGMENT_CACHE"] = "0"
@@ -75,7 +85,9 @@ def main() -> int:
         os.environ["QMROCT_SEGMENT_CACHE"] = "1"
         together, together_cpu = [], []
         for _ in range(args.repeats):
-            for mod in [m for k, m in sys.modules.items() if k.startswith("_qmroct_shared_octseg_")]:
+            for mod in [
+                m for k, m in sys.modules.items() if k.startswith("_qmroct_shared_octseg_")
+            ]:
                 mod._cache.clear()
             t0, c0 = time.perf_counter(), time.process_time()
             for name, algo in algos.items():
@@ -87,23 +99,35 @@ def main() -> int:
     total_med = sum(r[1] for r in rows)
     total_min = sum(r[2] for r in rows)
     total_cpu = sum(r[3] for r in rows)
-    tog_med, tog_min, tog_cpu = statistics.median(together), min(together), statistics.median(together_cpu)
+    tog_med, tog_min, tog_cpu = (
+        statistics.median(together),
+        min(together),
+        statistics.median(together_cpu),
+    )
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     cpu_name = platform.processor() or platform.machine()
     if args.markdown:
-        print(f"Volume 49 x 496 x 512 float32 (defects: {', '.join(defects) or 'none'}), one core, "
-              f"{args.repeats} repeats, numpy {np.__version__}, Python {platform.python_version()}, {cpu_name}, "
-              f"load average at the end {load:.1f} on {os.cpu_count()} CPUs\n")
+        print(
+            f"Volume 49 x 496 x 512 float32 (defects: {', '.join(defects) or 'none'}), one core, "
+            f"{args.repeats} repeats, numpy {np.__version__}, Python {platform.python_version()}, {cpu_name}, "
+            f"load average at the end {load:.1f} on {os.cpu_count()} CPUs\n"
+        )
         print("| algorithm | wall median s | wall min s | CPU median s |\n|---|---:|---:|---:|")
         for name, med, mn, c in rows:
             print(f"| {name} (alone) | {med:.3f} | {mn:.3f} | {c:.3f} |")
         print(f"| sum of the six alone | {total_med:.3f} | {total_min:.3f} | {total_cpu:.3f} |")
-        print(f"| **all six together, one process (segmentation shared)** | **{tog_med:.3f}** | **{tog_min:.3f}** | **{tog_cpu:.3f}** |")
+        print(
+            f"| **all six together, one process (segmentation shared)** | **{tog_med:.3f}** | **{tog_min:.3f}** | **{tog_cpu:.3f}** |"
+        )
     else:
         for name, med, mn, c in rows:
             print(f"{name:10s} alone    wall median {med:.3f} s  min {mn:.3f} s  cpu {c:.3f} s")
-        print(f"{'sum alone':10s}          wall median {total_med:.3f} s  min {total_min:.3f} s  cpu {total_cpu:.3f} s")
-        print(f"{'together':10s}          wall median {tog_med:.3f} s  min {tog_min:.3f} s  cpu {tog_cpu:.3f} s (target <= 2 s)")
+        print(
+            f"{'sum alone':10s}          wall median {total_med:.3f} s  min {total_min:.3f} s  cpu {total_cpu:.3f} s"
+        )
+        print(
+            f"{'together':10s}          wall median {tog_med:.3f} s  min {tog_min:.3f} s  cpu {tog_cpu:.3f} s (target <= 2 s)"
+        )
         print(f"load average {load:.1f} on {os.cpu_count()} CPUs")
     return 0
 

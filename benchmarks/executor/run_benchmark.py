@@ -43,11 +43,28 @@ IMAGE = "155d900f-4e14-4e4c-a73d-069cbf4541e6"
 def start_cloud(tmp: Path, boot: float, delete: float, isolate: bool):
     ready = tmp / "ready.json"
     proc = subprocess.Popen(
-        [str(NOVA_PY), str(REPO / "tests/cloud/novacloud.py"), "--port", "0", "--ssh-port", "2222",
-         "--state-dir", str(tmp / "state"), "--ready-file", str(ready),
-         "--boot-delay", str(boot), "--delete-delay", str(delete), "--boot-from-request",
-         *(["--isolate"] if isolate else [])],
-        stdout=open(tmp / "cloud.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            str(NOVA_PY),
+            str(REPO / "tests/cloud/novacloud.py"),
+            "--port",
+            "0",
+            "--ssh-port",
+            "2222",
+            "--state-dir",
+            str(tmp / "state"),
+            "--ready-file",
+            str(ready),
+            "--boot-delay",
+            str(boot),
+            "--delete-delay",
+            str(delete),
+            "--boot-from-request",
+            *(["--isolate"] if isolate else []),
+        ],
+        stdout=open(tmp / "cloud.log", "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     t = time.time()
     while not ready.exists():
         if proc.poll() is not None or time.time() - t > 90:
@@ -56,28 +73,67 @@ def start_cloud(tmp: Path, boot: float, delete: float, isolate: bool):
     return proc, json.loads(ready.read_text())["endpoint"]
 
 
-def run_case(tmp: Path, endpoint: str, name: str, n: int, work: float, extra: list[str],
-             worker_bin: Path = SNAKEMAKE.parent) -> dict:
+def run_case(
+    tmp: Path,
+    endpoint: str,
+    name: str,
+    n: int,
+    work: float,
+    extra: list[str],
+    worker_bin: Path = SNAKEMAKE.parent,
+) -> dict:
     wd = tmp / name
     shutil.copytree(HERE / "workflow", wd)
     key = wd / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     (wd / "clouds.yaml").write_text(
         "clouds:\n  bench:\n    auth_type: admin_token\n    auth:\n"
-        f"      endpoint: {endpoint}\n      token: \"{name}:{name}\"\n")
+        f'      endpoint: {endpoint}\n      token: "{name}:{name}"\n'
+    )
     env = dict(os.environ, OS_CLIENT_CONFIG_FILE=str(wd / "clouds.yaml"))
-    args = [str(SNAKEMAKE), "-j", "500", "--latency-wait", "1", "--config", f"njobs={n}", f"work={work}",
-            "--executor", "openstack", "--openstack-cloud", "bench", "--openstack-image", IMAGE,
-            "--openstack-flavor", "m1.medium", "--openstack-network", "none",
-            "--openstack-keypair", "bench", "--openstack-private-key", str(key),
-            "--openstack-ssh-user", getpass.getuser(), "--openstack-ssh-port", "2222",
-            "--openstack-remote-path-prefix", str(worker_bin), "--openstack-max-servers", "4",
-            "--openstack-expected-boot-seconds", "13", "--openstack-status-log-interval", "10",
-            *extra]
+    args = [
+        str(SNAKEMAKE),
+        "-j",
+        "500",
+        "--latency-wait",
+        "1",
+        "--config",
+        f"njobs={n}",
+        f"work={work}",
+        "--executor",
+        "openstack",
+        "--openstack-cloud",
+        "bench",
+        "--openstack-image",
+        IMAGE,
+        "--openstack-flavor",
+        "m1.medium",
+        "--openstack-network",
+        "none",
+        "--openstack-keypair",
+        "bench",
+        "--openstack-private-key",
+        str(key),
+        "--openstack-ssh-user",
+        getpass.getuser(),
+        "--openstack-ssh-port",
+        "2222",
+        "--openstack-remote-path-prefix",
+        str(worker_bin),
+        "--openstack-max-servers",
+        "4",
+        "--openstack-expected-boot-seconds",
+        "13",
+        "--openstack-status-log-interval",
+        "10",
+        *extra,
+    ]
     load_start = os.getloadavg()[0]
     t0 = time.time()
     with open(wd / "run.log", "wb") as log:
-        rc = subprocess.run(args, cwd=wd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=3600).returncode
+        rc = subprocess.run(
+            args, cwd=wd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=3600
+        ).returncode
     wall = time.time() - t0
     if rc != 0:
         raise SystemExit(f"{name} failed, see {wd / 'run.log'}")
@@ -107,16 +163,30 @@ def main():
     ap.add_argument("--delete", type=float, default=12.0)
     ap.add_argument("--group-size", type=int, default=20)
     ap.add_argument("--skip-one-vm", action="store_true")
-    ap.add_argument("--pool-repeats", type=int, default=3,
-                    help="pool runs (about 50 s each); the median makespan is reported, every run is kept")
-    ap.add_argument("--compare-scheduler", action=argparse.BooleanOptionalAction, default=True,
-                    help="also run the pool once with the other scheduler (ilp vs greedy)")
-    ap.add_argument("--scheduler", default="greedy",
-                    help="Snakemake's job scheduler in the head and, through the job command, on the VMs "
-                         "(profiles/openstack sets greedy; 'ilp' solves an ILP per scheduling round)")
-    ap.add_argument("--shared-workers", action="store_true",
-                    help="fake VMs that share this machine's files and run the head's .venv "
-                         "(the setup before the VMs were isolated)")
+    ap.add_argument(
+        "--pool-repeats",
+        type=int,
+        default=3,
+        help="pool runs (about 50 s each); the median makespan is reported, every run is kept",
+    )
+    ap.add_argument(
+        "--compare-scheduler",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the pool once with the other scheduler (ilp vs greedy)",
+    )
+    ap.add_argument(
+        "--scheduler",
+        default="greedy",
+        help="Snakemake's job scheduler in the head and, through the job command, on the VMs "
+        "(profiles/openstack sets greedy; 'ilp' solves an ILP per scheduling round)",
+    )
+    ap.add_argument(
+        "--shared-workers",
+        action="store_true",
+        help="fake VMs that share this machine's files and run the head's .venv "
+        "(the setup before the VMs were isolated)",
+    )
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="smos-bench-"))
     worker_bin = SNAKEMAKE.parent
@@ -129,32 +199,64 @@ def main():
         root = os.environ.get("QMROCT_BENCH_WORKER_ROOT", "/opt/qmroct-bench-worker")
         worker_bin = build_worker_env(tmp / "worker-src", root=Path(root))
     proc, endpoint = start_cloud(tmp, a.boot, a.delete, isolate=not a.shared_workers)
-    res = {"params": vars(a), "slots": 8, "worker_python": str(worker_bin),
-           "load_1_5_15min_start": [round(x, 2) for x in os.getloadavg()]}
+    res = {
+        "params": vars(a),
+        "slots": 8,
+        "worker_python": str(worker_bin),
+        "load_1_5_15min_start": [round(x, 2) for x in os.getloadavg()],
+    }
     case = functools.partial(run_case, worker_bin=worker_bin)
     try:
         # the pool first and last (around the long one-VM case) so that load changes show
-        pool_runs = [case(tmp, endpoint, f"pool{i}", a.jobs, a.work,
-                              ["--group-components", f"batch={a.group_size}", "--scheduler", a.scheduler])
-                     for i in range(1, a.pool_repeats)]
+        pool_runs = [
+            case(
+                tmp,
+                endpoint,
+                f"pool{i}",
+                a.jobs,
+                a.work,
+                ["--group-components", f"batch={a.group_size}", "--scheduler", a.scheduler],
+            )
+            for i in range(1, a.pool_repeats)
+        ]
         if not a.skip_one_vm:
-            res["one_vm_per_job"] = case(tmp, endpoint, "onevm", a.jobs, a.work,
-                                             ["--openstack-max-jobs-per-server", "1"])
-        pool_runs.append(case(tmp, endpoint, f"pool{a.pool_repeats}", a.jobs, a.work,
-                                  ["--group-components", f"batch={a.group_size}", "--scheduler", a.scheduler]))
+            res["one_vm_per_job"] = case(
+                tmp, endpoint, "onevm", a.jobs, a.work, ["--openstack-max-jobs-per-server", "1"]
+            )
+        pool_runs.append(
+            case(
+                tmp,
+                endpoint,
+                f"pool{a.pool_repeats}",
+                a.jobs,
+                a.work,
+                ["--group-components", f"batch={a.group_size}", "--scheduler", a.scheduler],
+            )
+        )
         if a.compare_scheduler:
             # the same pool with Snakemake's default ILP scheduler, for the profile's choice of greedy
             other = "ilp" if a.scheduler == "greedy" else "greedy"
-            res[f"pool_{other}"] = case(tmp, endpoint, f"pool_{other}", a.jobs, a.work,
-                                            ["--group-components", f"batch={a.group_size}", "--scheduler", other])
+            res[f"pool_{other}"] = case(
+                tmp,
+                endpoint,
+                f"pool_{other}",
+                a.jobs,
+                a.work,
+                ["--group-components", f"batch={a.group_size}", "--scheduler", other],
+            )
         pool_runs.sort(key=lambda r: r["makespan_seconds"])
         res["pool"] = dict(pool_runs[len(pool_runs) // 2])  # the median run
         res["pool"]["all_makespans_seconds"] = [r["makespan_seconds"] for r in pool_runs]
         per_group_work = a.group_size * a.work / 2  # a group runs on the 2 cores of its VM
         res["pool"]["snakemake_startup_per_submission"] = round(
-            res["pool"]["mean_per_submission"]["run"] - per_group_work, 2)
-        res["pool"]["dispatch_overhead_per_submission"] = round(sum(
-            res["pool"]["mean_per_submission"].get(k, 0) for k in ("stage", "fetch", "cleanup")), 2)
+            res["pool"]["mean_per_submission"]["run"] - per_group_work, 2
+        )
+        res["pool"]["dispatch_overhead_per_submission"] = round(
+            sum(
+                res["pool"]["mean_per_submission"].get(k, 0) for k in ("stage", "fetch", "cleanup")
+            ),
+            2,
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
@@ -163,8 +265,12 @@ def main():
     res["pool_vs_lower_bound"] = round(res["pool"]["makespan_seconds"] / lb, 3)
     if "one_vm_per_job" in res:
         res["speedup_vs_one_vm_per_job"] = round(
-            res["one_vm_per_job"]["makespan_seconds"] / res["pool"]["makespan_seconds"], 2)
-    res["machine"] = {"nproc": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+            res["one_vm_per_job"]["makespan_seconds"] / res["pool"]["makespan_seconds"], 2
+        )
+    res["machine"] = {
+        "nproc": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
     # the 2 cores may be shared with other work (tests of other sessions): say how busy they were
     res["load_1_5_15min_end"] = [round(x, 2) for x in os.getloadavg()]
     (HERE / "results.json").write_text(json.dumps(res, indent=1))

@@ -41,9 +41,20 @@ BIN = Path(sys.executable).parent
 
 def build_archive(base: Path, sessions: int, scans: int) -> Path:
     subprocess.run(
-        [str(BIN / "qmroct"), "demo-archive", "--out", str(base / "demo"), "--sessions",
-         str(sessions), "--scans", str(scans), "--seed", "0"],
-        check=True, capture_output=True,
+        [
+            str(BIN / "qmroct"),
+            "demo-archive",
+            "--out",
+            str(base / "demo"),
+            "--sessions",
+            str(sessions),
+            "--scans",
+            str(scans),
+            "--seed",
+            "0",
+        ],
+        check=True,
+        capture_output=True,
     )
     return base / "demo" / "archive"
 
@@ -100,8 +111,11 @@ def together(base: Path, archive: Path) -> dict:
     shutil.rmtree(scratch, ignore_errors=True)
     del np
     per_scan = len(volumes) / len({p.parent.parent for p, _ in volumes})
-    return {"volumes": len(volumes), "cpu_per_session": statistics.mean(cpu) * per_scan,
-            "wall_per_session": statistics.mean(wall) * per_scan}
+    return {
+        "volumes": len(volumes),
+        "cpu_per_session": statistics.mean(cpu) * per_scan,
+        "wall_per_session": statistics.mean(wall) * per_scan,
+    }
 
 
 def workflow(work: Path, cores: int, sessions: int, repo: Path) -> dict:
@@ -109,20 +123,29 @@ def workflow(work: Path, cores: int, sessions: int, repo: Path) -> dict:
     cpu_log = work / "cpu.jsonl"
     # another checkout's qmroct (--repo, a before/after comparison) ahead of the installed one
     pythonpath = [str(HOOK)] + ([str(repo / "src")] if repo != REPO else [])
-    env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}",
-               PYTHONPATH=os.pathsep.join(
-                   filter(None, [*pythonpath, os.environ.get("PYTHONPATH")])),
-               QMROCT_BENCH_CPU_LOG=str(cpu_log))
+    env = dict(
+        os.environ,
+        PATH=f"{BIN}:{os.environ.get('PATH', '')}",
+        PYTHONPATH=os.pathsep.join(filter(None, [*pythonpath, os.environ.get("PYTHONPATH")])),
+        QMROCT_BENCH_CPU_LOG=str(cpu_log),
+    )
     log = open(work / "snakemake.out", "w")
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", str(cores), "--nocolor"],
-                            cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "--cores", str(cores), "--nocolor"],
+        cwd=work,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     log.close()
     if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"workflow failed, see {work / 'snakemake.out'}:\n"
-                           + (work / "snakemake.out").read_text()[-3000:])
+        raise RuntimeError(
+            f"workflow failed, see {work / 'snakemake.out'}:\n"
+            + (work / "snakemake.out").read_text()[-3000:]
+        )
     kqi_files = list((work / "results" / "kqi").rglob("*.json"))
     assert len(kqi_files) == sessions * len(SIX), f"{len(kqi_files)} KQI files"
     by_kind: dict[str, list[float]] = defaultdict(list)
@@ -133,9 +156,13 @@ def workflow(work: Path, cores: int, sessions: int, repo: Path) -> dict:
         else:
             by_kind[rec["kind"]].append(rec["self_cpu_s"] + rec["children_cpu_s"])
     total = usage.ru_utime + usage.ru_stime
-    return {"cpu_total": total, "wall_total": wall, "cpu_per_session": total / sessions,
-            "wall_per_session": wall / sessions,
-            "profile": {k: (len(v), sum(v)) for k, v in sorted(by_kind.items())}}
+    return {
+        "cpu_total": total,
+        "wall_total": wall,
+        "cpu_per_session": total / sessions,
+        "wall_per_session": wall / sessions,
+        "profile": {k: (len(v), sum(v)) for k, v in sorted(by_kind.items())},
+    }
 
 
 def main() -> int:
@@ -143,9 +170,13 @@ def main() -> int:
     ap.add_argument("--sessions", type=int, default=50)
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--scans", type=int, default=1, help="scans per session (make demo: 6 x 2)")
-    ap.add_argument("--repo", type=Path, default=REPO,
-                    help="checkout whose workflow and qmroct to run in (b), e.g. an export of the "
-                    "previous commit (git archive) for a before/after figure")
+    ap.add_argument(
+        "--repo",
+        type=Path,
+        default=REPO,
+        help="checkout whose workflow and qmroct to run in (b), e.g. an export of the "
+        "previous commit (git archive) for a before/after figure",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (printed)")
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="qmroct-throughput-"))
@@ -163,17 +194,24 @@ def main() -> int:
             print(f"kept {base}")
     n = args.sessions
     ratio = wf["cpu_per_session"] / tog["cpu_per_session"]
-    print(f"{n} sessions, {args.scans} 49x496x512 scan(s) each; snakemake --cores {args.cores}; "
-          f"load average before {load_before[0]:.1f}/{load_before[1]:.1f}, "
-          f"after {load_after[0]:.1f}/{load_after[1]:.1f} (1/5 min) on {os.cpu_count()} CPUs\n")
+    print(
+        f"{n} sessions, {args.scans} 49x496x512 scan(s) each; snakemake --cores {args.cores}; "
+        f"load average before {load_before[0]:.1f}/{load_before[1]:.1f}, "
+        f"after {load_after[0]:.1f}/{load_after[1]:.1f} (1/5 min) on {os.cpu_count()} CPUs\n"
+    )
     print("| what | CPU per session (s) | wall per session (s) |\n|---|---:|---:|")
-    print(f"| (a) six algorithms together, one process | {tog['cpu_per_session']:.2f} "
-          f"| {tog['wall_per_session']:.2f} |")
-    print(f"| (b) workflow, snakemake --cores {args.cores} (total / sessions) "
-          f"| {wf['cpu_per_session']:.2f} | {wf['wall_per_session']:.2f} |")
+    print(
+        f"| (a) six algorithms together, one process | {tog['cpu_per_session']:.2f} "
+        f"| {tog['wall_per_session']:.2f} |"
+    )
+    print(
+        f"| (b) workflow, snakemake --cores {args.cores} (total / sessions) "
+        f"| {wf['cpu_per_session']:.2f} | {wf['wall_per_session']:.2f} |"
+    )
     print(f"| **ratio (b) / (a)** | **{ratio:.2f}** (target <= 1.5) | |\n")
-    print(f"Where (b)'s {wf['cpu_total']:.1f} s of CPU went "
-          "(processes, CPU incl. their children):\n")
+    print(
+        f"Where (b)'s {wf['cpu_total']:.1f} s of CPU went (processes, CPU incl. their children):\n"
+    )
     print("| job kind | processes | CPU s | CPU per session s | share |\n|---|---:|---:|---:|---:|")
     counted = 0.0
     for kind, (count, cpu) in sorted(wf["profile"].items(), key=lambda kv: -kv[1][1]):
@@ -182,9 +220,11 @@ def main() -> int:
     rest = wf["cpu_total"] - counted
     # measured apart: a Python process with numpy/scipy loaded uses 0.05-0.1 s after its last
     # exit hook (module teardown), unless it ends through qmroct.job_exit
-    print(f"| not attributed: interpreters' teardown after the exit hook, bash wrappers "
-          f"| | {rest:.1f} | {rest / n:.3f} "
-          f"| {rest / wf['cpu_total']:.0%} |")
+    print(
+        f"| not attributed: interpreters' teardown after the exit hook, bash wrappers "
+        f"| | {rest:.1f} | {rest / n:.3f} "
+        f"| {rest / wf['cpu_total']:.0%} |"
+    )
     return 0
 
 

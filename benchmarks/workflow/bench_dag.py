@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 ALGORITHMS = ["layers", "noise"]
 
-BARE_SNAKEFILE = r'''
+BARE_SNAKEFILE = r"""
 import csv
 
 ALGORITHMS = ["layers", "noise"]
@@ -113,7 +113,7 @@ rule report:
         html="results/report/index.html",
     shell:
         "touch {output}"
-'''
+"""
 
 
 def make_archive(root: Path, n: int) -> None:
@@ -124,13 +124,16 @@ def make_archive(root: Path, n: int) -> None:
         session = root / "DEMO" / "subjects" / subject / "experiments" / label
         files = session / "scans" / "1" / "resources" / "DICOM" / "files"
         files.mkdir(parents=True, exist_ok=True)
-        (session / "session.json").write_text(json.dumps({"label": label, "ID": label, "subject": subject}))
+        (session / "session.json").write_text(
+            json.dumps({"label": label, "ID": label, "subject": subject})
+        )
         (session / "scans" / "1" / "scan.json").write_text(json.dumps({"ID": "1", "type": "OCT"}))
         (files / f"{label}.dcm").write_bytes(label.encode() * 8)
 
 
 def make_outputs(workdir: Path, pairs: list[tuple[str, str]]) -> None:
     """Every output of the workflow, created in dependency order (older inputs first)."""
+
     def touch(path: Path, directory: bool = False) -> None:
         if directory:
             path.mkdir(parents=True, exist_ok=True)
@@ -168,7 +171,10 @@ def snakemake(workdir: Path, *args: str) -> tuple[float, str, float]:
     start, cpu = time.perf_counter(), _children_cpu()
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", "1", "--nocolor", *args],
-        cwd=workdir, capture_output=True, text=True, env=env,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     elapsed, cpu = time.perf_counter() - start, _children_cpu() - cpu
     if proc.returncode != 0:
@@ -245,11 +251,15 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    print(f"load average at the start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
-          "medians of "
-          f"{args.repeats}; wall s (CPU s = user+sys of snakemake and its children)\n")
-    print("| sessions | jobs | qmroct -n | bare -n | ratio wall (CPU) "
-          "| qmroct no-op | bare no-op | ratio wall (CPU) | load at end |")
+    print(
+        f"load average at the start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
+        "medians of "
+        f"{args.repeats}; wall s (CPU s = user+sys of snakemake and its children)\n"
+    )
+    print(
+        "| sessions | jobs | qmroct -n | bare -n | ratio wall (CPU) "
+        "| qmroct no-op | bare no-op | ratio wall (CPU) | load at end |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for n in args.sessions:
         r = measure(n, args.repeats)
@@ -261,6 +271,7 @@ def main() -> None:
             f"| {r['noop_ratio']} ({r['noop_cpu_ratio']}) | {r['load']:.1f} |",
             flush=True,
         )
+
 
 if __name__ == "__main__":
     main()

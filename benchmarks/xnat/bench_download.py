@@ -70,12 +70,15 @@ def raw_server(files: dict[str, Path]) -> ThreadingHTTPServer:
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Raw)
     httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    ).start()
     return httpd
 
 
-def raw_fetch_parallel(port: int, names: list[str], dest: Path, chunk: int, threads: int,
-                       md5: bool = False) -> int:
+def raw_fetch_parallel(
+    port: int, names: list[str], dest: Path, chunk: int, threads: int, md5: bool = False
+) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
     groups = [names[i::threads] for i in range(threads)]
@@ -106,15 +109,23 @@ def raw_fetch(port: int, names: list[str], dest: Path, chunk: int, md5: bool = F
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     # 256 MiB: one measurement lasts 0.15 to 1 s, so a scheduler hiccup of the
     # shared machine does not decide it
     parser.add_argument("--mib", type=int, default=256, help="session size in MiB")
     parser.add_argument("--files", type=int, default=8, help="number of files (2 per scan)")
     parser.add_argument("--repeat", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=2, help="parallel downloads (qmroct's download_threads)")
-    parser.add_argument("--chunk", type=int, default=None,
-                        help="client read size in bytes, both clients (default: the backend's chunk_size)")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="parallel downloads (qmroct's download_threads)"
+    )
+    parser.add_argument(
+        "--chunk",
+        type=int,
+        default=None,
+        help="client read size in bytes, both clients (default: the backend's chunk_size)",
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="qmroct-bench-"))
@@ -141,7 +152,9 @@ def main() -> None:
             for i in range(args.files):
                 scan = str(i // 2 + 1)
                 if i % 2 == 0:
-                    exp.scan(scan).create(scans="xnat:optScanData", **{"xnat:optScanData/type": "OCT"})
+                    exp.scan(scan).create(
+                        scans="xnat:optScanData", **{"xnat:optScanData/type": "OCT"}
+                    )
                 src = work / f"src_{i}.dcm"
                 with open(src, "wb") as fh:
                     for _ in range(size // len(block)):
@@ -151,26 +164,43 @@ def main() -> None:
                 src.unlink()
             intf._http.close()
 
-            archive = XnatArchive(server=server.url, projects=["BENCH"], chunk_size=args.chunk,
-                                  download_threads=args.threads)
+            archive = XnatArchive(
+                server=server.url,
+                projects=["BENCH"],
+                chunk_size=args.chunk,
+                download_threads=args.threads,
+            )
             session = archive.discover(["BENCH"])[0]
             total = sum(f.size for s in session.scans for f in s.files)
             # the raw server serves the very files the XNAT server stores
             files = {}
             for row in server.store.q("SELECT resource_id, path FROM files"):
-                files[f"{row['resource_id']}/{row['path']}"] = server.store.file_path(row["resource_id"], row["path"])
+                files[f"{row['resource_id']}/{row['path']}"] = server.store.file_path(
+                    row["resource_id"], row["path"]
+                )
             raw = raw_server(files)
             # the same session with the digests blanked: size check only (shows what MD5 costs)
             from dataclasses import replace
 
-            unhashed = replace(session, scans=tuple(replace(sc, files=tuple(replace(f, checksum="") for f in sc.files))
-                                                    for sc in session.scans))
-            results = {"xnat": [], "raw": [], "raw_parallel": [], "xnat_no_md5": [], "raw_parallel_md5": []}
+            unhashed = replace(
+                session,
+                scans=tuple(
+                    replace(sc, files=tuple(replace(f, checksum="") for f in sc.files))
+                    for sc in session.scans
+                ),
+            )
+            results = {
+                "xnat": [],
+                "raw": [],
+                "raw_parallel": [],
+                "xnat_no_md5": [],
+                "raw_parallel_md5": [],
+            }
             cpu = {kind: [] for kind in results}
             kinds = list(results)
             load_start = os.getloadavg()  # the machine is shared: say how busy it was
             for rep in range(args.repeat):
-                for kind in kinds[rep % len(kinds):] + kinds[:rep % len(kinds)]:
+                for kind in kinds[rep % len(kinds) :] + kinds[: rep % len(kinds)]:
                     dest = work / f"out-{kind}-{rep}"
                     dest.mkdir()
                     start, cpu_start = time.perf_counter(), time.process_time()
@@ -180,8 +210,14 @@ def main() -> None:
                     elif kind == "raw":
                         nbytes = raw_fetch(raw.server_address[1], sorted(files), dest, args.chunk)
                     else:
-                        nbytes = raw_fetch_parallel(raw.server_address[1], sorted(files), dest, args.chunk,
-                                                    args.threads, md5=kind == "raw_parallel_md5")
+                        nbytes = raw_fetch_parallel(
+                            raw.server_address[1],
+                            sorted(files),
+                            dest,
+                            args.chunk,
+                            args.threads,
+                            md5=kind == "raw_parallel_md5",
+                        )
                     seconds = time.perf_counter() - start
                     # client and both servers live in this process: its CPU time is the
                     # whole transfer's, and unlike MB/s it hardly moves with the machine's load
@@ -190,8 +226,19 @@ def main() -> None:
                     mbps = nbytes / seconds / 1e6
                     results[kind].append(mbps)
                     cpu[kind].append(cpu_ns)
-                    print(json.dumps({"kind": kind, "rep": rep, "bytes": nbytes, "seconds": round(seconds, 3),
-                                      "MB_per_s": round(mbps, 1), "cpu_ns_per_byte": round(cpu_ns, 2)}), flush=True)
+                    print(
+                        json.dumps(
+                            {
+                                "kind": kind,
+                                "rep": rep,
+                                "bytes": nbytes,
+                                "seconds": round(seconds, 3),
+                                "MB_per_s": round(mbps, 1),
+                                "cpu_ns_per_byte": round(cpu_ns, 2),
+                            }
+                        ),
+                        flush=True,
+                    )
                     shutil.rmtree(dest)
             raw.shutdown()
             raw.server_close()
@@ -204,24 +251,44 @@ def main() -> None:
             md5_mb = len(sample) / (time.perf_counter() - start) / 1e6
             pairs = [x / r for x, r in zip(results["xnat"], results["raw"], strict=True)]
             pairs_p = [x / r for x, r in zip(results["xnat"], results["raw_parallel"], strict=True)]
-            print(json.dumps({"summary": True, "session_MiB": args.mib, "files": args.files, "chunk": args.chunk,
-                              "repeat": args.repeat, "threads": args.threads,
-                              "xnat_MB_per_s_median": round(xnat_mb, 1),
-                              "raw_MB_per_s_median": round(raw_mb, 1),
-                              "raw_parallel_MB_per_s_median": round(rawp_mb, 1),
-                              "ratio_vs_raw": round(xnat_mb / raw_mb, 3),
-                              "paired_ratio_vs_raw_median": round(statistics.median(pairs), 3),
-                              "ratio_vs_raw_parallel": round(xnat_mb / rawp_mb, 3),
-                              "paired_ratio_vs_raw_parallel_median": round(statistics.median(pairs_p), 3),
-                              "xnat_no_md5_MB_per_s_median": round(statistics.median(results["xnat_no_md5"]), 1),
-                              "raw_parallel_md5_MB_per_s_median": round(statistics.median(results["raw_parallel_md5"]),
-                                                                        1),
-                              "ratio_vs_raw_parallel_md5": round(
-                                  xnat_mb / statistics.median(results["raw_parallel_md5"]), 3),
-                              "md5_MB_per_s_one_core": round(md5_mb, 1),
-                              "cpu_ns_per_byte_median": {k: round(statistics.median(v), 2) for k, v in cpu.items()},
-                              "load_average_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
-                              "target_ratio": 0.5}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "summary": True,
+                        "session_MiB": args.mib,
+                        "files": args.files,
+                        "chunk": args.chunk,
+                        "repeat": args.repeat,
+                        "threads": args.threads,
+                        "xnat_MB_per_s_median": round(xnat_mb, 1),
+                        "raw_MB_per_s_median": round(raw_mb, 1),
+                        "raw_parallel_MB_per_s_median": round(rawp_mb, 1),
+                        "ratio_vs_raw": round(xnat_mb / raw_mb, 3),
+                        "paired_ratio_vs_raw_median": round(statistics.median(pairs), 3),
+                        "ratio_vs_raw_parallel": round(xnat_mb / rawp_mb, 3),
+                        "paired_ratio_vs_raw_parallel_median": round(statistics.median(pairs_p), 3),
+                        "xnat_no_md5_MB_per_s_median": round(
+                            statistics.median(results["xnat_no_md5"]), 1
+                        ),
+                        "raw_parallel_md5_MB_per_s_median": round(
+                            statistics.median(results["raw_parallel_md5"]), 1
+                        ),
+                        "ratio_vs_raw_parallel_md5": round(
+                            xnat_mb / statistics.median(results["raw_parallel_md5"]), 3
+                        ),
+                        "md5_MB_per_s_one_core": round(md5_mb, 1),
+                        "cpu_ns_per_byte_median": {
+                            k: round(statistics.median(v), 2) for k, v in cpu.items()
+                        },
+                        "load_average_start_end": [
+                            round(load_start[0], 2),
+                            round(os.getloadavg()[0], 2),
+                        ],
+                        "target_ratio": 0.5,
+                    }
+                ),
+                flush=True,
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

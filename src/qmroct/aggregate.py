@@ -16,7 +16,19 @@ import pandas as pd
 
 from qmroct.config import Study
 
-TIDY_COLUMNS = ["project", "subject", "session", "scan", "algorithm", "version", "kqi", "value", "unit", "status", "error"]
+TIDY_COLUMNS = [
+    "project",
+    "subject",
+    "session",
+    "scan",
+    "algorithm",
+    "version",
+    "kqi",
+    "value",
+    "unit",
+    "status",
+    "error",
+]
 
 
 def tidy_rows(result: dict[str, Any], declared_kqis: dict[str, str]) -> Iterable[dict[str, Any]]:
@@ -32,7 +44,14 @@ def tidy_rows(result: dict[str, Any], declared_kqis: dict[str, str]) -> Iterable
     }
     if not result["scans"]:
         for kqi, unit in declared_kqis.items():
-            yield base | {"scan": "", "kqi": kqi, "value": np.nan, "unit": unit, "status": "failed", "error": result.get("error")}
+            yield base | {
+                "scan": "",
+                "kqi": kqi,
+                "value": np.nan,
+                "unit": unit,
+                "status": "failed",
+                "error": result.get("error"),
+            }
     for scan in result["scans"]:
         names = dict(declared_kqis)
         names.update({k: v.get("unit", "") for k, v in scan.get("kqis", {}).items()})
@@ -44,7 +63,9 @@ def tidy_rows(result: dict[str, Any], declared_kqis: dict[str, str]) -> Iterable
                 "kqi": kqi,
                 "value": float(value) if value is not None else np.nan,
                 "unit": unit,
-                "status": "ok" if ok and value is not None else ("failed" if not ok else "undefined"),
+                "status": "ok"
+                if ok and value is not None
+                else ("failed" if not ok else "undefined"),
                 "error": scan.get("error") if not ok else None,
             }
 
@@ -57,7 +78,9 @@ def tidy_table(result_paths: Iterable[Path], declared: dict[str, dict[str, str]]
         rows.extend(tidy_rows(result, declared.get(result["algorithm"]["name"], {})))
     table = pd.DataFrame(rows, columns=TIDY_COLUMNS)
     table["value"] = table["value"].astype(float)
-    return table.sort_values(["project", "session", "scan", "algorithm", "kqi"], kind="stable").reset_index(drop=True)
+    return table.sort_values(
+        ["project", "session", "scan", "algorithm", "kqi"], kind="stable"
+    ).reset_index(drop=True)
 
 
 def study_table(tidy: pd.DataFrame, study: Study) -> pd.DataFrame:
@@ -78,11 +101,15 @@ def study_table(tidy: pd.DataFrame, study: Study) -> pd.DataFrame:
         table[column] = series
         table[criterion.text] = [criterion.evaluate(v) for v in series]
         verdicts.append(criterion.text)
+
     def overall(row: pd.Series) -> str:
         results = set(row[verdicts])
         return "fail" if "fail" in results else ("missing" if "missing" in results else "pass")
+
     table["overall"] = table.apply(overall, axis=1) if len(table) else pd.Series(dtype=str)
-    table["quality"] = table["overall"].map({"pass": "usable", "fail": "unusable", "missing": "questionable"})
+    table["quality"] = table["overall"].map(
+        {"pass": "usable", "fail": "unusable", "missing": "questionable"}
+    )
     return table
 
 

@@ -96,7 +96,9 @@ class Assessment:
     version: str
     code_checksum: str
     status: str  # "ok", "partial" or "failed"
-    scans: list[dict[str, Any]]  # [{"scan": id, "status": ..., "error": ..., "kqis": {name: {"value", "unit"}}}]
+    scans: list[
+        dict[str, Any]
+    ]  # [{"scan": id, "status": ..., "error": ..., "kqis": {name: {"value", "unit"}}}]
     provenance: dict[str, Any] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)  # resource file name -> local path
     date: str = ""  # ISO date of the computation (provenance, not content)
@@ -109,8 +111,9 @@ class Assessment:
         return assessment_label(self.session_label, self.algorithm, version)
 
     @classmethod
-    def from_result(cls, result: dict[str, Any], files: dict[str, Path] | None = None,
-                    versioned: bool = False) -> "Assessment":
+    def from_result(
+        cls, result: dict[str, Any], files: dict[str, Path] | None = None, versioned: bool = False
+    ) -> "Assessment":
         """Build from a KQI result document (see qmroct.results)."""
         session = result["session"]
         algorithm = result["algorithm"]
@@ -129,7 +132,10 @@ class Assessment:
                     "scan": s["scan"],
                     "status": s["status"],
                     "error": s.get("error"),
-                    "kqis": {k: {"value": v.get("value"), "unit": v.get("unit", "")} for k, v in s.get("kqis", {}).items()},
+                    "kqis": {
+                        k: {"value": v.get("value"), "unit": v.get("unit", "")}
+                        for k, v in s.get("kqis", {}).items()
+                    },
                 }
                 for s in result.get("scans", [])
             ],
@@ -174,7 +180,9 @@ class Assessment:
         )
         if _DATE.match(self.date or ""):
             ET.SubElement(root, x("date")).text = self.date
-        ET.SubElement(root, x("note")).text = f"qmroct {self.algorithm} {self.version}: {self.status}"
+        ET.SubElement(
+            root, x("note")
+        ).text = f"qmroct {self.algorithm} {self.version}: {self.status}"
         fields = ET.SubElement(root, x("fields"))
         for name, value in (
             ("qmroct_algorithm", self.algorithm),
@@ -189,11 +197,19 @@ class Assessment:
         scans = ET.SubElement(root, x("scans"))
         for scan in self.scans:
             scan_el = ET.SubElement(scans, x("scan"), {"id": str(scan["scan"])})
-            stats = ET.SubElement(scan_el, x("scanStatistics"), {f"{{{XSI_NS}}}type": "xnat:statisticsData"})
+            stats = ET.SubElement(
+                scan_el, x("scanStatistics"), {f"{{{XSI_NS}}}type": "xnat:statisticsData"}
+            )
             for name, kqi in sorted(scan["kqis"].items()):
                 value = kqi.get("value")
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                    ET.SubElement(stats, x("additionalStatistics"), {"name": name}).text = repr(float(value))
+                if (
+                    isinstance(value, (int, float))
+                    and not isinstance(value, bool)
+                    and math.isfinite(value)
+                ):
+                    ET.SubElement(stats, x("additionalStatistics"), {"name": name}).text = repr(
+                        float(value)
+                    )
             ET.SubElement(stats, x("addField"), {"name": "status"}).text = scan["status"]
             if scan.get("error"):
                 ET.SubElement(stats, x("addField"), {"name": "error"}).text = str(scan["error"])
@@ -225,7 +241,13 @@ class Assessment:
         ).text = f"qmroct:{self.algorithm}"
         ET.SubElement(step, p("timestamp")).text = timestamp
         ET.SubElement(step, p("user")).text = str(prov.get("user") or "qmroct")
-        ET.SubElement(step, p("machine")).text = str(prov.get("host") or prov.get("machine") or "unknown")
+        ET.SubElement(step, p("machine")).text = str(
+            prov.get("host") or prov.get("machine") or "unknown"
+        )
         platform = str(prov.get("platform") or "unknown")
-        ET.SubElement(step, p("platform"), {"version": str(prov.get("python") or "")}).text = platform
-        ET.SubElement(step, p("library"), {"version": str(prov.get("qmroct_version") or "")}).text = "qmroct"
+        ET.SubElement(
+            step, p("platform"), {"version": str(prov.get("python") or "")}
+        ).text = platform
+        ET.SubElement(
+            step, p("library"), {"version": str(prov.get("qmroct_version") or "")}
+        ).text = "qmroct"

@@ -1,15 +1,15 @@
 """``qmroct``: the command line for people (the workflow itself runs with ``snakemake``).
 
-    qmroct demo-archive --out demo --sessions 8 --seed 0    build the embedded demo archive
-    qmroct check-config config.yaml                          validate a config without running
-    qmroct discover config.yaml                              list sessions as the workflow would
-    qmroct algorithm new|test|list NAME                      write and try an algorithm (docs/algorithms.md)
-    qmroct kqi SCAN... [--algorithm NAME]                    KQIs of any scan file, outside the workflow
-    qmroct cloud reap [--dry-run]                            delete VMs of crashed runs (docs/openstack.md)
-    qmroct watch [--interval 300] [--once] [-- SNAKEMAKE ARGS]  run the workflow when the archive changes
-    qmroct runs | qmroct status                              run history; health for monitoring (docs/operations.md)
-    qmroct freeze NAME [--study S]                           freeze results as a citable crate
-    qmroct rerun frozen/NAME [--sessions N]                  recompute a frozen set and compare
+qmroct demo-archive --out demo --sessions 8 --seed 0    build the embedded demo archive
+qmroct check-config config.yaml                          validate a config without running
+qmroct discover config.yaml                              list sessions as the workflow would
+qmroct algorithm new|test|list NAME                      write and try an algorithm (docs/algorithms.md)
+qmroct kqi SCAN... [--algorithm NAME]                    KQIs of any scan file, outside the workflow
+qmroct cloud reap [--dry-run]                            delete VMs of crashed runs (docs/openstack.md)
+qmroct watch [--interval 300] [--once] [-- SNAKEMAKE ARGS]  run the workflow when the archive changes
+qmroct runs | qmroct status                              run history; health for monitoring (docs/operations.md)
+qmroct freeze NAME [--study S]                           freeze results as a citable crate
+qmroct rerun frozen/NAME [--sessions N]                  recompute a frozen set and compare
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ def _shape(text: str) -> tuple[int, int, int]:
     except ValueError:
         parts = ()
     if len(parts) != 3 or min(parts) < 1:
-        raise argparse.ArgumentTypeError(f"expected BSCANSxDEPTHxWIDTH such as 49x496x512, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected BSCANSxDEPTHxWIDTH such as 49x496x512, got {text!r}"
+        )
     return parts  # type: ignore[return-value]
 
 
@@ -46,7 +48,9 @@ def cmd_demo_archive(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"qmroct demo-archive: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {len(labels)} sessions to {Path(args.out) / 'archive'} (ground truth in {Path(args.out) / 'truth'})")
+    print(
+        f"wrote {len(labels)} sessions to {Path(args.out) / 'archive'} (ground truth in {Path(args.out) / 'truth'})"
+    )
     return 0
 
 
@@ -54,8 +58,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from qmroct.config import load_settings
 
     settings = load_settings(args.config)
-    print(f"{args.config}: OK ({len(settings.algorithms)} algorithms: {', '.join(sorted(settings.algorithms))}; "
-          f"{len(settings.studies)} studies)")
+    print(
+        f"{args.config}: OK ({len(settings.algorithms)} algorithms: {', '.join(sorted(settings.algorithms))}; "
+        f"{len(settings.studies)} studies)"
+    )
     return 0
 
 
@@ -68,8 +74,12 @@ def cmd_discover(args: argparse.Namespace) -> int:
     config = yaml.safe_load(Path(args.config).read_text())
     validate_schema(config)
     for session in vetted_sessions(config):
-        row = {"session": session.key, "subject": session.subject, "scans": len(session.scans),
-               "fingerprint": session.fingerprint}
+        row = {
+            "session": session.key,
+            "subject": session.subject,
+            "scans": len(session.scans),
+            "fingerprint": session.fingerprint,
+        }
         # the reasons the run would record as failed rows, said before any run
         scan_problems = {scan.id: scan.problem for scan in session.scans if scan.problem}
         if session.problem:
@@ -84,8 +94,11 @@ def cmd_cloud_reap(reap_args: list[str]) -> int:
     try:
         from snakemake_executor_plugin_openstack.reaper import main as reap_main
     except ImportError:
-        print("qmroct: error: the OpenStack executor plugin is not installed "
-              "(pip install ./snakemake-executor-plugin-openstack)", file=sys.stderr)
+        print(
+            "qmroct: error: the OpenStack executor plugin is not installed "
+            "(pip install ./snakemake-executor-plugin-openstack)",
+            file=sys.stderr,
+        )
         return 2
     return reap_main(reap_args)
 
@@ -101,8 +114,13 @@ def cmd_watch(args: argparse.Namespace) -> int:
         raise ValueError("--interval and --max-backoff must be positive (seconds)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s qmroct watch: %(message)s")
     os.chdir(args.directory)
-    options = WatchOptions(interval=args.interval, once=args.once, max_backoff=args.max_backoff,
-                           configfile=Path(args.configfile), snakemake_args=list(args.snakemake_args))
+    options = WatchOptions(
+        interval=args.interval,
+        once=args.once,
+        max_backoff=args.max_backoff,
+        configfile=Path(args.configfile),
+        snakemake_args=list(args.snakemake_args),
+    )
     if args.snakemake:
         options.snakemake = shlex.split(args.snakemake)
     return watch(options)
@@ -113,7 +131,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     runs = list_runs(Path(args.directory))
     if args.last:
-        runs = runs[-args.last:]
+        runs = runs[-args.last :]
     if args.json:
         print(json.dumps(runs, indent=1))
     elif runs:
@@ -132,21 +150,39 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qmroct", description="Quality management for retinal OCT archives.")
+    parser = argparse.ArgumentParser(
+        prog="qmroct", description="Quality management for retinal OCT archives."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo-archive", help="build a synthetic directory archive with ground truth beside it")
-    demo.add_argument("--out", default="demo", help="folder to create (archive/ and truth/ go inside)")
+    demo = sub.add_parser(
+        "demo-archive", help="build a synthetic directory archive with ground truth beside it"
+    )
+    demo.add_argument(
+        "--out", default="demo", help="folder to create (archive/ and truth/ go inside)"
+    )
     demo.add_argument("--sessions", type=int, default=8, help="number of sessions")
     demo.add_argument("--seed", type=int, default=0, help="random seed (same seed, same archive)")
     demo.add_argument("--project", default="DEMO", help="project name")
-    demo.add_argument("--shape", type=_shape, default=(49, 496, 512), help="BSCANSxDEPTHxWIDTH (default 49x496x512)")
+    demo.add_argument(
+        "--shape",
+        type=_shape,
+        default=(49, 496, 512),
+        help="BSCANSxDEPTHxWIDTH (default 49x496x512)",
+    )
     demo.add_argument("--scans", type=int, default=2, help="scans per session (alternating OD/OS)")
-    demo.add_argument("--start", type=int, default=1, help="index of the first session to write, 1-based, two visits per subject "
-                      "(index 7 is SUBJ004_V1); to extend an archive, one past the last index in use")
+    demo.add_argument(
+        "--start",
+        type=int,
+        default=1,
+        help="index of the first session to write, 1-based, two visits per subject "
+        "(index 7 is SUBJ004_V1); to extend an archive, one past the last index in use",
+    )
     demo.set_defaults(func=cmd_demo_archive)
 
-    check = sub.add_parser("check-config", help="validate a config file and the algorithms it declares")
+    check = sub.add_parser(
+        "check-config", help="validate a config file and the algorithms it declares"
+    )
     check.add_argument("config", nargs="?", default="config.yaml")
     check.set_defaults(func=cmd_check_config)
 
@@ -169,21 +205,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="delete servers left by crashed runs (two-pass, only this tool's servers); --dry-run lists them",
         add_help=False,
     )
-    reap.add_argument("reap_args", nargs=argparse.REMAINDER, help="options of snakemake-openstack-reap (see --help)")
+    reap.add_argument(
+        "reap_args",
+        nargs=argparse.REMAINDER,
+        help="options of snakemake-openstack-reap (see --help)",
+    )
     reap.set_defaults(func=lambda args: cmd_cloud_reap(args.reap_args))
 
     watch = sub.add_parser(
-        "watch", help="poll the archive; run the workflow when it changed (docs/operations.md)",
+        "watch",
+        help="poll the archive; run the workflow when it changed (docs/operations.md)",
         description="Arguments after -- go to snakemake unchanged (default: --cores all), "
-                    "e.g. qmroct watch -- --profile openstack")
-    watch.add_argument("--interval", type=float, default=300.0, help="seconds between polls (default 300)")
-    watch.add_argument("--once", action="store_true", help="one check and at most one run (for cron)")
-    watch.add_argument("--max-backoff", type=float, default=3600.0,
-                       help="longest wait between polls of an unreachable archive (default 3600 s)")
+        "e.g. qmroct watch -- --profile openstack",
+    )
+    watch.add_argument(
+        "--interval", type=float, default=300.0, help="seconds between polls (default 300)"
+    )
+    watch.add_argument(
+        "--once", action="store_true", help="one check and at most one run (for cron)"
+    )
+    watch.add_argument(
+        "--max-backoff",
+        type=float,
+        default=3600.0,
+        help="longest wait between polls of an unreachable archive (default 3600 s)",
+    )
     watch.add_argument("--configfile", default="config.yaml", help="the config the workflow uses")
     watch.add_argument("--directory", "-d", default=".", help="the workflow folder (default: here)")
-    watch.add_argument("--snakemake", default=None,
-                       help="command that starts snakemake (default: this Python's -m snakemake)")
+    watch.add_argument(
+        "--snakemake",
+        default=None,
+        help="command that starts snakemake (default: this Python's -m snakemake)",
+    )
     watch.add_argument("snakemake_args", nargs="*", help="after --: arguments for snakemake")
     watch.set_defaults(func=cmd_watch)
 
@@ -194,12 +247,20 @@ def build_parser() -> argparse.ArgumentParser:
     runs.set_defaults(func=cmd_runs)
 
     status = sub.add_parser(
-        "status", help="last run, next poll, open failures; exit 0 healthy, 1 failures, 2 not watching")
-    status.add_argument("--max-age", type=float, default=None,
-                        help="for cron (watch --once): healthy if the last check is at most this many "
-                             "seconds old, even though no watcher is running")
+        "status",
+        help="last run, next poll, open failures; exit 0 healthy, 1 failures, 2 not watching",
+    )
+    status.add_argument(
+        "--max-age",
+        type=float,
+        default=None,
+        help="for cron (watch --once): healthy if the last check is at most this many "
+        "seconds old, even though no watcher is running",
+    )
     status.add_argument("--json", action="store_true", help="machine-readable")
-    status.add_argument("--directory", "-d", default=".", help="the workflow folder (default: here)")
+    status.add_argument(
+        "--directory", "-d", default=".", help="the workflow folder (default: here)"
+    )
     status.set_defaults(func=cmd_status)
 
     return parser

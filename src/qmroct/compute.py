@@ -30,6 +30,7 @@ from typing import Any
 import qmroct
 from qmroct.algorithms.manifest import code_files
 from qmroct.archive.base import Archive, Session
+
 # write_json_atomic re-exported: qmroct.provenance still imports it from here
 from qmroct.fileio import now_iso, write_json_atomic  # noqa: F401
 from qmroct.provenance.identity import algorithm_environment, git_state
@@ -91,13 +92,24 @@ def compute_session(
     t0 = time.monotonic()
     staged = stage_session(scratch_root, session, archive)
     extras_dir.mkdir(parents=True, exist_ok=True)
-    files_by_scan = {s.id: [{"name": f.name, "size": f.size, "checksum": f.checksum} for f in s.files] for s in session.scans}
+    files_by_scan = {
+        s.id: [{"name": f.name, "size": f.size, "checksum": f.checksum} for f in s.files]
+        for s in session.scans
+    }
     scans = []
     for scan in session.scans:
-        entry: dict[str, Any] = {"scan": scan.id, "type": scan.type, "files": files_by_scan[scan.id], "kqis": {}, "error": None}
+        entry: dict[str, Any] = {
+            "scan": scan.id,
+            "type": scan.type,
+            "files": files_by_scan[scan.id],
+            "kqis": {},
+            "error": None,
+        }
         item = staged.get(scan.id)
         if item is None or item.error:
-            entry.update(status="failed", error=f"scan not readable: {item.error if item else 'not staged'}")
+            entry.update(
+                status="failed", error=f"scan not readable: {item.error if item else 'not staged'}"
+            )
             scans.append(entry)
             continue
         workdir = Path(tempfile.mkdtemp(prefix=f"{algo.name}-{scan.id}-", dir=scratch_root))
@@ -111,7 +123,9 @@ def compute_session(
                 )
             _log_output(algo.name, scan.id, output.get("output", ""))
             entry["kqis"] = output["kqis"]
-            entry["extra_files"] = _keep_extras(output.get("files", []), workdir, extras_dir / scan.id)
+            entry["extra_files"] = _keep_extras(
+                output.get("files", []), workdir, extras_dir / scan.id
+            )
             entry["status"] = "ok"
         except AlgorithmFailure as exc:
             _log_output(algo.name, scan.id, exc.output)
@@ -182,7 +196,12 @@ def _log_output(name: str, scan_id: str, text: str) -> None:
     if text:
         log.info(
             "output of %s on scan %s:\n%s\n--- end of the output of %s on scan %s ---",
-            name, scan_id, text.rstrip("\n"), name, scan_id, extra=LOG_FILE_ONLY,
+            name,
+            scan_id,
+            text.rstrip("\n"),
+            name,
+            scan_id,
+            extra=LOG_FILE_ONLY,
         )
 
 

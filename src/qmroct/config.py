@@ -76,8 +76,9 @@ def validate_schema(config: dict[str, Any]) -> None:
         raise ConfigError(f"config.yaml: {exc}") from None
 
 
-def check_config(config: dict[str, Any], workflow_dir: Path | str = ".",
-                 workdir: Path | str | None = None) -> Settings:
+def check_config(
+    config: dict[str, Any], workflow_dir: Path | str = ".", workdir: Path | str | None = None
+) -> Settings:
     """Semantic checks after the schema; returns Settings with algorithms loaded.
 
     ``workdir`` is where snakemake runs (relative paths in the config are
@@ -104,7 +105,9 @@ def check_config(config: dict[str, Any], workflow_dir: Path | str = ".",
 
             here = Path(workdir) if workdir is not None else Path.cwd()
             try:
-                folder = pinned_folder(algo.path, str(pin), here / (config.get("cache_dir") or ".qmroct"))
+                folder = pinned_folder(
+                    algo.path, str(pin), here / (config.get("cache_dir") or ".qmroct")
+                )
             except PinError as exc:
                 raise ConfigError(
                     f"config.yaml: algorithms/{name}/version: pinned {pin!r} but {name}'s manifest says "
@@ -125,9 +128,15 @@ def check_config(config: dict[str, Any], workflow_dir: Path | str = ".",
     for name, study in (config.get("studies") or {}).items():
         texts = list(study.get("criteria") or [])
         if study.get("default_thresholds"):
-            texts += [f"{a}.{kqi} {rule}" for a, algo in sorted(algorithms.items()) for kqi, rule in algo.thresholds.items()]
+            texts += [
+                f"{a}.{kqi} {rule}"
+                for a, algo in sorted(algorithms.items())
+                for kqi, rule in algo.thresholds.items()
+            ]
         if not texts:
-            raise ConfigError(f"config.yaml: studies/{name}: no criteria (and no default thresholds in the declared algorithms)")
+            raise ConfigError(
+                f"config.yaml: studies/{name}: no criteria (and no default thresholds in the declared algorithms)"
+            )
         try:
             criteria = [parse_criterion(text, kqis) for text in texts]
         except CriterionError as exc:
@@ -135,10 +144,20 @@ def check_config(config: dict[str, Any], workflow_dir: Path | str = ".",
         projects = study.get("projects") or list(config["projects"])
         unknown = sorted(set(projects) - set(config["projects"]))
         if unknown:
-            raise ConfigError(f"config.yaml: studies/{name}/projects: {', '.join(unknown)} not in the configured projects")
+            raise ConfigError(
+                f"config.yaml: studies/{name}/projects: {', '.join(unknown)} not in the configured projects"
+            )
         if study.get("set_scan_quality") and config["archive"]["backend"] != "xnat":
-            raise ConfigError(f"config.yaml: studies/{name}/set_scan_quality: needs the xnat archive backend")
-        studies[name] = Study(name, criteria, projects, study.get("description", ""), bool(study.get("set_scan_quality")))
+            raise ConfigError(
+                f"config.yaml: studies/{name}/set_scan_quality: needs the xnat archive backend"
+            )
+        studies[name] = Study(
+            name,
+            criteria,
+            projects,
+            study.get("description", ""),
+            bool(study.get("set_scan_quality")),
+        )
     return Settings(raw=config, algorithms=algorithms, studies=studies)
 
 
@@ -162,16 +181,21 @@ def _check_paths(config: dict[str, Any], workdir: Path, workflow_dir: Path) -> N
 
     archive = config["archive"]
     try:
-        check_scratch_dir(config.get("scratch_dir", "scratch"), workdir,
-                          archive.get("path") if archive.get("backend") == "directory" else None,
-                          also_not=(workflow_dir,))
+        check_scratch_dir(
+            config.get("scratch_dir", "scratch"),
+            workdir,
+            archive.get("path") if archive.get("backend") == "directory" else None,
+            also_not=(workflow_dir,),
+        )
     except ScratchError as exc:
         raise ConfigError(str(exc)) from None
     for project in config["projects"]:
         # a project is a wildcard value of every rule: Snakemake refuses periodic ones
         if is_periodic(project):
-            raise ConfigError(f"config.yaml: projects: {project!r} ends in a repeated pattern, "
-                              "which Snakemake cannot take as a wildcard value")
+            raise ConfigError(
+                f"config.yaml: projects: {project!r} ends in a repeated pattern, "
+                "which Snakemake cannot take as a wildcard value"
+            )
 
 
 def load_settings(path: Path | str, workflow_dir: Path | str | None = None) -> Settings:

@@ -31,8 +31,20 @@ from qmroct.archive import archive_for
 from qmroct.archive.base import Scan, Session
 from qmroct.paths import UnsafePath, check_label, check_relative, path_segment
 
-INDEX_COLUMNS = ["project", "subject", "session", "session_id", "scan", "type", "file", "size",
-                 "checksum", "fingerprint", "path_key", "problem"]
+INDEX_COLUMNS = [
+    "project",
+    "subject",
+    "session",
+    "session_id",
+    "scan",
+    "type",
+    "file",
+    "size",
+    "checksum",
+    "fingerprint",
+    "path_key",
+    "problem",
+]
 # XNAT's label characters, plus dots after the first
 SCAN_ID = re.compile(r"[A-z0-9_-][A-z0-9_.-]{0,99}")
 
@@ -81,8 +93,10 @@ def _mark_duplicates(sessions: list[Session]) -> list[Session]:
     out = []
     for s in sessions:
         if counts[s.key] > 1:
-            reason = (f"session label {s.label!r} is used by {counts[s.key]} sessions of project "
-                      f"{s.project} (XNAT labels are unique per project)")
+            reason = (
+                f"session label {s.label!r} is used by {counts[s.key]} sessions of project "
+                f"{s.project} (XNAT labels are unique per project)"
+            )
             key = path_segment("\0".join([s.label, s.subject, s.id]), limit=0)
             s = replace(s, problem=s.problem or reason, path_key=key)
         out.append(s)

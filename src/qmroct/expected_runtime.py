@@ -51,8 +51,9 @@ def measured_seconds(results_root: Path, algorithm: str, sample: int = SAMPLE) -
     return found
 
 
-def expected_runtime_s(algorithm: str, manifest_runtime_s: float,
-                       results_root: str | Path = "results/kqi") -> int:
+def expected_runtime_s(
+    algorithm: str, manifest_runtime_s: float, results_root: str | Path = "results/kqi"
+) -> int:
     """Whole seconds (Snakemake resources are integers), at least 1."""
     measured = measured_seconds(Path(results_root), algorithm)
     seconds = statistics.median(measured) if measured else float(manifest_runtime_s)

@@ -45,8 +45,9 @@ def check_label(kind: str, value: str) -> None:
     """Raise UnsafePath unless ``value`` is a label or ID XNAT itself would accept."""
     if not isinstance(value, str) or not XNAT_LABEL.fullmatch(value):
         shown = repr(value)[:80]
-        raise UnsafePath(f"{kind} {shown} is not a valid XNAT label "
-                         "(letters, digits, _ and - only)")
+        raise UnsafePath(
+            f"{kind} {shown} is not a valid XNAT label (letters, digits, _ and - only)"
+        )
 
 
 def is_periodic(value: str) -> bool:

@@ -34,7 +34,9 @@ def _img(src: str, alt: str, width: int | None = None) -> str:
     return f'<img src="{src}" alt="{html.escape(alt)}"{size}>'
 
 
-def distribution_plots(tidy: pd.DataFrame, thresholds: dict[str, list[tuple[str, float]]]) -> list[tuple[str, str]]:
+def distribution_plots(
+    tidy: pd.DataFrame, thresholds: dict[str, list[tuple[str, float]]]
+) -> list[tuple[str, str]]:
     """One figure per algorithm: a histogram per KQI."""
     import matplotlib
 
@@ -51,15 +53,20 @@ def distribution_plots(tidy: pd.DataFrame, thresholds: dict[str, list[tuple[str,
         for ax, kqi in zip(axes.flat, kqis, strict=False):  # the grid may have spare axes
             values = group.loc[group["kqi"] == kqi, "value"].dropna()
             unit = group.loc[group["kqi"] == kqi, "unit"].iloc[0]
-            ax.hist(values, bins=min(30, max(5, len(values) // 2)), color="#4a7ab5", edgecolor="white")
+            ax.hist(
+                values, bins=min(30, max(5, len(values) // 2)), color="#4a7ab5", edgecolor="white"
+            )
             for text, threshold in thresholds.get(f"{algorithm}.{kqi}", []):
                 ax.axvline(threshold, color="#c0392b", ls="--", lw=1)
                 ax.text(threshold, ax.get_ylim()[1] * 0.9, f" {text}", color="#c0392b", fontsize=7)
             ax.set_title(f"{kqi}" + (f" [{unit}]" if unit else ""), fontsize=9)
             ax.tick_params(labelsize=7)
-        for ax in list(axes.flat)[len(kqis):]:
+        for ax in list(axes.flat)[len(kqis) :]:
             ax.set_axis_off()
-        fig.suptitle(f"{algorithm}: distribution over {group['scan'].size // max(1, len(kqis))} scans", fontsize=10)
+        fig.suptitle(
+            f"{algorithm}: distribution over {group['scan'].size // max(1, len(kqis))} scans",
+            fontsize=10,
+        )
         fig.tight_layout()
         figures.append((algorithm, _png(fig)))
     return figures
@@ -91,7 +98,10 @@ def pass_rate_plot(studies: dict[str, pd.DataFrame]) -> str | None:
 
 
 def worst_scans(
-    studies: dict[str, pd.DataFrame], criteria: dict[str, list[tuple[str, str, float]]], tidy: pd.DataFrame, limit: int
+    studies: dict[str, pd.DataFrame],
+    criteria: dict[str, list[tuple[str, str, float]]],
+    tidy: pd.DataFrame,
+    limit: int,
 ) -> pd.DataFrame:
     """Scans ranked by how many study criteria they miss plus how many algorithms failed on them."""
     keys = ["project", "subject", "session", "scan"]
@@ -106,9 +116,15 @@ def worst_scans(
                     reasons.setdefault(key, []).append(f"{name}: {text} ({row[text]}, {shown})")
     failed = tidy[tidy["status"] == "failed"].drop_duplicates(keys + ["algorithm"])
     for row in failed.to_dict("records"):
-        reasons.setdefault(tuple(row[k] for k in keys), []).append(f"{row['algorithm']} failed: {row['error']}")
+        reasons.setdefault(tuple(row[k] for k in keys), []).append(
+            f"{row['algorithm']} failed: {row['error']}"
+        )
     ranked = pd.DataFrame(
-        [dict(zip(keys, key, strict=True)) | {"failed": len(v), "reasons": "; ".join(dict.fromkeys(v))} for key, v in reasons.items()],
+        [
+            dict(zip(keys, key, strict=True))
+            | {"failed": len(v), "reasons": "; ".join(dict.fromkeys(v))}
+            for key, v in reasons.items()
+        ],
         columns=keys + ["failed", "reasons"],
     )
     ranked = ranked.sort_values(["failed"] + keys, ascending=[False] + [True] * len(keys))
@@ -140,7 +156,9 @@ def render_report(
 
     n_sessions = tidy[["project", "session"]].drop_duplicates().shape[0]
     n_scans = tidy[tidy["scan"] != ""][["project", "session", "scan"]].drop_duplicates().shape[0]
-    failures = tidy[tidy["status"] == "failed"].drop_duplicates(["project", "session", "scan", "algorithm"])
+    failures = tidy[tidy["status"] == "failed"].drop_duplicates(
+        ["project", "session", "scan", "algorithm"]
+    )
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>qmroct quality report</title>",
         "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}"
@@ -171,7 +189,9 @@ def render_report(
             usable = (table["overall"] == "pass").sum()
             parts.append(
                 f"<h3>{html.escape(name)}: {usable} of {len(table)} scans usable</h3>"
-                "<table><tr><th>criterion</th><th>pass</th><th>fail</th><th>missing</th></tr>" + "".join(rows) + "</table>"
+                "<table><tr><th>criterion</th><th>pass</th><th>fail</th><th>missing</th></tr>"
+                + "".join(rows)
+                + "</table>"
             )
     else:
         parts.append("<p>No studies declared in config.yaml.</p>")
@@ -185,7 +205,15 @@ def render_report(
         for row in worst.itertuples(index=False):
             key = path_keys.get((row.project, row.session)) or path_segment(row.session)
             thumb = thumbnails_dir / row.project / key / f"{row.scan}.png"
-            picture = _img("data:image/png;base64," + base64.b64encode(thumb.read_bytes()).decode(), f"{row.session} scan {row.scan}", 320) if thumb.is_file() else "<p>(no thumbnail: scan not readable)</p>"
+            picture = (
+                _img(
+                    "data:image/png;base64," + base64.b64encode(thumb.read_bytes()).decode(),
+                    f"{row.session} scan {row.scan}",
+                    320,
+                )
+                if thumb.is_file()
+                else "<p>(no thumbnail: scan not readable)</p>"
+            )
             parts.append(
                 f"<div class='card'>{picture}<br><b>{html.escape(row.project)}/{html.escape(row.session)} scan {html.escape(str(row.scan))}</b>"
                 f"<br><span class='fail'>{html.escape(row.reasons)}</span></div>"
@@ -203,7 +231,9 @@ def render_report(
     if failures.empty:
         parts.append("<p>None.</p>")
     else:
-        parts.append("<table><tr><th>project</th><th>session</th><th>scan</th><th>algorithm</th><th>reason</th></tr>")
+        parts.append(
+            "<table><tr><th>project</th><th>session</th><th>scan</th><th>algorithm</th><th>reason</th></tr>"
+        )
         for row in failures.itertuples(index=False):
             parts.append(
                 f"<tr><td>{html.escape(row.project)}</td><td>{html.escape(row.session)}</td><td>{html.escape(str(row.scan))}</td>"

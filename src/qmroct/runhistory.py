@@ -463,6 +463,7 @@ def write_pages(run_id: str, root: Path = Path(".")) -> None:
         + "</tr>"
         for f in failures
     )
+
     def field(key: str) -> str:
         return html.escape(str(summary.get(key, "?")))
 
@@ -559,7 +560,9 @@ def runs_table(runs: list[dict[str, Any]]) -> str:
             ]
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
 
 
 def _minutes(start: str | None, end: str | None) -> str:

@@ -85,8 +85,9 @@ def claim(run_dir: Path | str, owner: Owner | None = None) -> Path:
         run_dir.mkdir(mode=0o700)
     except FileExistsError:
         if run_dir.is_symlink() or not (run_dir / MARKER).is_file():
-            raise ScratchError(f"{run_dir} exists and is not a qmroct run folder; "
-                               "not using it") from None
+            raise ScratchError(
+                f"{run_dir} exists and is not a qmroct run folder; not using it"
+            ) from None
         return run_dir
     owner = owner or _owner_for(run_dir)
     tmp = run_dir / f"{MARKER}.{os.getpid()}.tmp"
@@ -100,7 +101,7 @@ def _owner_for(run_dir: Path) -> Owner:
     alive here (the snakemake process that chose the name), else this process."""
     name = run_dir.name
     if name.startswith(RUN_PREFIX):
-        pid_text = name[len(RUN_PREFIX):].split("-", 1)[0]
+        pid_text = name[len(RUN_PREFIX) :].split("-", 1)[0]
         if pid_text.isdigit() and _process_start(int(pid_text)):
             return Owner.current(int(pid_text))
     return Owner.current()
@@ -161,8 +162,12 @@ def sweep_stale(scratch_root: Path | str) -> list[Path]:
     return removed
 
 
-def check_scratch_dir(scratch_dir: str, workdir: Path | str, archive_path: Path | str | None = None,
-                      also_not: tuple[Path | str, ...] = ()) -> Path:
+def check_scratch_dir(
+    scratch_dir: str,
+    workdir: Path | str,
+    archive_path: Path | str | None = None,
+    also_not: tuple[Path | str, ...] = (),
+) -> Path:
     """The resolved scratch folder, or ScratchError saying why it must not be used.
 
     Relative paths are relative to ``workdir`` (where snakemake runs);
@@ -179,8 +184,10 @@ def check_scratch_dir(scratch_dir: str, workdir: Path | str, archive_path: Path 
         raise ScratchError(f"{where} is your home folder or contains it")
     for folder in (workdir, *(Path(p).resolve() for p in also_not)):
         if scratch == folder or folder.is_relative_to(scratch):
-            raise ScratchError(f"{where} is the working directory or contains it; "
-                               "use a subfolder such as 'scratch'")
+            raise ScratchError(
+                f"{where} is the working directory or contains it; "
+                "use a subfolder such as 'scratch'"
+            )
     if archive_path is not None:
         archive = (workdir / Path(archive_path).expanduser()).resolve()
         if scratch == archive or scratch.is_relative_to(archive) or archive.is_relative_to(scratch):

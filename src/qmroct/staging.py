@@ -108,14 +108,22 @@ def _stage(directory: Path, session: Session, archive: Archive) -> None:
             index[scan.id] = {"error": f"unsafe path: {exc}"}
             continue
         except ScanError as exc:
-            index[scan.id] = {"error": exc.reason if not paths else str(exc).replace(str(raw) + "/", "")}
+            index[scan.id] = {
+                "error": exc.reason if not paths else str(exc).replace(str(raw) + "/", "")
+            }
             continue
         volume.save(target, scan.id)
         index[scan.id] = {"volume": f"{target.name}/volume.npy", "meta": volume.meta(scan.id)}
     shutil.rmtree(raw)  # the raw files are not needed once decoded
     (directory / "staged.json").write_text(json.dumps(index, indent=1))
     readable = sum("volume" in entry for entry in index.values())
-    log.info("staged session %s: %d of %d scans readable (%.1f s)", session.key, readable, len(index), time.monotonic() - started)
+    log.info(
+        "staged session %s: %d of %d scans readable (%.1f s)",
+        session.key,
+        readable,
+        len(index),
+        time.monotonic() - started,
+    )
 
 
 def _read_scan_files(scan_id: str, paths: list[Path]) -> Volume:

@@ -12,8 +12,17 @@ import operator
 import re
 from dataclasses import dataclass
 
-OPERATORS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq, "!=": operator.ne}
-_CRITERION = re.compile(r"^\s*(?:([a-z][a-z0-9_]*)\.)?([A-Za-z][\w]*)\s*(>=|<=|==|!=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+OPERATORS = {
+    ">=": operator.ge,
+    "<=": operator.le,
+    ">": operator.gt,
+    "<": operator.lt,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+_CRITERION = re.compile(
+    r"^\s*(?:([a-z][a-z0-9_]*)\.)?([A-Za-z][\w]*)\s*(>=|<=|==|!=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$"
+)
 
 
 class CriterionError(ValueError):
@@ -50,11 +59,17 @@ def parse_criterion(text: str, kqis_by_algorithm: dict[str, set[str]]) -> Criter
         if not owners:
             raise CriterionError(f"criterion {text!r}: no declared algorithm has a KQI {kqi!r}")
         if len(owners) > 1:
-            raise CriterionError(f"criterion {text!r}: KQI {kqi!r} is ambiguous ({', '.join(owners)}); write <algorithm>.{kqi}")
+            raise CriterionError(
+                f"criterion {text!r}: KQI {kqi!r} is ambiguous ({', '.join(owners)}); write <algorithm>.{kqi}"
+            )
         algorithm = owners[0]
     elif algorithm not in kqis_by_algorithm:
-        raise CriterionError(f"criterion {text!r}: algorithm {algorithm!r} is not declared in config.yaml")
+        raise CriterionError(
+            f"criterion {text!r}: algorithm {algorithm!r} is not declared in config.yaml"
+        )
     elif kqi not in kqis_by_algorithm[algorithm]:
         known = ", ".join(sorted(kqis_by_algorithm[algorithm]))
-        raise CriterionError(f"criterion {text!r}: algorithm {algorithm!r} has no KQI {kqi!r} (it has: {known})")
+        raise CriterionError(
+            f"criterion {text!r}: algorithm {algorithm!r} has no KQI {kqi!r} (it has: {known})"
+        )
     return Criterion(algorithm, kqi, op, float(number), text.strip())

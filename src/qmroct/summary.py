@@ -37,11 +37,15 @@ def summarise_session(session: Session, result_paths: list[Path]) -> dict[str, A
         }
         for r, p in zip(results, result_paths, strict=True)
     }
-    scans: dict[str, dict[str, Any]] = {s.id: {"scan": s.id, "type": s.type, "kqis": {}, "errors": {}} for s in session.scans}
+    scans: dict[str, dict[str, Any]] = {
+        s.id: {"scan": s.id, "type": s.type, "kqis": {}, "errors": {}} for s in session.scans
+    }
     for r in results:
         name = r["algorithm"]["name"]
         for s in r["scans"]:
-            entry = scans.setdefault(s["scan"], {"scan": s["scan"], "type": s.get("type", ""), "kqis": {}, "errors": {}})
+            entry = scans.setdefault(
+                s["scan"], {"scan": s["scan"], "type": s.get("type", ""), "kqis": {}, "errors": {}}
+            )
             if s["status"] == "ok":
                 for kqi, v in s["kqis"].items():
                     entry["kqis"][f"{name}.{kqi}"] = v.get("value")
@@ -54,7 +58,9 @@ def summarise_session(session: Session, result_paths: list[Path]) -> dict[str, A
     }
 
 
-def boundaries_for(result: dict[str, Any], result_path: Path, scan_id: str) -> dict[str, np.ndarray]:
+def boundaries_for(
+    result: dict[str, Any], result_path: Path, scan_id: str
+) -> dict[str, np.ndarray]:
     """Boundary lines (name -> (n_bscans, width) px) from a segmentation result's extra files."""
     extras_dir = Path(str(result_path)[: -len(".json")] + ".files")
     for scan in result.get("scans", []):
@@ -93,7 +99,11 @@ def make_thumbnails(
         volume = np.load(item.volume_path, mmap_mode="r")
         b = volume.shape[0] // 2
         image = np.asarray(volume[b], dtype=np.float32)
-        shown = 10 * np.log10(np.maximum(image, 1.0)) if item.meta.get("intensity", "linear") == "linear" else image
+        shown = (
+            10 * np.log10(np.maximum(image, 1.0))
+            if item.meta.get("intensity", "linear") == "linear"
+            else image
+        )
         lo, hi = np.percentile(shown, [1, 99.8])
         drawn = [
             lines[b]

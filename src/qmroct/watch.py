@@ -347,8 +347,13 @@ class Watcher:
                 else backoff_delay(self.options.interval, failed, self.options.max_backoff)
             )
             self.save(run=None, last_run=run_id, failed_runs=failed, retry_at=retry)
-        log.info("run %s: %s (exit %s), recorded in %s", watch_id, summary.get("outcome"), status,
-                 runhistory.run_dir(run_id))
+        log.info(
+            "run %s: %s (exit %s), recorded in %s",
+            watch_id,
+            summary.get("outcome"),
+            status,
+            runhistory.run_dir(run_id),
+        )
 
 
 def _tee(stream, out) -> None:

@@ -50,10 +50,10 @@ def discover_step(snakemake: Any) -> None:
     from qmroct.discovery import discover
 
     log = _logger(snakemake, "discover")
-    sessions = discover(snakemake.config, Path(snakemake.output.directory),
-                        Path(snakemake.output.index))
-    log.info("discovered %d sessions in %s", len(sessions),
-             ", ".join(snakemake.config["projects"]))
+    sessions = discover(
+        snakemake.config, Path(snakemake.output.directory), Path(snakemake.output.index)
+    )
+    log.info("discovered %d sessions in %s", len(sessions), ", ".join(snakemake.config["projects"]))
 
 
 def compute_step(snakemake: Any) -> None:
@@ -89,8 +89,9 @@ def compute_step(snakemake: Any) -> None:
             )
         except Exception as err:
             # The job fails (the archive lost the session, say); its row must not stay Running.
-            archive.record_history(session, name, "Failed", detail=str(err),
-                                   launch_time=history_key)
+            archive.record_history(
+                session, name, "Failed", detail=str(err), launch_time=history_key
+            )
             raise
     result["provenance"]["history_launch_time"] = history_key
     write_json_atomic(Path(snakemake.output.kqi), result)
@@ -100,8 +101,14 @@ def compute_step(snakemake: Any) -> None:
             # in the log file, and the console gets none of it.
             reason = (scan["error"] or "").split(TAIL_HEADER, 1)[0]
             log.warning("session %s scan %s: %s", session.key, scan["scan"], reason)
-    log.info("%s %s on %s: %s (%d scans)", name, algo.version, session.key, result["status"],
-             len(result["scans"]))
+    log.info(
+        "%s %s on %s: %s (%d scans)",
+        name,
+        algo.version,
+        session.key,
+        result["status"],
+        len(result["scans"]),
+    )
 
 
 def summary_step(snakemake: Any) -> None:
@@ -115,8 +122,9 @@ def summary_step(snakemake: Any) -> None:
     results = [Path(p) for p in snakemake.input.results]
     scratch = Path(snakemake.config["scratch_dir"])
     with archive_for(snakemake.config) as archive:
-        thumbs = make_thumbnails(session, archive, scratch, Path(snakemake.output.thumbnails),
-                                 results)
+        thumbs = make_thumbnails(
+            session, archive, scratch, Path(snakemake.output.thumbnails), results
+        )
     # The last job of the session's group: its staged scans go now. A failed thumbnail
     # keeps them (the group's rerun reuses them; the run's scratch folder goes at its end).
     release_session(scratch, session)
@@ -147,11 +155,16 @@ def _tidy_table(snakemake: Any, log: logging.Logger):
     from qmroct.aggregate import tidy_table
 
     settings = _settings(snakemake)
-    declared = {name: {k.name: k.unit for k in algo.kqis}
-                for name, algo in settings.algorithms.items()}
+    declared = {
+        name: {k.name: k.unit for k in algo.kqis} for name, algo in settings.algorithms.items()
+    }
     tidy = tidy_table([Path(p) for p in snakemake.input.results], declared)
-    log.info("%d KQI rows from %d results, %d failed", len(tidy), len(snakemake.input.results),
-             (tidy["status"] == "failed").sum())
+    log.info(
+        "%d KQI rows from %d results, %d failed",
+        len(tidy),
+        len(snakemake.input.results),
+        (tidy["status"] == "failed").sum(),
+    )
     return tidy
 
 
@@ -168,8 +181,9 @@ def aggregate_step(snakemake: Any) -> None:
     for name, study in settings.studies.items():
         table = study_table(tidy, study)
         table.to_csv(studies_dir / f"{name}.tsv", sep="\t", index=False, na_rep="NA")
-        log.info("study %s: %d of %d scans usable", name, (table["overall"] == "pass").sum(),
-                 len(table))
+        log.info(
+            "study %s: %d of %d scans usable", name, (table["overall"] == "pass").sum(), len(table)
+        )
 
 
 def _write_tsv(snakemake: Any, name: str) -> None:
@@ -201,18 +215,29 @@ def report_step(snakemake: Any) -> None:
     for name in settings.studies:
         path = studies_dir / f"{name}.tsv"
         studies[name] = pd.read_csv(path, sep="\t", dtype={"scan": str}, keep_default_na=True)
-    criteria = {name: [(c.column, c.text, c.threshold) for c in s.criteria]
-                for name, s in settings.studies.items()}
-    versions = versions_html([Path(p) for p in snakemake.input.results],
-                             os.environ.get(RUN_ID_ENV), Path(snakemake.output.html).parent)
+    criteria = {
+        name: [(c.column, c.text, c.threshold) for c in s.criteria]
+        for name, s in settings.studies.items()
+    }
+    versions = versions_html(
+        [Path(p) for p in snakemake.input.results],
+        os.environ.get(RUN_ID_ENV),
+        Path(snakemake.output.html).parent,
+    )
     # each session's summary names its path key, the folder its thumbnails are in
     path_keys = {}
     for summary_path in snakemake.input.summaries:
         session = json.loads(Path(summary_path).read_text())["session"]
         path_keys[(session["project"], session["label"])] = session.get("path_key", "")
-    html = render_report(tidy, studies, criteria, Path(snakemake.params.thumbnails),
-                         snakemake.params.worst_scans, versions_section=versions,
-                         path_keys=path_keys)
+    html = render_report(
+        tidy,
+        studies,
+        criteria,
+        Path(snakemake.params.thumbnails),
+        snakemake.params.worst_scans,
+        versions_section=versions,
+        path_keys=path_keys,
+    )
     Path(snakemake.output.html).parent.mkdir(parents=True, exist_ok=True)
     Path(snakemake.output.html).write_text(html)
     _logger(snakemake, "report").info("report written to %s", snakemake.output.html)
@@ -229,8 +254,9 @@ def scan_quality_step(snakemake: Any) -> None:
     settings = _settings(snakemake)
     name = snakemake.wildcards.study
     study = settings.studies[name]
-    table = pd.read_csv(Path(snakemake.input.studies) / f"{name}.tsv", sep="\t",
-                        dtype={"scan": str})
+    table = pd.read_csv(
+        Path(snakemake.input.studies) / f"{name}.tsv", sep="\t", dtype={"scan": str}
+    )
     texts = [c.text for c in study.criteria]
     outcomes: dict[str, dict[str, str]] = {}
     with archive_for(snakemake.config) as archive:
@@ -242,7 +268,8 @@ def scan_quality_step(snakemake: Any) -> None:
                 or "all criteria pass"
                 for row in rows.to_dict("records")
             }
-            outcomes[f"{project}/{label}"] = archive.set_scan_quality(session, name, verdicts,
-                                                                      reasons)
+            outcomes[f"{project}/{label}"] = archive.set_scan_quality(
+                session, name, verdicts, reasons
+            )
             log.info("%s/%s: %s", project, label, outcomes[f"{project}/{label}"])
     write_json_atomic(Path(snakemake.output.receipt), {"study": name, "sessions": outcomes})

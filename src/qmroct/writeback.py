@@ -29,13 +29,25 @@ def write_back(session: Session, archive: Archive, result_paths: list[Path]) -> 
     duplicate label) is not written anywhere; the receipt says why.
     """
     if session.problem:
-        return {"session": session.key, "archive": archive.backend, "assessments": [],
-                "skipped": session.problem}
+        return {
+            "session": session.key,
+            "archive": archive.backend,
+            "assessments": [],
+            "skipped": session.problem,
+        }
     outcomes = []
     for path in sorted(Path(p) for p in result_paths):
         result = json.loads(path.read_text())
-        assessment = Assessment.from_result(result, files=assessment_files(path, result),
-                                            versioned=archive.versioned_labels)
+        assessment = Assessment.from_result(
+            result, files=assessment_files(path, result), versioned=archive.versioned_labels
+        )
         outcome = archive.write_assessment(session, assessment)
-        outcomes.append({"label": outcome.label, "action": outcome.action, "digest": assessment.digest, "detail": outcome.detail})
+        outcomes.append(
+            {
+                "label": outcome.label,
+                "action": outcome.action,
+                "digest": assessment.digest,
+                "detail": outcome.detail,
+            }
+        )
     return {"session": session.key, "archive": archive.backend, "assessments": outcomes}

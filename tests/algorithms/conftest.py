@@ -11,8 +11,14 @@ import pytest
 from tests.support import ALGORITHMS_DIR as ALGORITHMS
 
 
-def stage_scan(directory: Path, volume: np.ndarray, spacing_mm: dict, intensity: str = "linear", scan_id: str = "scan1",
-          device: str = "Synthetic SD-OCT") -> tuple[Path, dict]:
+def stage_scan(
+    directory: Path,
+    volume: np.ndarray,
+    spacing_mm: dict,
+    intensity: str = "linear",
+    scan_id: str = "scan1",
+    device: str = "Synthetic SD-OCT",
+) -> tuple[Path, dict]:
     """Write volume.npy + meta.json the way the workflow stages a scan; returns (volume_path, meta)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "volume.npy"

@@ -20,6 +20,7 @@ from qmroct.algorithms import (
 )
 
 from tests.support import ALGORITHMS_DIR as ALGORITHMS
+
 BUILTIN = ["centering", "layers", "motion", "mtci", "noise", "signal"]
 
 
@@ -27,12 +28,15 @@ def make_algo(root: Path, name: str, body: str, kqis: str | None = None, extra: 
     folder = root / name
     folder.mkdir(parents=True)
     (folder / "algo.py").write_text(textwrap.dedent(body))
-    kqis = kqis or """
+    kqis = (
+        kqis
+        or """
       - name: value_a
         unit: px
         higher_is_better: true
         valid_range: [0, 100]
     """
+    )
     (folder / "algorithm.yaml").write_text(
         f"name: {name}\nversion: '0.1'\nruntime: python\nentry: algo.py\n{extra}kqis:{textwrap.dedent(kqis)}"
     )
@@ -89,7 +93,11 @@ def test_checksum_covers_files_and_shared_code(tmp_path):
 
 
 def test_earlier_search_path_wins(tmp_path):
-    make_algo(tmp_path / "a", "noise", "def compute(v, m, p, w):\n    return {'kqis': {'value_a': {'value': 1, 'unit': 'px'}}}\n")
+    make_algo(
+        tmp_path / "a",
+        "noise",
+        "def compute(v, m, p, w):\n    return {'kqis': {'value_a': {'value': 1, 'unit': 'px'}}}\n",
+    )
     algo = load_algorithm("noise", [tmp_path / "a", ALGORITHMS])
     assert algo.version == "0.1"
     assert available_algorithms([tmp_path / "a", ALGORITHMS]).count("noise") == 1
@@ -98,15 +106,33 @@ def test_earlier_search_path_wins(tmp_path):
 @pytest.mark.parametrize(
     "manifest, fragment",
     [
-        ("name: bad\nversion: '1'\nruntime: java\nentry: x\nkqis: [{name: a, unit: px, higher_is_better: true}]\n", "runtime"),
+        (
+            "name: bad\nversion: '1'\nruntime: java\nentry: x\nkqis: [{name: a, unit: px, higher_is_better: true}]\n",
+            "runtime",
+        ),
         ("name: bad\nversion: '1'\nruntime: python\nentry: algo.py\nkqis: []\n", "kqis"),
-        ("name: bad\nversion: '1'\nruntime: python\nentry: algo.py\nkqis: [{name: a, unit: px, higher_is_better: true}]\n"
-         "thresholds: {a: 'at least 3'}\n", "thresholds"),
-        ("name: bad\nversion: '1'\nruntime: python\nentry: algo.py\nkqis: [{name: a, unit: px, higher_is_better: true}]\n"
-         "thresholds: {b: '>= 3'}\n", "undeclared"),
-        ("name: other\nversion: '1'\nruntime: python\nentry: algo.py\nkqis: [{name: a, unit: px, higher_is_better: true}]\n", "folder"),
-        ("name: bad\nversion: '1'\nruntime: python\nentry: missing.py\nkqis: [{name: a, unit: px, higher_is_better: true}]\n", "missing.py"),
-        ("name: bad\nversion: '1'\nruntime: python\nentry: algo.py\nkqis: [{name: a, unit: px, higher_is_better: true}]\nspeed: 3\n", "speed"),
+        (
+            "name: bad\nversion: '1'\nruntime: python\nentry: algo.py\nkqis: [{name: a, unit: px, higher_is_better: true}]\n"
+            "thresholds: {a: 'at least 3'}\n",
+            "thresholds",
+        ),
+        (
+            "name: bad\nversion: '1'\nruntime: python\nentry: algo.py\nkqis: [{name: a, unit: px, higher_is_better: true}]\n"
+            "thresholds: {b: '>= 3'}\n",
+            "undeclared",
+        ),
+        (
+            "name: other\nversion: '1'\nruntime: python\nentry: algo.py\nkqis: [{name: a, unit: px, higher_is_better: true}]\n",
+            "folder",
+        ),
+        (
+            "name: bad\nversion: '1'\nruntime: python\nentry: missing.py\nkqis: [{name: a, unit: px, higher_is_better: true}]\n",
+            "missing.py",
+        ),
+        (
+            "name: bad\nversion: '1'\nruntime: python\nentry: algo.py\nkqis: [{name: a, unit: px, higher_is_better: true}]\nspeed: 3\n",
+            "speed",
+        ),
     ],
 )
 def test_invalid_manifest(tmp_path, manifest, fragment):
@@ -142,15 +168,42 @@ def test_python_runtime_inprocess_and_isolated(tmp_path, small_scan, isolate):
 
 
 BAD_BODIES = {
-    "raises": ("def compute(v, m, p, w):\n    raise ValueError('boom: no retina')\n", "boom: no retina"),
-    "wrong_schema": ("def compute(v, m, p, w):\n    return {'kqis': {'value_a': {'value': 'high', 'unit': 'px'}}}\n", "schema"),
-    "missing_kqi": ("def compute(v, m, p, w):\n    return {'kqis': {'other': {'value': 1.0, 'unit': 'px'}}}\n", "missing"),
-    "wrong_unit": ("def compute(v, m, p, w):\n    return {'kqis': {'value_a': {'value': 1.0, 'unit': 'mm'}}}\n", "unit"),
-    "out_of_range": ("def compute(v, m, p, w):\n    return {'kqis': {'value_a': {'value': 1000.0, 'unit': 'px'}}}\n", "valid range"),
-    "undeclared_file": ("def compute(v, m, p, w):\n    return {'kqis': {'value_a': {'value': 1.0, 'unit': 'px'}}, 'files': ['nope.npz']}\n", "not written"),
-    "escaping_file": ("def compute(v, m, p, w):\n    return {'kqis': {'value_a': {'value': 1.0, 'unit': 'px'}}, 'files': ['../x']}\n", "outside"),
-    "not_json": ("def compute(v, m, p, w):\n    return {'kqis': {'value_a': {'value': object(), 'unit': 'px'}}}\n", "JSON"),
-    "exit_code": ("import sys\ndef compute(v, m, p, w):\n    print('fatal: cannot go on', file=sys.stderr)\n    sys.exit(3)\n", "status 3"),
+    "raises": (
+        "def compute(v, m, p, w):\n    raise ValueError('boom: no retina')\n",
+        "boom: no retina",
+    ),
+    "wrong_schema": (
+        "def compute(v, m, p, w):\n    return {'kqis': {'value_a': {'value': 'high', 'unit': 'px'}}}\n",
+        "schema",
+    ),
+    "missing_kqi": (
+        "def compute(v, m, p, w):\n    return {'kqis': {'other': {'value': 1.0, 'unit': 'px'}}}\n",
+        "missing",
+    ),
+    "wrong_unit": (
+        "def compute(v, m, p, w):\n    return {'kqis': {'value_a': {'value': 1.0, 'unit': 'mm'}}}\n",
+        "unit",
+    ),
+    "out_of_range": (
+        "def compute(v, m, p, w):\n    return {'kqis': {'value_a': {'value': 1000.0, 'unit': 'px'}}}\n",
+        "valid range",
+    ),
+    "undeclared_file": (
+        "def compute(v, m, p, w):\n    return {'kqis': {'value_a': {'value': 1.0, 'unit': 'px'}}, 'files': ['nope.npz']}\n",
+        "not written",
+    ),
+    "escaping_file": (
+        "def compute(v, m, p, w):\n    return {'kqis': {'value_a': {'value': 1.0, 'unit': 'px'}}, 'files': ['../x']}\n",
+        "outside",
+    ),
+    "not_json": (
+        "def compute(v, m, p, w):\n    return {'kqis': {'value_a': {'value': object(), 'unit': 'px'}}}\n",
+        "JSON",
+    ),
+    "exit_code": (
+        "import sys\ndef compute(v, m, p, w):\n    print('fatal: cannot go on', file=sys.stderr)\n    sys.exit(3)\n",
+        "status 3",
+    ),
 }
 
 
@@ -170,7 +223,9 @@ def test_failures_are_algorithm_failures(tmp_path, small_scan, case):
 
 
 def test_timeout_is_a_failure(tmp_path, small_scan):
-    make_algo(tmp_path / "algs", "slow", "import time\ndef compute(v, m, p, w):\n    time.sleep(30)\n")
+    make_algo(
+        tmp_path / "algs", "slow", "import time\ndef compute(v, m, p, w):\n    time.sleep(30)\n"
+    )
     algo = load_algorithm("slow", [tmp_path / "algs"])
     with pytest.raises(AlgorithmFailure) as err:
         algo.run(small_scan[0], small_scan[1], {}, tmp_path / "w", timeout=3)
@@ -184,7 +239,10 @@ def test_missing_volume_is_a_failure(tmp_path):
 
 
 def test_schema_rejects_bad_documents():
-    assert validate_output({"kqis": {"a": {"value": 1.0, "unit": "px", "per_bscan": [1.0, None]}}}) == []
+    assert (
+        validate_output({"kqis": {"a": {"value": 1.0, "unit": "px", "per_bscan": [1.0, None]}}})
+        == []
+    )
     assert validate_output({"kqis": {}})
     assert validate_output({"kqis": {"Bad Name": {"value": 1.0, "unit": "px"}}})
     assert validate_output({"kqis": {"a": {"value": 1.0}}})
@@ -209,9 +267,14 @@ BAD_VOLUMES = {
     "constant": lambda: np.full((3, 96, 64), 7.0, np.float32),
     "all_nan": lambda: np.full((2, 96, 64), np.nan, np.float32),
     "pure_noise": lambda: np.random.default_rng(1).normal(1000, 80, (3, 96, 64)).astype(np.float32),
-    "inf_and_nan": lambda: np.where(np.random.default_rng(2).random((3, 96, 64)) < 0.01, np.inf,
-                                    np.random.default_rng(3).normal(1000, 80, (3, 96, 64))).astype(np.float32),
-    "one_bscan_tiny": lambda: np.random.default_rng(4).normal(1000, 80, (1, 8, 8)).astype(np.float32),
+    "inf_and_nan": lambda: np.where(
+        np.random.default_rng(2).random((3, 96, 64)) < 0.01,
+        np.inf,
+        np.random.default_rng(3).normal(1000, 80, (3, 96, 64)),
+    ).astype(np.float32),
+    "one_bscan_tiny": lambda: (
+        np.random.default_rng(4).normal(1000, 80, (1, 8, 8)).astype(np.float32)
+    ),
 }
 
 
@@ -220,7 +283,9 @@ BAD_VOLUMES = {
 def test_bad_volumes_give_defined_result_or_clear_failure(tmp_path, stage, name, case):
     """Never a crash: either schema-valid KQIs (possibly null, with notes) or an AlgorithmFailure with a reason."""
     algo = load_algorithm(name, [ALGORITHMS])
-    path, meta = stage(tmp_path, BAD_VOLUMES[case](), {"bscan": 0.1, "depth": 0.0039, "ascan": 0.0117})
+    path, meta = stage(
+        tmp_path, BAD_VOLUMES[case](), {"bscan": 0.1, "depth": 0.0039, "ascan": 0.0117}
+    )
     try:
         out = algo.run(path, meta, {}, tmp_path / "w")
     except AlgorithmFailure as exc:

@@ -85,9 +85,9 @@ def scan(tmp_path, stage):
 def child_mode(request):
     """fork: the normal path. fresh_interpreter: another thread runs, the runner must not fork."""
     if request.param == "fork":
-        assert (
-            threading.active_count() == 1
-        ), "another thread runs: the fork path would not be tested"
+        assert threading.active_count() == 1, (
+            "another thread runs: the fork path would not be tested"
+        )
         yield request.param
         return
     stop = threading.Event()

@@ -9,6 +9,7 @@ import pytest
 from qmroct.algorithms import load_algorithm
 
 from tests.support import ALGORITHMS_DIR as ALGORITHMS
+
 SHAPE = dict(n_bscans=4, depth=320, width=256)
 
 
@@ -28,7 +29,9 @@ def run(layers, tmp_path, stage, vol, truth, intensity="linear"):
 @pytest.mark.parametrize("sigma", [0.01, 0.02, 0.04])
 @pytest.mark.parametrize("seed", [31, 32])
 def test_boundaries_within_tolerance(tmp_path, layers, synth, stage, sigma, looks, seed):
-    vol, truth = synth(**SHAPE, noise_sigma=sigma, looks=looks, seed=seed, defects=("tilt", "motion", "decentered"))
+    vol, truth = synth(
+        **SHAPE, noise_sigma=sigma, looks=looks, seed=seed, defects=("tilt", "motion", "decentered")
+    )
     out, z = run(layers, tmp_path, stage, vol, truth)
     assert z["ilm"].shape == truth.ilm.shape
     ilm_mae = np.abs(z["ilm"] - truth.ilm).mean()
@@ -65,12 +68,20 @@ def test_discontinuity_counted(tmp_path, layers, synth, stage):
     vol, truth = synth(**SHAPE, noise_sigma=0.02, looks=2, seed=9)
     clean, _ = run(layers, tmp_path / "a", stage, vol, truth)
     broken = vol.copy()
-    broken[2, :, 128:] = np.roll(vol[2, :, 128:], 12, axis=0)  # lateral motion: half a B-scan drops 12 px
+    broken[2, :, 128:] = np.roll(
+        vol[2, :, 128:], 12, axis=0
+    )  # lateral motion: half a B-scan drops 12 px
     out, z = run(layers, tmp_path / "b", stage, broken, truth)
     per = out["kqis"]["discontinuities"]["per_bscan"]
     assert per[2] >= 1 and clean["kqis"]["discontinuities"]["per_bscan"][2] == 0
-    assert sum(per) - per[2] == sum(clean["kqis"]["discontinuities"]["per_bscan"]) - clean["kqis"]["discontinuities"]["per_bscan"][2]
-    assert z["ilm"][2, 140:].mean() - z["ilm"][2, :116].mean() > 8  # the segmentation followed the step
+    assert (
+        sum(per) - per[2]
+        == sum(clean["kqis"]["discontinuities"]["per_bscan"])
+        - clean["kqis"]["discontinuities"]["per_bscan"][2]
+    )
+    assert (
+        z["ilm"][2, 140:].mean() - z["ilm"][2, :116].mean() > 8
+    )  # the segmentation followed the step
 
 
 @pytest.mark.parametrize("sigma", [0.01, 0.02])
@@ -94,7 +105,9 @@ def test_single_bscan_and_nans(tmp_path, layers, synth, stage):
 
 
 def test_all_zero_volume_is_defined(tmp_path, layers, stage):
-    path, meta = stage(tmp_path, np.zeros((2, 64, 64), np.float32), {"bscan": 0.1, "depth": 0.004, "ascan": 0.01})
+    path, meta = stage(
+        tmp_path, np.zeros((2, 64, 64), np.float32), {"bscan": 0.1, "depth": 0.004, "ascan": 0.01}
+    )
     out = layers.run(path, meta, {}, tmp_path / "w")
     assert out["kqis"]["detection_fraction"]["value"] == 0.0
     assert out["kqis"]["thickness_mean_um"]["value"] is None
@@ -103,7 +116,9 @@ def test_all_zero_volume_is_defined(tmp_path, layers, stage):
 def test_shared_segmentation_is_never_stale(tmp_path, layers, synth, stage):
     """Two different volumes in a row in one process: each gets its own boundaries."""
     for seed in (81, 82):
-        vol, truth = synth(**SHAPE, noise_sigma=0.02, looks=2, seed=seed, defects=("motion", "decentered"))
+        vol, truth = synth(
+            **SHAPE, noise_sigma=0.02, looks=2, seed=seed, defects=("motion", "decentered")
+        )
         out, z = run(layers, tmp_path / str(seed), stage, vol, truth)
         assert np.abs(z["ilm"] - truth.ilm).mean() < 1.5
 
@@ -111,8 +126,16 @@ def test_shared_segmentation_is_never_stale(tmp_path, layers, synth, stage):
 @pytest.mark.parametrize("seed", [91, 92, 93])
 def test_coarse_axial_sampling_small_volume(tmp_path, layers, synth, stage, seed):
     """The workflow's small test volumes (5 x 128 x 64, ~15 um per row): still the right boundaries."""
-    vol, truth = synth(n_bscans=5, depth=128, width=64, spacing_mm=(0.12, 0.0151125, 0.0117), noise_sigma=0.02,
-                       looks=2, seed=seed, defects=("tilt",))
+    vol, truth = synth(
+        n_bscans=5,
+        depth=128,
+        width=64,
+        spacing_mm=(0.12, 0.0151125, 0.0117),
+        noise_sigma=0.02,
+        looks=2,
+        seed=seed,
+        defects=("tilt",),
+    )
     out, z = run(layers, tmp_path, stage, vol, truth)
     assert np.abs(z["ilm"] - truth.ilm).mean() < 2.0
     assert np.abs(z["bm"] - truth.bm).mean() < 2.0

@@ -14,7 +14,9 @@ from tests.support import ALGORITHMS_DIR as ALGORITHMS
 
 @pytest.fixture(scope="module")
 def mod():
-    spec = importlib.util.spec_from_file_location("mtci_under_test", ALGORITHMS / "mtci" / "mtci.py")
+    spec = importlib.util.spec_from_file_location(
+        "mtci_under_test", ALGORITHMS / "mtci" / "mtci.py"
+    )
     m = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(m)
     return m
@@ -22,14 +24,16 @@ def mod():
 
 def constructed() -> np.ndarray:
     # range 0..200 in 200 bins: bin width 1, centres k + 0.5
-    return np.concatenate([
-        [0.0],              # bin 0: 1 value (sets the minimum)
-        np.full(960, 9.25),  # bin 9: 960 >= 0.95 * 1000 -> N1s = 9.5
-        np.full(1000, 10.25),  # bin 10: the mode -> N1 = 10.5
-        np.full(1000, 50.0),
-        np.full(37, 120.0),
-        [200.0],            # bin 199 (right edge included): the maximum
-    ])
+    return np.concatenate(
+        [
+            [0.0],  # bin 0: 1 value (sets the minimum)
+            np.full(960, 9.25),  # bin 9: 960 >= 0.95 * 1000 -> N1s = 9.5
+            np.full(1000, 10.25),  # bin 10: the mode -> N1 = 10.5
+            np.full(1000, 50.0),
+            np.full(37, 120.0),
+            [200.0],  # bin 199 (right edge included): the maximum
+        ]
+    )
 
 
 def test_hand_computed_value(mod):
@@ -74,7 +78,9 @@ def test_device_lookup(mod):
 def test_algorithm_uses_device_from_meta(tmp_path, stage):
     algo = load_algorithm("mtci", [ALGORITHMS])
     x = np.tile(constructed()[: 2999 - 7], 1)[: 46 * 65].reshape(1, 46, 65)
-    path, meta = stage(tmp_path, x, {"bscan": 0.1, "depth": 0.004, "ascan": 0.01}, device="Cirrus HD-OCT")
+    path, meta = stage(
+        tmp_path, x, {"bscan": 0.1, "depth": 0.004, "ascan": 0.01}, device="Cirrus HD-OCT"
+    )
     out = algo.run(path, meta, {}, tmp_path / "w")
     assert out["info"]["cN1B"] == 0.40 and out["info"]["cN1B_source"] == "cirrus"
     out = algo.run(path, {**meta, "device": "unknown box"}, {}, tmp_path / "w")
@@ -88,15 +94,27 @@ def test_more_noise_lowers_mtci(tmp_path, synth, stage):
     for seed in (1, 2, 3):
         values = []
         for defects in ((), ("high_noise",)):
-            vol, truth = synth(n_bscans=4, depth=320, width=256, noise_sigma=0.02, looks=2, seed=seed, defects=defects)
-            path, meta = stage(tmp_path / f"{seed}{defects}", vol, truth.spacing_mm, device="Spectralis")
+            vol, truth = synth(
+                n_bscans=4,
+                depth=320,
+                width=256,
+                noise_sigma=0.02,
+                looks=2,
+                seed=seed,
+                defects=defects,
+            )
+            path, meta = stage(
+                tmp_path / f"{seed}{defects}", vol, truth.spacing_mm, device="Spectralis"
+            )
             values.append(algo.run(path, meta, {}, tmp_path / "w")["kqis"]["mtci"]["value"])
         assert values[1] < values[0], (seed, values)
 
 
 def test_blank_and_constant_bscans_are_undefined(tmp_path, stage):
     algo = load_algorithm("mtci", [ALGORITHMS])
-    path, meta = stage(tmp_path, np.zeros((2, 32, 32), np.float32), {"bscan": 0.1, "depth": 0.004, "ascan": 0.01})
+    path, meta = stage(
+        tmp_path, np.zeros((2, 32, 32), np.float32), {"bscan": 0.1, "depth": 0.004, "ascan": 0.01}
+    )
     out = algo.run(path, meta, {}, tmp_path / "w")
     assert out["kqis"]["mtci"]["value"] is None and out["kqis"]["mtci"]["per_bscan"] == [None, None]
     assert any("constant B-scan" in n for n in out["notes"])

@@ -9,6 +9,7 @@ import pytest
 from qmroct.algorithms import AlgorithmFailure, load_algorithm
 
 from tests.support import ALGORITHMS_DIR as ALGORITHMS
+
 SHAPE = dict(n_bscans=4, depth=320, width=256)
 
 
@@ -21,7 +22,9 @@ def noise():
 @pytest.mark.parametrize("sigma", [0.005, 0.02, 0.08])
 @pytest.mark.parametrize("seed", [11, 12, 13])
 def test_sigma_within_3_percent(tmp_path, noise, synth, stage, sigma, looks, seed):
-    vol, truth = synth(**SHAPE, noise_sigma=sigma, looks=looks, seed=seed, defects=("tilt", "motion"))
+    vol, truth = synth(
+        **SHAPE, noise_sigma=sigma, looks=looks, seed=seed, defects=("tilt", "motion")
+    )
     path, meta = stage(tmp_path, vol, truth.spacing_mm)
     out = noise.run(path, meta, {}, tmp_path / "w")["kqis"]
     assert out["noise_sigma"]["value"] == pytest.approx(truth.noise_sigma, rel=0.03)
@@ -61,7 +64,9 @@ def test_log8_export_gives_comparable_snr(tmp_path, noise, synth, stage, sigma):
     vol, truth = synth(**SHAPE, noise_sigma=sigma, looks=1, seed=21)
     lin_path, meta = stage(tmp_path / "lin", vol, truth.spacing_mm)
     lin = noise.run(lin_path, meta, {}, tmp_path / "w")
-    log_path, meta8 = stage(tmp_path / "log", to_log8(vol).astype(np.float32), truth.spacing_mm, intensity="log8")
+    log_path, meta8 = stage(
+        tmp_path / "log", to_log8(vol).astype(np.float32), truth.spacing_mm, intensity="log8"
+    )
     log = noise.run(log_path, meta8, {}, tmp_path / "w")
     assert log["kqis"]["snr_db"]["value"] == pytest.approx(lin["kqis"]["snr_db"]["value"], abs=1.5)
     assert "log8" in log["kqis"]["noise_sigma"]["note"]
@@ -83,7 +88,9 @@ def test_rescaled100_declared_linear_is_flagged_anyway(tmp_path, noise, synth, s
     path, meta = stage(tmp_path, rescaled, truth.spacing_mm, intensity="linear")
     out = noise.run(path, meta, {}, tmp_path / "w")
     assert all("rescaled to 0-100" in k["note"] for k in out["kqis"].values())
-    path, meta = stage(tmp_path / "b", np.round(vol), truth.spacing_mm, intensity="linear")  # integer device units
+    path, meta = stage(
+        tmp_path / "b", np.round(vol), truth.spacing_mm, intensity="linear"
+    )  # integer device units
     assert not noise.run(path, meta, {}, tmp_path / "w")["notes"]
 
 
@@ -98,13 +105,19 @@ def test_nan_voxels_give_a_defined_result(tmp_path, noise, synth, stage):
 
 
 def test_all_nan_is_a_clear_failure(tmp_path, noise, stage):
-    path, meta = stage(tmp_path, np.full((2, 64, 64), np.nan, np.float32), {"bscan": 0.1, "depth": 0.004, "ascan": 0.01})
+    path, meta = stage(
+        tmp_path,
+        np.full((2, 64, 64), np.nan, np.float32),
+        {"bscan": 0.1, "depth": 0.004, "ascan": 0.01},
+    )
     with pytest.raises(AlgorithmFailure, match="no finite voxel"):
         noise.run(path, meta, {}, tmp_path / "w")
 
 
 def test_all_zero_volume(tmp_path, noise, stage):
-    path, meta = stage(tmp_path, np.zeros((3, 64, 64), np.float32), {"bscan": 0.1, "depth": 0.004, "ascan": 0.01})
+    path, meta = stage(
+        tmp_path, np.zeros((3, 64, 64), np.float32), {"bscan": 0.1, "depth": 0.004, "ascan": 0.01}
+    )
     out = noise.run(path, meta, {}, tmp_path / "w")
     assert out["kqis"]["noise_sigma"]["value"] == 0.0
     assert out["kqis"]["snr_db"]["value"] is None

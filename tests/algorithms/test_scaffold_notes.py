@@ -22,7 +22,9 @@ def test_scaffold_notes_rescaled_noise(tmp_path, stage, runtime):
     root = tmp_path / "algs"
     folder = scaffold("mine", runtime, root)
     if runtime == "executable":
-        subprocess.run(["gcc", "-O2", "-o", str(folder / "mine"), str(folder / "mine.c"), "-lm"], check=True)
+        subprocess.run(
+            ["gcc", "-O2", "-o", str(folder / "mine"), str(folder / "mine.c"), "-lm"], check=True
+        )
     volume = np.random.default_rng(0).uniform(0, 100, (2, 64, 32)).astype(np.float32)
     algorithm = load_algorithm("mine", [root], mcr_root=tmp_path)
     for intensity, noted in (("rescaled100", True), ("linear", False)):

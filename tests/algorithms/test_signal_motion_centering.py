@@ -20,8 +20,15 @@ def algos():
 @pytest.mark.parametrize("looks", [1, 2])
 @pytest.mark.parametrize("seed", [51, 52, 53, 54])
 def test_shadow_detection_recall_and_precision(tmp_path, algos, synth, stage, seed, looks):
-    vol, truth = synth(n_bscans=8, depth=320, width=256, noise_sigma=0.02, looks=looks, seed=seed,
-                       defects=("shadow", "tilt", "motion"))
+    vol, truth = synth(
+        n_bscans=8,
+        depth=320,
+        width=256,
+        noise_sigma=0.02,
+        looks=looks,
+        seed=seed,
+        defects=("shadow", "tilt", "motion"),
+    )
     path, meta = stage(tmp_path, vol, truth.spacing_mm)
     out = algos["signal"].run(path, meta, {}, tmp_path / "w")
     lost = np.load(out["files"][0])["lost"]
@@ -35,7 +42,9 @@ def test_shadow_detection_recall_and_precision(tmp_path, algos, synth, stage, se
 def test_no_shadow_no_loss_and_snr_cnr_track_noise(tmp_path, algos, synth, stage):
     res = {}
     for defects in ((), ("high_noise",)):
-        vol, truth = synth(n_bscans=4, depth=320, width=256, noise_sigma=0.02, looks=2, seed=7, defects=defects)
+        vol, truth = synth(
+            n_bscans=4, depth=320, width=256, noise_sigma=0.02, looks=2, seed=7, defects=defects
+        )
         path, meta = stage(tmp_path / str(len(defects)), vol, truth.spacing_mm)
         res[defects] = algos["signal"].run(path, meta, {}, tmp_path / "w")["kqis"]
     assert res[()]["shadow_fraction"]["value"] <= 0.005
@@ -63,7 +72,9 @@ def test_informed_snr_matches_direct_definition(tmp_path, algos, synth, stage):
 def test_blank_bscan_counts_as_lost(tmp_path, algos, synth, stage):
     vol, truth = synth(n_bscans=4, depth=320, width=256, noise_sigma=0.02, looks=2, seed=9)
     vol = vol.copy()
-    vol[2] = truth.noise_floor + np.random.default_rng(0).normal(0, truth.noise_sigma, vol[2].shape)  # blink
+    vol[2] = truth.noise_floor + np.random.default_rng(0).normal(
+        0, truth.noise_sigma, vol[2].shape
+    )  # blink
     path, meta = stage(tmp_path, vol, truth.spacing_mm)
     out = algos["signal"].run(path, meta, {}, tmp_path / "w")["kqis"]
     per = out["shadow_fraction"]["per_bscan"]
@@ -75,15 +86,24 @@ def test_blank_bscan_counts_as_lost(tmp_path, algos, synth, stage):
 @pytest.mark.parametrize("sigma", [0.01, 0.02, 0.04])
 @pytest.mark.parametrize("seed", [61, 62, 63])
 def test_axial_shifts_within_half_a_pixel(tmp_path, algos, synth, stage, seed, sigma, looks):
-    vol, truth = synth(n_bscans=16, depth=320, width=256, noise_sigma=sigma, looks=looks, seed=seed,
-                       defects=("motion", "tilt", "decentered"))
+    vol, truth = synth(
+        n_bscans=16,
+        depth=320,
+        width=256,
+        noise_sigma=sigma,
+        looks=looks,
+        seed=seed,
+        defects=("motion", "tilt", "decentered"),
+    )
     path, meta = stage(tmp_path, vol, truth.spacing_mm)
     out = algos["motion"].run(path, meta, {}, tmp_path / "w")
     dz_um = truth.spacing_mm["depth"] * 1000
     est = np.array(out["info"]["shift_um"]) / dz_um
     true = np.diff(truth.axial_shift)
     assert np.abs(est - true).max() <= 0.5
-    assert out["kqis"]["max_shift_um"]["value"] == pytest.approx(np.abs(true).max() * dz_um, abs=0.5 * dz_um)
+    assert out["kqis"]["max_shift_um"]["value"] == pytest.approx(
+        np.abs(true).max() * dz_um, abs=0.5 * dz_um
+    )
     assert out["kqis"]["jumps"]["value"] == np.sum(np.abs(true) * dz_um > 10)
     assert out["kqis"]["max_shift_um"]["per_bscan"][0] is None
 
@@ -93,7 +113,15 @@ def test_no_motion_and_high_noise(tmp_path, algos, synth, stage):
     path, meta = stage(tmp_path / "a", vol, truth.spacing_mm)
     out = algos["motion"].run(path, meta, {}, tmp_path / "w")["kqis"]
     assert out["max_shift_um"]["value"] < 0.5 * 3.9 and out["jumps"]["value"] == 0
-    vol, truth = synth(n_bscans=12, depth=320, width=256, noise_sigma=0.02, looks=1, seed=65, defects=("motion", "high_noise"))
+    vol, truth = synth(
+        n_bscans=12,
+        depth=320,
+        width=256,
+        noise_sigma=0.02,
+        looks=1,
+        seed=65,
+        defects=("motion", "high_noise"),
+    )
     path, meta = stage(tmp_path / "b", vol, truth.spacing_mm)
     out = algos["motion"].run(path, meta, {}, tmp_path / "w")
     err = np.abs(np.array(out["info"]["shift_um"]) / 3.9 - np.diff(truth.axial_shift))
@@ -104,7 +132,9 @@ def test_single_bscan_motion_is_null(tmp_path, algos, synth, stage):
     vol, truth = synth(n_bscans=1, depth=320, width=256, seed=66)
     path, meta = stage(tmp_path, vol, truth.spacing_mm)
     out = algos["motion"].run(path, meta, {}, tmp_path / "w")
-    assert out["kqis"]["max_shift_um"]["value"] is None and any("single B-scan" in n for n in out["notes"])
+    assert out["kqis"]["max_shift_um"]["value"] is None and any(
+        "single B-scan" in n for n in out["notes"]
+    )
 
 
 # --------------------------------------------------------------- centering
@@ -114,10 +144,21 @@ def test_single_bscan_motion_is_null(tmp_path, algos, synth, stage):
 def test_fovea_within_3_ascans(tmp_path, algos, synth, stage, seed, sigma, looks):
     from qmroct.synth.generator import fovea_offset_mm
 
-    vol, truth = synth(n_bscans=25, depth=320, width=256, spacing_mm=(0.24, 0.0039, 0.0234), noise_sigma=sigma,
-                       looks=looks, seed=seed, defects=("decentered", "tilt", "motion", "shadow"))
+    vol, truth = synth(
+        n_bscans=25,
+        depth=320,
+        width=256,
+        spacing_mm=(0.24, 0.0039, 0.0234),
+        noise_sigma=sigma,
+        looks=looks,
+        seed=seed,
+        defects=("decentered", "tilt", "motion", "shadow"),
+    )
     path, meta = stage(tmp_path, vol, truth.spacing_mm)
-    k = {n: v["value"] for n, v in algos["centering"].run(path, meta, {}, tmp_path / "w")["kqis"].items()}
+    k = {
+        n: v["value"]
+        for n, v in algos["centering"].run(path, meta, {}, tmp_path / "w")["kqis"].items()
+    }
     assert abs(k["fovea_ascan"] - truth.fovea_ascan) <= 3
     assert abs(k["fovea_bscan"] - truth.fovea_bscan) <= 0.5
     assert k["fovea_offset_mm"] == pytest.approx(fovea_offset_mm(truth), abs=0.05)
@@ -127,16 +168,24 @@ def test_fovea_within_3_ascans(tmp_path, algos, synth, stage, seed, sigma, looks
 def test_centred_fovea_and_no_pit(tmp_path, algos, synth, stage):
     vol, truth = synth(n_bscans=9, depth=320, width=256, noise_sigma=0.02, looks=2, seed=74)
     path, meta = stage(tmp_path / "a", vol, truth.spacing_mm)
-    k = {n: v["value"] for n, v in algos["centering"].run(path, meta, {}, tmp_path / "w")["kqis"].items()}
+    k = {
+        n: v["value"]
+        for n, v in algos["centering"].run(path, meta, {}, tmp_path / "w")["kqis"].items()
+    }
     assert k["fovea_offset_mm"] < 0.05 and k["pit_depth_um"] > 100
     flat = np.repeat(vol[:, :, :40], 7, axis=2)[:, :, :256]  # periphery only: no pit
     path, meta = stage(tmp_path / "b", flat, truth.spacing_mm)
     out = algos["centering"].run(path, meta, {}, tmp_path / "w")
-    assert out["kqis"]["fovea_offset_mm"]["value"] is None and any("no foveal pit" in n for n in out["notes"])
+    assert out["kqis"]["fovea_offset_mm"]["value"] is None and any(
+        "no foveal pit" in n for n in out["notes"]
+    )
 
 
 def test_single_bscan_centering(tmp_path, algos, synth, stage):
     vol, truth = synth(n_bscans=1, depth=320, width=256, seed=75, defects=("decentered",))
     path, meta = stage(tmp_path, vol, truth.spacing_mm)
-    k = {n: v["value"] for n, v in algos["centering"].run(path, meta, {}, tmp_path / "w")["kqis"].items()}
+    k = {
+        n: v["value"]
+        for n, v in algos["centering"].run(path, meta, {}, tmp_path / "w")["kqis"].items()
+    }
     assert abs(k["fovea_ascan"] - truth.fovea_ascan) <= 3

@@ -9,6 +9,7 @@ import pytest
 from qmroct.algorithms import load_algorithm, parse_threshold
 
 from tests.support import ALGORITHMS_DIR as ALGORITHMS, PYTHON_ALGORITHMS as SIX
+
 OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
 EXPECTED_FAIL = {
     (): set(),
@@ -28,8 +29,16 @@ def algos():
 @pytest.mark.parametrize("looks", [1, 2])
 @pytest.mark.parametrize("defects", list(EXPECTED_FAIL))
 def test_default_thresholds_flag_the_defect(tmp_path, algos, synth, stage, defects, looks):
-    vol, truth = synth(n_bscans=16, depth=320, width=256, spacing_mm=(0.2, 0.0039, 0.0234), noise_sigma=0.02,
-                       looks=looks, seed=17, defects=defects)
+    vol, truth = synth(
+        n_bscans=16,
+        depth=320,
+        width=256,
+        spacing_mm=(0.2, 0.0039, 0.0234),
+        noise_sigma=0.02,
+        looks=looks,
+        seed=17,
+        defects=defects,
+    )
     path, meta = stage(tmp_path, vol, truth.spacing_mm, device="Spectralis")
     failed = set()
     for name, algo in algos.items():

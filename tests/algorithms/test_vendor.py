@@ -20,7 +20,14 @@ def vol_file(tmp_path, synth):
     linear[1, :3, :5] = np.nan  # outside the scan area
     path = tmp_path / "scan.vol"
     sp = truth.spacing_mm
-    write_heyex_vol(path, linear, scale_x=sp["ascan"], scale_y=sp["depth"], distance=sp["bscan"], laterality="OS")
+    write_heyex_vol(
+        path,
+        linear,
+        scale_x=sp["ascan"],
+        scale_y=sp["depth"],
+        distance=sp["bscan"],
+        laterality="OS",
+    )
     return path, linear, truth
 
 
@@ -42,7 +49,9 @@ def test_noise_on_vol_export(tmp_path, vol_file):
     v = read_scan(path)
     vpath, _ = v.save(tmp_path / "staged", "scan")
     out = load_algorithm("noise", [ALGORITHMS]).run(vpath, v.meta("scan"), {}, tmp_path / "w")
-    assert out["kqis"]["noise_sigma"]["value"] == pytest.approx(truth.noise_sigma / 65535.0, rel=0.03)
+    assert out["kqis"]["noise_sigma"]["value"] == pytest.approx(
+        truth.noise_sigma / 65535.0, rel=0.03
+    )
     assert any("non-finite" in n for n in out["notes"])
 
 
@@ -54,8 +63,15 @@ def test_truncated_vol(tmp_path, vol_file):
         read_scan(cut)
 
 
-@pytest.mark.parametrize("name, fragment", [("junk.bin", "unrecognised format"), ("junk.e2e", "e2e"),
-                                            ("junk.fds", "fds"), ("junk.img", "img")])
+@pytest.mark.parametrize(
+    "name, fragment",
+    [
+        ("junk.bin", "unrecognised format"),
+        ("junk.e2e", "e2e"),
+        ("junk.fds", "fds"),
+        ("junk.img", "img"),
+    ],
+)
 def test_broken_vendor_files_fail_clearly(tmp_path, name, fragment):
     path = tmp_path / name
     path.write_bytes(np.random.default_rng(0).integers(0, 255, 5000, dtype=np.uint8).tobytes())

@@ -65,10 +65,10 @@ CONTROL_HELP = {
     "hang": "list of server ids: SIGSTOP their sshd and sessions (a hung VM)",
     "snapshot_delay": "seconds a snapshot's upload takes (the image stays queued, Nova shows SAVING)",
     "boot_from_request": "count boot_delay from the create request, as a user times a boot (Nova's own "
-                         "work is then part of the delay instead of added to it)",
+    "work is then part of the delay instead of added to it)",
     "add_security_groups": "list of {name, project_id}: security groups the Neutron fixture knows",
     "isolate": "servers started from now on run their sshd in a mount namespace of their own, "
-               "where the --hide paths (the head's checkout, home, /tmp) are empty",
+    "where the --hide paths (the head's checkout, home, /tmp) are empty",
 }
 
 STATE = {
@@ -208,8 +208,18 @@ def _isolated(d: str, cmd: list[str]) -> list[str]:
     for path in HIDE:
         script.append(f"mount -t tmpfs -o mode=0755 tmpfs {path}")
     script += [f"mkdir -p {d}", f"mount --move {keep} {d}", 'exec "$@"']
-    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
-            "; ".join(script), "sh", *cmd]
+    return [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        "; ".join(script),
+        "sh",
+        *cmd,
+    ]
 
 
 class SshFakeDriver(nova_fake.FakeDriver):
@@ -219,16 +229,25 @@ class SshFakeDriver(nova_fake.FakeDriver):
     memory_mb = 262144
     local_gb = 10000
 
-    def spawn(self, context, instance, image_meta, injected_files,
-              admin_password, allocations, network_info=None,
-              block_device_info=None, power_on=True, accel_info=None):
+    def spawn(
+        self,
+        context,
+        instance,
+        image_meta,
+        injected_files,
+        admin_password,
+        allocations,
+        network_info=None,
+        block_device_info=None,
+        power_on=True,
+        accel_info=None,
+    ):
         uuid = instance.uuid
         with LOCK:
             STATE["spawned"] += 1
             if STATE["fail_spawns"] > 0:
                 STATE["fail_spawns"] -= 1
-                raise exception.ComputeResourcesUnavailable(
-                    reason="injected spawn failure")
+                raise exception.ComputeResourcesUnavailable(reason="injected spawn failure")
             if STATE["slow_spawns"] > 0:
                 STATE["slow_spawns"] -= 1
                 delay = float(STATE["slow_spawn_delay"])
@@ -245,22 +264,48 @@ class SshFakeDriver(nova_fake.FakeDriver):
             delay = max(0.0, delay - (time.time() - instance.created_at.timestamp()))
         if delay:
             time.sleep(delay)
-        super().spawn(context, instance, image_meta, injected_files,
-                      admin_password, allocations, network_info,
-                      block_device_info, power_on, accel_info)
+        super().spawn(
+            context,
+            instance,
+            image_meta,
+            injected_files,
+            admin_password,
+            allocations,
+            network_info,
+            block_device_info,
+            power_on,
+            accel_info,
+        )
         d = os.path.join(BASE_DIR, uuid)
         os.makedirs(os.path.join(d, "scratch"), exist_ok=True)
         os.chmod(d, 0o700)
         subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{instance.hostname}",
-             "-f", os.path.join(d, "ssh_host_ed25519_key")],
-            check=True, stdin=subprocess.DEVNULL)
+            [
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                f"root@{instance.hostname}",
+                "-f",
+                os.path.join(d, "ssh_host_ed25519_key"),
+            ],
+            check=True,
+            stdin=subprocess.DEVNULL,
+        )
         with open(os.path.join(d, "authorized_keys"), "w") as f:
             f.write((instance.key_data or "") + "\n")
         address = _free_address()
         INSTANCES[uuid] = {
-            "uuid": uuid, "address": address, "dir": d, "proc": None,
-            "name": instance.display_name, "active": time.time(), "refuse": refuse,
+            "uuid": uuid,
+            "address": address,
+            "dir": d,
+            "proc": None,
+            "name": instance.display_name,
+            "active": time.time(),
+            "refuse": refuse,
             "isolated": bool(STATE["isolate"]),
         }
         instance.access_ip_v4 = address
@@ -296,20 +341,36 @@ class SshFakeDriver(nova_fake.FakeDriver):
             time.sleep(delay)
         data = f"fake disk of {instance.uuid}\n".encode()
         nova_glance.API().update(
-            context, image_id,
-            {"status": "active", "size": len(data), "disk_format": "raw", "container_format": "bare"},
-            data=io.BytesIO(data), purge_props=False)
+            context,
+            image_id,
+            {
+                "status": "active",
+                "size": len(data),
+                "disk_format": "raw",
+                "container_format": "bare",
+            },
+            data=io.BytesIO(data),
+            purge_props=False,
+        )
 
-    def destroy(self, context, instance, network_info, block_device_info=None,
-                destroy_disks=True, destroy_secrets=True):
+    def destroy(
+        self,
+        context,
+        instance,
+        network_info,
+        block_device_info=None,
+        destroy_disks=True,
+        destroy_secrets=True,
+    ):
         delay = float(STATE["delete_delay"])
         if delay and instance.uuid in self.instances:
             time.sleep(delay)
         _stop_instance(instance.uuid)
         with LOCK:
             STATE["destroyed"] += 1
-        super().destroy(context, instance, network_info, block_device_info,
-                        destroy_disks, destroy_secrets)
+        super().destroy(
+            context, instance, network_info, block_device_info, destroy_disks, destroy_secrets
+        )
 
 
 def _stop_instance(uuid: str) -> None:
@@ -369,21 +430,26 @@ def _find_resource_for(neutron) -> None:
     400 "Security group ... not found". Same semantics as neutronclient: by id, else by name
     within the project, NotFound (404) when there is none."""
 
-    def find_resource(resource, name_or_id, project_id=None, cmd_resource=None,
-                      parent_id=None, fields=None):
+    def find_resource(
+        resource, name_or_id, project_id=None, cmd_resource=None, parent_id=None, fields=None
+    ):
         if resource != "security_group":
             raise neutron_exc.NotFound(message=f"test cloud: no lookup for {resource}")
         groups = neutron._security_groups.values()
         for g in groups:
             if g["id"] == name_or_id:
                 return dict(g)
-        found = [g for g in groups if g["name"] == name_or_id
-                 and (not project_id or g.get("tenant_id") == project_id)]
+        found = [
+            g
+            for g in groups
+            if g["name"] == name_or_id and (not project_id or g.get("tenant_id") == project_id)
+        ]
         if len(found) > 1:
             raise neutron_exc.NeutronClientNoUniqueMatch(resource=resource, name=name_or_id)
         if not found:
             raise neutron_exc.NotFound(
-                message=f"Unable to find {resource} with name or id '{name_or_id}'")
+                message=f"Unable to find {resource} with name or id '{name_or_id}'"
+            )
         return dict(found[0])
 
     neutron.find_resource = find_resource
@@ -418,8 +484,9 @@ def _default_group_per_project(neutron) -> None:
     def list_with_default(retrieve_all=True, **params):
         project = params.get("tenant_id") or params.get("project_id")
         if isinstance(project, str) and not any(
-                g["name"] == "default" and g.get("tenant_id") == project
-                for g in neutron._security_groups.values()):
+            g["name"] == "default" and g.get("tenant_id") == project
+            for g in neutron._security_groups.values()
+        ):
             add_security_group(neutron, "default", project)
         return list_security_groups(retrieve_all, **params)
 
@@ -432,7 +499,9 @@ def _queued_snapshots(glance) -> None:
     create = glance.create
 
     def create_queued(context, metadata, data=None):
-        if (metadata.get("properties") or {}).get("image_type") == "snapshot" and "status" not in metadata:
+        if (metadata.get("properties") or {}).get(
+            "image_type"
+        ) == "snapshot" and "status" not in metadata:
             metadata = dict(metadata, status="queued")
         return create(context, metadata, data)
 
@@ -440,8 +509,14 @@ def _queued_snapshots(glance) -> None:
 
 
 def add_security_group(neutron, name: str, project_id: str) -> dict:
-    sg = {"id": str(uuid_mod.uuid4()), "name": name, "description": "test cloud group",
-          "tenant_id": project_id, "project_id": project_id, "security_group_rules": []}
+    sg = {
+        "id": str(uuid_mod.uuid4()),
+        "name": name,
+        "description": "test cloud group",
+        "tenant_id": project_id,
+        "project_id": project_id,
+        "security_group_rules": [],
+    }
     neutron._security_groups[sg["id"]] = sg
     return sg
 
@@ -467,20 +542,23 @@ def _control(environ, start_response):
     out = {
         "state": dict(STATE),
         "help": CONTROL_HELP,
-        "instances": {
-            u: {k: v for k, v in i.items() if k != "proc"} for u, i in INSTANCES.items()
-        },
+        "instances": {u: {k: v for k, v in i.items() if k != "proc"} for u, i in INSTANCES.items()},
         "security_groups": list(CLOUD.neutron._security_groups.values()) if CLOUD else [],
     }
     data = json.dumps(out).encode()
-    start_response("200 OK", [("Content-Type", "application/json"),
-                              ("Content-Length", str(len(data)))])
+    start_response(
+        "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+    )
     return [data]
 
 
 def _image_v2(img: dict) -> dict:
     """An image of the Glance fixture in Glance v2's JSON form (properties at the top level)."""
-    out = {k: v for k, v in img.items() if k not in ("properties", "is_public", "deleted", "deleted_at")}
+    out = {
+        k: v
+        for k, v in img.items()
+        if k not in ("properties", "is_public", "deleted", "deleted_at")
+    }
     props = dict(img.get("properties") or {})
     out.update({k: str(v) for k, v in props.items() if k != "owner"})
     out["owner"] = img.get("owner") or props.get("owner")
@@ -499,12 +577,14 @@ def _glance(environ, start_response, project: str, admin: bool):
     so clients can wait for a snapshot the way they do on a real cloud (GET /v2/images/{id})."""
     from urllib.parse import parse_qs
 
-    path = environ.get("PATH_INFO", "")[len("/image"):].rstrip("/")
+    path = environ.get("PATH_INFO", "")[len("/image") :].rstrip("/")
     method = environ["REQUEST_METHOD"]
 
     def reply(status, obj=None):
         data = json.dumps(obj, default=str).encode() if obj is not None else b""
-        start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+        start_response(
+            status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+        )
         return [data]
 
     def visible(img):
@@ -513,9 +593,18 @@ def _glance(environ, start_response, project: str, admin: bool):
 
     host = environ.get("HTTP_HOST", "127.0.0.1")
     if path == "" and method == "GET":
-        return reply("300 Multiple Choices", {"versions": [{
-            "id": "v2.16", "status": "CURRENT",
-            "links": [{"rel": "self", "href": f"http://{host}/image/v2/"}]}]})
+        return reply(
+            "300 Multiple Choices",
+            {
+                "versions": [
+                    {
+                        "id": "v2.16",
+                        "status": "CURRENT",
+                        "links": [{"rel": "self", "href": f"http://{host}/image/v2/"}],
+                    }
+                ]
+            },
+        )
     images = CLOUD.glance.images
     if path == "/v2/images" and method == "GET":
         q = parse_qs(environ.get("QUERY_STRING", ""))
@@ -523,7 +612,9 @@ def _glance(environ, start_response, project: str, admin: bool):
         for key in ("name", "status", "visibility", "owner"):
             if key in q:
                 out = [i for i in out if str(i.get(key)) == q[key][0]]
-        return reply("200 OK", {"images": out, "first": "/v2/images", "schema": "/v2/schemas/images"})
+        return reply(
+            "200 OK", {"images": out, "first": "/v2/images", "schema": "/v2/schemas/images"}
+        )
     m = re.fullmatch(r"/v2/images/([^/]+)", path)
     if m:
         img = images.get(m.group(1))
@@ -547,7 +638,11 @@ def identity_filter(app):
             start_response("401 Unauthorized", [("Content-Type", "text/plain")])
             return [b"token must be user:project[:roles]"]
         user, project = parts[0], parts[1]
-        roles = parts[2] if len(parts) > 2 else ("reader,member,admin" if user == "admin" else "reader,member")
+        roles = (
+            parts[2]
+            if len(parts) > 2
+            else ("reader,member,admin" if user == "admin" else "reader,member")
+        )
         if environ.get("PATH_INFO", "").startswith("/_control"):
             if user != "admin":
                 start_response("403 Forbidden", [("Content-Type", "text/plain")])
@@ -570,14 +665,25 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--port", type=int, default=18774, help="API port on 127.0.0.1 (0: pick one)")
     p.add_argument("--ssh-port", type=int, default=2222, help="sshd port on every instance address")
-    p.add_argument("--state-dir", default=None, help="instance directories (wiped at start and end)")
-    p.add_argument("--ready-file", default=None, help="write {endpoint, pid} JSON here when serving")
+    p.add_argument(
+        "--state-dir", default=None, help="instance directories (wiped at start and end)"
+    )
+    p.add_argument(
+        "--ready-file", default=None, help="write {endpoint, pid} JSON here when serving"
+    )
     p.add_argument("--boot-delay", type=float, default=0.0)
     p.add_argument("--delete-delay", type=float, default=0.0)
-    p.add_argument("--boot-from-request", action="store_true", help=CONTROL_HELP["boot_from_request"])
-    p.add_argument("--hide", action="append", default=None, metavar="PATH",
-                   help="a path isolated servers do not see (repeatable; default: /tmp, $HOME "
-                        "and the repository this file is in)")
+    p.add_argument(
+        "--boot-from-request", action="store_true", help=CONTROL_HELP["boot_from_request"]
+    )
+    p.add_argument(
+        "--hide",
+        action="append",
+        default=None,
+        metavar="PATH",
+        help="a path isolated servers do not see (repeatable; default: /tmp, $HOME "
+        "and the repository this file is in)",
+    )
     p.add_argument("--isolate", action="store_true", help=CONTROL_HELP["isolate"])
     args = p.parse_args(argv)
     STATE["boot_from_request"] = args.boot_from_request
@@ -612,9 +718,16 @@ def main(argv=None) -> None:
     if args.ready_file:
         tmp = args.ready_file + ".tmp"
         with open(tmp, "w") as f:
-            json.dump({"endpoint": endpoint, "image_endpoint": f"http://127.0.0.1:{port}/image",
-                       "pid": os.getpid(), "state_dir": BASE_DIR,
-                       "ssh_port": SSH_PORT}, f)
+            json.dump(
+                {
+                    "endpoint": endpoint,
+                    "image_endpoint": f"http://127.0.0.1:{port}/image",
+                    "pid": os.getpid(),
+                    "state_dir": BASE_DIR,
+                    "ssh_port": SSH_PORT,
+                },
+                f,
+            )
         os.replace(tmp, args.ready_file)
     print(f"nova test cloud serving {endpoint} (ssh port {SSH_PORT}, state {BASE_DIR})", flush=True)
     try:

@@ -26,6 +26,7 @@ from snakemake_executor_plugin_openstack.ssh import JobIO
 from tests.cloud.procs import descendants
 
 from tests.support import REPO
+
 NOVA_PY = Path(os.environ.get("NOVA_VENV", REPO / ".venv-nova")) / "bin" / "python"
 WORKFLOW = Path(__file__).parent / "workflow"
 IMAGE = "155d900f-4e14-4e4c-a73d-069cbf4541e6"  # an image of Nova's Glance fixture

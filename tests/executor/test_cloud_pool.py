@@ -194,8 +194,10 @@ def test_idle_servers_retire_down_to_keep_warm_and_recycle(project, nova_cloud, 
         # a server runs at most 2 submissions, then it is replaced
         assert max(pool.stats.per_server.values()) <= 2 and pool.stats.servers_created >= 3
         wait(
-            lambda: len([s for s in project.servers() if s.status == "ACTIVE"]) == 1
-            and len(pool.live()) == 1,
+            lambda: (
+                len([s for s in project.servers() if s.status == "ACTIVE"]) == 1
+                and len(pool.live()) == 1
+            ),
             60,
             "idle servers to retire down to keep-warm",
         )

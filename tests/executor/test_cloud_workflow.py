@@ -153,8 +153,6 @@ def test_over_quota_shrinks_pool_instead_of_failing(project, nova_cloud, tmp_pat
     assert_clean(project, nova_cloud)
 
 
-
-
 def _busy_instance(wd: Path, project, nova_cloud):
     """The id of a server that runs a job right now (from the executor's per-job logs)."""
     names = set()
@@ -187,8 +185,9 @@ def test_server_killed_mid_job_is_replaced_and_job_resubmitted(project, nova_clo
         stderr=subprocess.STDOUT,
     )
     try:
-        victim = wait_for(lambda: _busy_instance(wd, project, nova_cloud), 90, "a busy server",
-                          interval=0.2)
+        victim = wait_for(
+            lambda: _busy_instance(wd, project, nova_cloud), 90, "a busy server", interval=0.2
+        )
         time.sleep(1.5)  # the job is running (sleep 4 s)
         r = nova_cloud.control(kill=[victim])
         assert r["instances"][victim]["killed"]

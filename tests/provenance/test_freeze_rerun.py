@@ -52,7 +52,9 @@ def test_freeze_validate_rerun_and_a_tampered_kqi(checkout, tmp_path, validator_
     for kind, lock in (("runtime", envlock.RUNTIME_LOCK), ("dev", envlock.DEV_LOCK)):
         rel = f"environment/lock-{kind}.txt"
         digest = __import__("hashlib").sha256(lock.read_bytes()).hexdigest()
-        assert graph[rel]["sha256"] == digest and index["environment_lock"][kind]["sha256"] == digest
+        assert (
+            graph[rel]["sha256"] == digest and index["environment_lock"][kind]["sha256"] == digest
+        )
         assert {"@id": rel} in graph["#workflow-run"]["subjectOf"]
     assert isinstance(index["environment_lock"]["installed_differs_from_runtime_lock"], list)
 
@@ -109,9 +111,9 @@ def test_freeze_refuses_mixed_identities_and_a_dirty_tree(checkout, tmp_path):
     config["algorithms"]["noise"] = {"params": {"k": 5.0}}
     checkout.write_config(config)
     mixed = qmroct_cli(root, "freeze", "paper2")
-    assert (
-        mixed.returncode == 2 and "noise" in mixed.stderr and "identities" in mixed.stderr
-    ), mixed.stderr
+    assert mixed.returncode == 2 and "noise" in mixed.stderr and "identities" in mixed.stderr, (
+        mixed.stderr
+    )
     assert not (root / "frozen" / "paper2").exists()
     dirty = qmroct_cli(root, "freeze", "paper2", "--allow-mixed")
     assert dirty.returncode == 2 and "uncommitted changes" in dirty.stderr, dirty.stderr

@@ -164,12 +164,14 @@ def test_identity_and_result_record_what_ran(tmp_path, archive_copy):
 
 def test_imported_packages_of_an_algorithm_are_recorded(tmp_path):
     code = tmp_path / "algo.py"
-    code.write_text(textwrap.dedent("""
+    code.write_text(
+        textwrap.dedent("""
         import numpy as np
         from scipy import ndimage
         import yaml, json
         from . import local
-    """))
+    """)
+    )
     assert {"numpy", "scipy", "PyYAML"} <= set(identity.imported_distributions([code]))
 
 

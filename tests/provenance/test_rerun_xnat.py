@@ -36,7 +36,11 @@ def _assessors(intf, session="SUBJ001_V1"):
 
 
 def test_freeze_and_rerun_against_xnat(
-    xnat_server, password, pyxnat_interface, tmp_path, small_demo  # noqa: F811 (fixtures)
+    xnat_server,  # noqa: F811 (fixtures imported from tests/xnat/conftest.py)
+    password,  # noqa: F811
+    pyxnat_interface,  # noqa: F811
+    tmp_path,
+    small_demo,
 ):
     xnat_server.store.put_project("DEMO", {})
     assert upload_archive(pyxnat_interface, small_demo / "archive", only={"SUBJ001_V1"}) == [
@@ -52,8 +56,9 @@ def test_freeze_and_rerun_against_xnat(
         return subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=900)
 
     def rerun(workdir):
-        return run(sys.executable, "-m", "qmroct.cli", "rerun", "frozen/paper1", "--workdir",
-                   str(workdir))
+        return run(
+            sys.executable, "-m", "qmroct.cli", "rerun", "frozen/paper1", "--workdir", str(workdir)
+        )
 
     done = run(sys.executable, "-m", "snakemake", "--cores", "2", "--nocolor")
     assert done.returncode == 0, done.stderr[-4000:]
@@ -91,9 +96,13 @@ def test_freeze_and_rerun_against_xnat(
     assert after[old][1][SUPERSEDED_FIELD] == new
     assert {k: v for k, v in after[old][1].items() if k != SUPERSEDED_FIELD} == before[old][1]
     assert SUPERSEDED_FIELD not in after[new][1] and after[new][1]["qmroct_version"] == "1.0.1"
-    files = pyxnat_interface.select(
-        f"/project/DEMO/subject/SUBJ001/experiment/SUBJ001_V1/assessor/{old}/resource/QMROCT"
-    ).files().get()
+    files = (
+        pyxnat_interface.select(
+            f"/project/DEMO/subject/SUBJ001/experiment/SUBJ001_V1/assessor/{old}/resource/QMROCT"
+        )
+        .files()
+        .get()
+    )
     assert "noise.json" in files
 
     # A frozen KQI altered by hand: the rerun (from the recorded commit, the code has moved

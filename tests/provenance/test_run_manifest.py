@@ -95,7 +95,12 @@ def test_a_run_writes_its_manifest_and_the_report_links_it(checkout):
 
 
 def test_run_id_is_the_one_the_starter_gave_never_a_used_one(tmp_path, monkeypatch):
-    from qmroct.provenance.run_manifest import RUN_ID_ENV, manifest_path, new_run_id, run_id_for_this_run
+    from qmroct.provenance.run_manifest import (
+        RUN_ID_ENV,
+        manifest_path,
+        new_run_id,
+        run_id_for_this_run,
+    )
 
     given = new_run_id()
     monkeypatch.setenv(RUN_ID_ENV, given)

@@ -21,8 +21,8 @@ def test_snakemake_report_holds_the_qmroct_report_and_tables(checkout):
         }
     assert by_name.get("index.html") == (root / "report/index.html").read_bytes(), names
     assert by_name.get("kqi.tsv") == (root / "tables/kqi.tsv").read_bytes(), names
-    assert (
-        by_name.get("demo_trial.tsv") == (root / "tables/studies/demo_trial.tsv").read_bytes()
-    ), names
+    assert by_name.get("demo_trial.tsv") == (root / "tables/studies/demo_trial.tsv").read_bytes(), (
+        names
+    )
     assert "Every KQI of every scan" in text  # the captions travel with them
     assert "The qmroct quality report of this run" in text

@@ -266,8 +266,7 @@ def test_workflow_against_xnat(xnat_server, password, pyxnat_interface, tmp_path
         ]
         # the listing XNAT offers (WorkflowsRestlet), as the client reads it
         history = pyxnat_interface._exec(
-            f"/data/services/workflows/qmroct?experiment={sessions[label]}"
-            "&display=ALL&format=json"
+            f"/data/services/workflows/qmroct?experiment={sessions[label]}&display=ALL&format=json"
         )
         items = json.loads(history)["ResultSet"]["Result"]
         assert sorted((i["pipeline_name"], i["status"]) for i in items) == [
@@ -316,7 +315,9 @@ def test_workflow_against_xnat(xnat_server, password, pyxnat_interface, tmp_path
     wf.run()
     # no write refused: no 400 on the update, no 409 on the resource (a GET may 404:
     # that is how the client finds the resource the rebuild dropped)
-    refused = [r for r in xnat_server.requests[mark:] if r["status"] >= 400 and r["method"] != "GET"]
+    refused = [
+        r for r in xnat_server.requests[mark:] if r["status"] >= 400 and r["method"] != "GET"
+    ]
     assert refused == []
     for label in first_two:
         eid = sessions[label]
@@ -331,7 +332,7 @@ def test_workflow_against_xnat(xnat_server, password, pyxnat_interface, tmp_path
         kqi_file = json.loads((root / f"results/kqi/DEMO/{label}/envprobe.json").read_text())
         assert kqi_file["algorithm"]["params"] == {"scale": 2.0}
         files = pyxnat_interface._get_json(
-            f"/data/experiments/{eid}/assessors/{probe_id}" "/resources/QMROCT/files"
+            f"/data/experiments/{eid}/assessors/{probe_id}/resources/QMROCT/files"
         )
         assert [f["Name"] for f in files] == ["envprobe.json"]
         runs = history_runs(xnat_server, eid)

@@ -63,8 +63,12 @@ def test_next_run_cleans_up_after_kill_9(xnat_server, password, pyxnat_interface
         start_new_session=True,
     )
     try:
-        wait_for(lambda: hold.with_suffix(".started").exists(), 120, "the held job to start",
-                 interval=0.05)
+        wait_for(
+            lambda: hold.with_suffix(".started").exists(),
+            120,
+            "the held job to start",
+            interval=0.05,
+        )
     finally:
         os.killpg(run.pid, signal.SIGKILL)
         run.wait(30)

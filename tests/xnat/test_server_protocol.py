@@ -48,8 +48,10 @@ def test_errors_are_html_status_pages(xnat_server, password):
 
 def test_duplicate_upload_without_overwrite(xnat_server, password, pyxnat_interface):
     seed_session(pyxnat_interface, "OCT", "S1", "S1_V1", scans=("1",), files_per_scan=1)
-    url = (f"{xnat_server.url}/data/projects/OCT/subjects/S1/experiments/S1_V1/scans/1"
-           "/resources/DICOM/files/S1_V1_1_000.dcm")
+    url = (
+        f"{xnat_server.url}/data/projects/OCT/subjects/S1/experiments/S1_V1/scans/1"
+        "/resources/DICOM/files/S1_V1_1_000.dcm"
+    )
     dup = requests.put(url, params={"inbody": "true"}, data=b"other", auth=(USER, password))
     assert dup.status_code == 200 and json.loads(dup.text) == {"duplicates": ["S1_V1_1_000.dcm"]}
     assert requests.get(url, auth=(USER, password)).content != b"other"
@@ -76,6 +78,7 @@ def test_pyxnat_listings_are_csv(xnat_server, pyxnat_interface):
 @needs_schemas
 def test_xnatpy_session_token_and_upload(xnat_server, password, pyxnat_interface, tmp_path):
     import xnat
+
     seed_session(pyxnat_interface, "OCT", "S1", "S1_V1", scans=("1",), files_per_scan=1)
     with xnat.connect(xnat_server.url, user=USER, password=password, loglevel="ERROR") as conn:
         assert conn.xnat_version == "1.8.10"

@@ -28,10 +28,20 @@ def _workflow(tmp_path: Path, small_demo: Path, server: str) -> Path:
 
 
 def _snakemake(root: Path, password: str, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, XNAT_USER=USER, XNAT_PASS=password,
-               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    return subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "--nocolor", *args],
-                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    env = dict(
+        os.environ,
+        XNAT_USER=USER,
+        XNAT_PASS=password,
+        PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "1", "--nocolor", *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _assert_plain(proc: subprocess.CompletedProcess, sentence: str, root: Path) -> None:

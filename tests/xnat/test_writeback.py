@@ -133,6 +133,7 @@ def test_resource_files_and_history(seeded, xnat_server, tmp_path, pyxnat_interf
 @needs_schemas
 def test_xnatpy_reads_kqis_back(seeded, xnat_server, password, tmp_path):
     import xnat
+
     arc, sessions = seeded
     s = sessions[0]
     arc.write_assessment(s, make_assessment(tmp_path, s))

@@ -91,8 +91,9 @@ def test_rerun_with_changed_kqis_updates_in_place_and_keeps_the_files(
 
 
 @needs_schemas
-def test_pyxnat_and_xnatpy_read_the_updated_assessor(arc_session, xnat_server, password,
-                                                     pyxnat_interface, tmp_path):
+def test_pyxnat_and_xnatpy_read_the_updated_assessor(
+    arc_session, xnat_server, password, pyxnat_interface, tmp_path
+):
     import xnat
 
     arc, s = arc_session

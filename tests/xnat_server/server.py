@@ -483,7 +483,7 @@ class XnatHandler(BaseHTTPRequestHandler):
         if sid is None:
             raise HttpError(
                 401,
-                "Maximum sessions of " f"{self.app.store.max_sessions} for this principal exceeded",
+                f"Maximum sessions of {self.app.store.max_sessions} for this principal exceeded",
             )
         self.jsession = sid
         self.app.session_credentials[sid] = self.credential

@@ -42,12 +42,16 @@ def describe_connect_error(exc: BaseException, cloud: Optional[str]) -> str:
     name = cloud or os.environ.get("OS_CLOUD") or "(OS_* variables)"
     files = os.environ.get("OS_CLIENT_CONFIG_FILE") or "clouds.yaml"
     if isinstance(exc, sdk.ConfigException):
-        return (f"openstack executor: cloud {name!r} is not in {files} (set --openstack-cloud "
-                f"to one of its entries, or OS_CLOUD): {exc}")
+        return (
+            f"openstack executor: cloud {name!r} is not in {files} (set --openstack-cloud "
+            f"to one of its entries, or OS_CLOUD): {exc}"
+        )
     status = getattr(exc, "status_code", None)
     if status == 401 or type(exc).__name__ == "Unauthorized":
-        return (f"openstack executor: cloud {name!r} refused the credentials (401): check the "
-                f"auth section of {name!r} in {files} or the OS_* variables")
+        return (
+            f"openstack executor: cloud {name!r} refused the credentials (401): check the "
+            f"auth section of {name!r} in {files} or the OS_* variables"
+        )
     if status == 403:
         return f"openstack executor: cloud {name!r} denied access (403): {exc}"
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

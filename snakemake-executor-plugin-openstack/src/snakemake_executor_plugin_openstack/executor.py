@@ -89,7 +89,9 @@ class Executor(RemoteExecutor):
             key = asyncssh.read_private_key(os.path.expanduser(s.private_key))
             pubkey = key.export_public_key().decode()
         except Exception as e:
-            raise WorkflowError(f"openstack executor: cannot read private key {s.private_key}: {e}") from e
+            raise WorkflowError(
+                f"openstack executor: cannot read private key {s.private_key}: {e}"
+            ) from e
         try:
             adapter.ensure_keypair(s.keypair, pubkey)
         except RuntimeError as e:

@@ -41,7 +41,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="where algorithm folders live (repeatable; default $QMROCT_ALGORITHMS or ./algorithms)",
     )
-    p.add_argument("--mcr-root", help="MATLAB Runtime root for executable algorithms (default $QMROCT_MCR_ROOT)")
+    p.add_argument(
+        "--mcr-root",
+        help="MATLAB Runtime root for executable algorithms (default $QMROCT_MCR_ROOT)",
+    )
 
 
 def register(subparsers) -> None:
@@ -58,13 +61,21 @@ def register(subparsers) -> None:
     p.add_argument("name")
     p.add_argument("--runtime", choices=["python", "octave", "executable"], default="python")
     p.add_argument("--dir", default=None, help="parent folder (default: the first algorithms dir)")
-    p.add_argument("--build", action="store_true", help="executable runtime: compile the C template with gcc")
+    p.add_argument(
+        "--build", action="store_true", help="executable runtime: compile the C template with gcc"
+    )
     _add_common(p)
     p.set_defaults(func=cmd_new)
 
-    p = sub.add_parser("test", help="run on bundled synthetic volumes and print KQIs beside the ground truth")
+    p = sub.add_parser(
+        "test", help="run on bundled synthetic volumes and print KQIs beside the ground truth"
+    )
     p.add_argument("name")
-    p.add_argument("--case", action="append", help="synthetic case(s): clean, high_noise, shadow, motion, decentered, log8")
+    p.add_argument(
+        "--case",
+        action="append",
+        help="synthetic case(s): clean, high_noise, shadow, motion, decentered, log8",
+    )
     p.add_argument("--shape", default="9,496,256", help="n_bscans,depth,width (default 9,496,256)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--timeout", type=float, default=None)
@@ -73,16 +84,23 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_test)
 
     p = sub.add_parser("schema", help="print the KQI output JSON schema")
-    p.add_argument("--manifest", action="store_true", help="print the algorithm.yaml schema instead")
+    p.add_argument(
+        "--manifest", action="store_true", help="print the algorithm.yaml schema instead"
+    )
     p.set_defaults(func=cmd_schema)
 
-    k = subparsers.add_parser("kqi", help="compute KQIs for scan files or folders and print them as JSON")
+    k = subparsers.add_parser(
+        "kqi", help="compute KQIs for scan files or folders and print them as JSON"
+    )
     k.add_argument("paths", nargs="+", metavar="PATH")
     k.add_argument("--algorithm", "-a", action="append", help="algorithm(s) to run (default: all)")
     k.add_argument("--per-bscan", action="store_true", help="include per-B-scan arrays")
     k.add_argument("--timeout", type=float, default=None)
-    k.add_argument("--intensity", choices=["linear", "log8", "rescaled100"],
-                   help="override how the scan's intensities are stored (default: from the reader)")
+    k.add_argument(
+        "--intensity",
+        choices=["linear", "log8", "rescaled100"],
+        help="override how the scan's intensities are stored (default: from the reader)",
+    )
     _add_common(k)
     k.set_defaults(func=cmd_kqi)
 
@@ -118,7 +136,9 @@ def cmd_new(args) -> int:
         "octave": f"edit {folder / (args.name + '_kqi.m')} (needs octave-cli)",
         "executable": f"build with sh {folder / 'build.sh'} (or replace with your MATLAB Compiler output)",
     }[args.runtime]
-    print(f"next: {hint}; try it with `qmroct algorithm test {args.name}`; declare it in config.yaml under algorithms:")
+    print(
+        f"next: {hint}; try it with `qmroct algorithm test {args.name}`; declare it in config.yaml under algorithms:"
+    )
     return 0
 
 
@@ -134,13 +154,19 @@ def cmd_test(args) -> int:
     except (AlgorithmError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    rows = run_on_synthetic(algo, cases=args.case, shape=shape, seed=args.seed, timeout=args.timeout)
+    rows = run_on_synthetic(
+        algo, cases=args.case, shape=shape, seed=args.seed, timeout=args.timeout
+    )
     if args.json:
         print(json.dumps(rows, indent=1, default=str))
     else:
-        print(f"{algo.name} {algo.version} ({algo.runtime}, {algo.code_checksum[:19]}...) on synthetic {args.shape}")
+        print(
+            f"{algo.name} {algo.version} ({algo.runtime}, {algo.code_checksum[:19]}...) on synthetic {args.shape}"
+        )
         for row in rows:
-            print(f"\n[{row['case']}]" + (f"  {row['elapsed_s']:.2f} s" if "elapsed_s" in row else ""))
+            print(
+                f"\n[{row['case']}]" + (f"  {row['elapsed_s']:.2f} s" if "elapsed_s" in row else "")
+            )
             if row["error"]:
                 print(f"  ALGORITHM FAILURE: {row['error']}")
                 continue
@@ -166,9 +192,12 @@ def _scan_files(paths: list[str]) -> list[Path]:
     for p in map(Path, paths):
         if p.is_dir():
             files += sorted(
-                f for f in p.rglob("*")
-                if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)
-                and f.suffix.lower() not in (".json", ".txt", ".md", ".yaml", ".yml", ".csv", ".tsv")
+                f
+                for f in p.rglob("*")
+                if f.is_file()
+                and not any(part.startswith(".") for part in f.relative_to(p).parts)
+                and f.suffix.lower()
+                not in (".json", ".txt", ".md", ".yaml", ".yml", ".csv", ".tsv")
             )
         else:
             files.append(p)
@@ -204,18 +233,35 @@ def cmd_kqi(args) -> int:
             staged = scratch / f"scan{i}"
             vpath, _ = volume.save(staged, f.stem)
             meta = volume.meta(f.stem)
-            entry.update(shape=list(volume.data.shape), device=volume.device, intensity=volume.intensity, results={})
+            entry.update(
+                shape=list(volume.data.shape),
+                device=volume.device,
+                intensity=volume.intensity,
+                results={},
+            )
             del volume
             for algo in algos:
                 try:
                     out = algo.run(vpath, meta, {}, staged / algo.name, timeout=args.timeout)
-                    kqis = out["kqis"] if args.per_bscan else {
-                        k: {kk: vv for kk, vv in v.items() if kk != "per_bscan"} for k, v in out["kqis"].items()
+                    kqis = (
+                        out["kqis"]
+                        if args.per_bscan
+                        else {
+                            k: {kk: vv for kk, vv in v.items() if kk != "per_bscan"}
+                            for k, v in out["kqis"].items()
+                        }
+                    )
+                    entry["results"][algo.name] = {
+                        "version": algo.version,
+                        "kqis": kqis,
+                        "notes": out["notes"],
                     }
-                    entry["results"][algo.name] = {"version": algo.version, "kqis": kqis, "notes": out["notes"]}
                 except AlgorithmFailure as exc:
-                    entry["results"][algo.name] = {"version": algo.version, "error": exc.message,
-                                                   "stderr_tail": exc.stderr_tail}
+                    entry["results"][algo.name] = {
+                        "version": algo.version,
+                        "error": exc.message,
+                        "stderr_tail": exc.stderr_tail,
+                    }
                     status = 1
             shutil.rmtree(staged, ignore_errors=True)
             report.append(entry)

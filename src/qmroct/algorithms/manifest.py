@@ -97,7 +97,9 @@ def available_algorithms(search_paths: Iterable[Path] | None = None) -> list[str
 
 
 def find_algorithm_dir(name: str, search_paths: Iterable[Path] | None = None) -> Path:
-    paths = [Path(p) for p in (search_paths if search_paths is not None else default_search_paths())]
+    paths = [
+        Path(p) for p in (search_paths if search_paths is not None else default_search_paths())
+    ]
     found = _candidates(paths)
     if name not in found:
         raise AlgorithmNotFound(name, sorted(found), paths)
@@ -119,24 +121,32 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     if problems:
         raise ManifestError(path, problems)
     if doc["name"] != folder.name:
-        raise ManifestError(path, f"name {doc['name']!r} differs from its folder name {folder.name!r}")
+        raise ManifestError(
+            path, f"name {doc['name']!r} differs from its folder name {folder.name!r}"
+        )
     names = [k["name"] for k in doc["kqis"]]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ManifestError(path, f"KQI declared twice: {', '.join(dupes)}")
     for kqi, text in (doc.get("thresholds") or {}).items():
         if kqi not in names:
-            raise ManifestError(path, f"threshold for undeclared KQI {kqi!r} (declared: {', '.join(names)})")
+            raise ManifestError(
+                path, f"threshold for undeclared KQI {kqi!r} (declared: {', '.join(names)})"
+            )
         parse_threshold(text)
     _check_confined(path, folder, doc)
     entry = folder / doc["entry"]
     if doc["runtime"] == "python" and not entry.is_file():
         raise ManifestError(path, f"entry {doc['entry']!r} not found in {folder}")
-    if doc["runtime"] == "octave" and not (entry.is_file() or (folder / (doc["entry"] + ".m")).is_file()):
+    if doc["runtime"] == "octave" and not (
+        entry.is_file() or (folder / (doc["entry"] + ".m")).is_file()
+    ):
         raise ManifestError(path, f"entry {doc['entry']!r} (.m file) not found in {folder}")
     for shared in doc.get("shared") or []:
         if not (folder.parent / SHARED_DIR / shared).is_file():
-            raise ManifestError(path, f"shared file {SHARED_DIR}/{shared} not found next to {folder}")
+            raise ManifestError(
+                path, f"shared file {SHARED_DIR}/{shared} not found next to {folder}"
+            )
     for data in doc.get("data") or []:
         if not (folder / data).is_file():
             raise ManifestError(path, f"data file {data!r} not found (relative to {folder})")

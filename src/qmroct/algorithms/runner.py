@@ -123,7 +123,11 @@ class Algorithm:
         self.thresholds: dict[str, str] = dict(doc.get("thresholds") or {})
         res = dict(DEFAULT_RESOURCES)
         res.update(doc.get("resources") or {})
-        self.resources = {"threads": int(res["threads"]), "mem_mb": int(res["mem_mb"]), "runtime_s": float(res["runtime_s"])}
+        self.resources = {
+            "threads": int(res["threads"]),
+            "mem_mb": int(res["mem_mb"]),
+            "runtime_s": float(res["runtime_s"]),
+        }
         self.default_params: dict[str, Any] = dict(doc.get("params") or {})
         self.code_checksum: str = code_checksum(self.path, self.shared)
         self.mcr_root = str(mcr_root) if mcr_root is not None else None
@@ -263,8 +267,14 @@ class Algorithm:
     # -------------------------------------------------------- python runtime
     def _run_inprocess(self, volume_path: Path, meta: dict, params: dict, workdir: Path) -> None:
         call_python(
-            self.name, self.path / self.entry, self.function or "compute",
-            volume_path, meta, params, workdir, self._module_name,
+            self.name,
+            self.path / self.entry,
+            self.function or "compute",
+            volume_path,
+            meta,
+            params,
+            workdir,
+            self._module_name,
         )
 
     # ----------------------------------------------------- external runtimes
@@ -274,10 +284,16 @@ class Algorithm:
         vol = np.load(volume_path, allow_pickle=False)
         # MATLAB convention: I(:,:,b) is B-scan b (rows = depth, columns = A-scans).
         mat = workdir / "_volume.mat"
-        scipy.io.savemat(mat, {"volume": np.ascontiguousarray(np.transpose(vol, (1, 2, 0)))}, do_compression=False)
+        scipy.io.savemat(
+            mat,
+            {"volume": np.ascontiguousarray(np.transpose(vol, (1, 2, 0)))},
+            do_compression=False,
+        )
         return mat
 
-    def _command(self, input_path: Path, meta_path: Path, params_path: Path, outdir: Path, mcr_root) -> list[str]:
+    def _command(
+        self, input_path: Path, meta_path: Path, params_path: Path, outdir: Path, mcr_root
+    ) -> list[str]:
         args = [str(input_path), str(meta_path), str(params_path), str(outdir)]
         if self.runtime == "python":
             # Only when forking is unsafe (other threads running): a fresh interpreter.
@@ -286,7 +302,11 @@ class Algorithm:
             pyrun = [sys.executable, "-m", "qmroct.algorithms.pyrun"]
             return [*pyrun, self.name, entry, function, *args]
         if self.runtime == "octave":
-            octave = os.environ.get("OCTAVE_EXECUTABLE") or shutil.which("octave-cli") or shutil.which("octave")
+            octave = (
+                os.environ.get("OCTAVE_EXECUTABLE")
+                or shutil.which("octave-cli")
+                or shutil.which("octave")
+            )
             if not octave:
                 raise AlgorithmFailure(
                     f"{self.name}: runtime 'octave' needs GNU Octave (octave-cli) on PATH or $OCTAVE_EXECUTABLE; "
@@ -324,26 +344,48 @@ class Algorithm:
         try:
             doc = json.loads(output.read_text())
         except (ValueError, OSError) as exc:
-            raise AlgorithmFailure(f"{self.name}: {OUTPUT_NAME} is not valid JSON: {exc}", stderr) from exc
+            raise AlgorithmFailure(
+                f"{self.name}: {OUTPUT_NAME} is not valid JSON: {exc}", stderr
+            ) from exc
         problems = validate_output(doc)
         if problems:
-            raise AlgorithmFailure(f"{self.name}: {OUTPUT_NAME} violates the KQI schema: " + "; ".join(problems[:5]), stderr)
+            raise AlgorithmFailure(
+                f"{self.name}: {OUTPUT_NAME} violates the KQI schema: " + "; ".join(problems[:5]),
+                stderr,
+            )
         problems = self._check_declared(doc["kqis"])
         if problems:
-            raise AlgorithmFailure(f"{self.name}: output does not match the manifest: " + "; ".join(problems[:5]), stderr)
+            raise AlgorithmFailure(
+                f"{self.name}: output does not match the manifest: " + "; ".join(problems[:5]),
+                stderr,
+            )
         files = []
         for name in doc.get("files", []):
             p = (workdir / name).resolve()
             if workdir != p and workdir not in p.parents:
-                raise AlgorithmFailure(f"{self.name}: extra output {name!r} lies outside the workdir", stderr)
+                raise AlgorithmFailure(
+                    f"{self.name}: extra output {name!r} lies outside the workdir", stderr
+                )
             if not p.is_file():
-                raise AlgorithmFailure(f"{self.name}: declared extra output {name!r} was not written", stderr)
+                raise AlgorithmFailure(
+                    f"{self.name}: declared extra output {name!r} was not written", stderr
+                )
             files.append(p)
         kqis = {
-            k: {"value": v["value"], "unit": v["unit"], "per_bscan": v.get("per_bscan"), **({"note": v["note"]} if "note" in v else {})}
+            k: {
+                "value": v["value"],
+                "unit": v["unit"],
+                "per_bscan": v.get("per_bscan"),
+                **({"note": v["note"]} if "note" in v else {}),
+            }
             for k, v in doc["kqis"].items()
         }
-        return {"kqis": kqis, "files": files, "notes": list(doc.get("notes", [])), "info": dict(doc.get("info", {}))}
+        return {
+            "kqis": kqis,
+            "files": files,
+            "notes": list(doc.get("notes", [])),
+            "info": dict(doc.get("info", {})),
+        }
 
     def _check_declared(self, kqis: dict[str, Any]) -> list[str]:
         problems = []
@@ -359,13 +401,22 @@ class Algorithm:
                 continue
             got = kqis[name]
             if got["unit"] != spec.unit:
-                problems.append(f"{name}: unit {got['unit']!r} but the manifest declares {spec.unit!r}")
+                problems.append(
+                    f"{name}: unit {got['unit']!r} but the manifest declares {spec.unit!r}"
+                )
             if spec.valid_range is not None:
                 lo, hi = spec.valid_range
                 values = [got["value"]] + list(got.get("per_bscan") or [])
-                bad = [v for v in values if v is not None and ((lo is not None and v < lo) or (hi is not None and v > hi))]
+                bad = [
+                    v
+                    for v in values
+                    if v is not None
+                    and ((lo is not None and v < lo) or (hi is not None and v > hi))
+                ]
                 if bad:
-                    problems.append(f"{name}: value {bad[0]} outside the declared valid range [{lo}, {hi}]")
+                    problems.append(
+                        f"{name}: value {bad[0]} outside the declared valid range [{lo}, {hi}]"
+                    )
         return problems
 
 

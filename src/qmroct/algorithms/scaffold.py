@@ -295,7 +295,9 @@ def scaffold(name: str, runtime: str, root: Path, *, build: bool = False) -> Pat
             p.write_text(text.format(**fmt))
             p.chmod(p.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
         (folder / ".gitignore").write_text(f"/{name}\n")
-    (folder / "algorithm.yaml").write_text(MANIFEST.format(name=name, runtime=runtime, entry=entry, function=function))
+    (folder / "algorithm.yaml").write_text(
+        MANIFEST.format(name=name, runtime=runtime, entry=entry, function=function)
+    )
     (folder / f"test_{name}.py").write_text(TEST.format(**fmt))
     if build and runtime == "executable":
         import subprocess

@@ -71,7 +71,9 @@ def run_on_synthetic(
             spec = CASES[case]
             nb, nz, nx = shape
             vol, truth = generate_volume(
-                SynthParams(n_bscans=nb, depth=nz, width=nx, defects=spec["defects"], seed=seed + i, looks=2)
+                SynthParams(
+                    n_bscans=nb, depth=nz, width=nx, defects=spec["defects"], seed=seed + i, looks=2
+                )
             )
             intensity = "linear"
             if spec.get("log8"):
@@ -87,9 +89,15 @@ def run_on_synthetic(
                 "intensity": intensity,
                 "shape": list(vol.shape),
             }
-            row: dict[str, Any] = {"case": case, "truth": truth_table(truth, bool(spec.get("log8"))), "error": None}
+            row: dict[str, Any] = {
+                "case": case,
+                "truth": truth_table(truth, bool(spec.get("log8"))),
+                "error": None,
+            }
             try:
-                out = algo.run(case_dir / "volume.npy", meta, params or {}, case_dir / "work", timeout=timeout)
+                out = algo.run(
+                    case_dir / "volume.npy", meta, params or {}, case_dir / "work", timeout=timeout
+                )
                 row.update(kqis=out["kqis"], notes=out["notes"], elapsed_s=out["elapsed_s"])
             except AlgorithmFailure as exc:
                 row.update(kqis={}, notes=[], error=str(exc))

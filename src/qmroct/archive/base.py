@@ -111,7 +111,11 @@ class Session:
         field: a person (or qmroct) marking a scan usable must not recompute it.
         """
         content = [
-            [s.id, s.type, [[f.name, f.size, f.checksum] for f in sorted(s.files, key=lambda f: f.name)]]
+            [
+                s.id,
+                s.type,
+                [[f.name, f.size, f.checksum] for f in sorted(s.files, key=lambda f: f.name)],
+            ]
             for s in sorted(self.scans, key=lambda s: s.id)
         ]
         digest = hashlib.sha256(json.dumps(content, separators=(",", ":")).encode())
@@ -198,8 +202,14 @@ class Archive(ABC):
         what is stored: do nothing and return action 'unchanged'.
         """
 
-    def record_history(self, session: Session, algorithm: str, status: str, detail: str = "",
-                       launch_time: str | None = None) -> str | None:
+    def record_history(
+        self,
+        session: Session,
+        algorithm: str,
+        status: str,
+        detail: str = "",
+        launch_time: str | None = None,
+    ) -> str | None:
         """Mark an algorithm run on the session's History (Queued/Running/Complete/Failed).
 
         The default records nothing here: the directory archive writes its history
@@ -212,10 +222,17 @@ class Archive(ABC):
         run, if any (see qmroct.history_queue); None where there is no History."""
         return None
 
-    def set_scan_quality(self, session: Session, study: str, verdicts: dict[str, str],
-                         reasons: dict[str, str] | None = None) -> dict[str, str]:
+    def set_scan_quality(
+        self,
+        session: Session,
+        study: str,
+        verdicts: dict[str, str],
+        reasons: dict[str, str] | None = None,
+    ) -> dict[str, str]:
         """Opt-in: write a study's verdicts into the scans' quality field (never over a person's)."""
-        raise ArchiveError(f"the {self.backend} archive cannot set scan quality (use the xnat backend)")
+        raise ArchiveError(
+            f"the {self.backend} archive cannot set scan quality (use the xnat backend)"
+        )
 
     def close(self) -> None:
         """Release connections; the default has nothing to release."""

@@ -92,28 +92,39 @@ class DirectoryArchive(Archive):
     # -- reading -----------------------------------------------------------
     def check(self) -> None:
         if not self.root.is_dir():
-            raise ArchiveError(f"directory archive {self.root} does not exist (run `qmroct demo-archive` to create one)")
+            raise ArchiveError(
+                f"directory archive {self.root} does not exist (run `qmroct demo-archive` to create one)"
+            )
 
     def _project_dir(self, project: str) -> Path:
         path = self.root / project
         if not path.is_dir():
-            known = sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
-            raise ArchiveError(f"project {project!r} not found in {self.root} (projects there: {', '.join(known) or 'none'})")
+            known = (
+                sorted(p.name for p in self.root.iterdir() if p.is_dir())
+                if self.root.is_dir()
+                else []
+            )
+            raise ArchiveError(
+                f"project {project!r} not found in {self.root} (projects there: {', '.join(known) or 'none'})"
+            )
         return path
 
     def _session_dirs(self, project: str):
         """(subject folder name, session folder, problem) for every session folder."""
         project_dir = self._project_dir(project)
         if not is_confined(self.root, project_dir):
-            raise ArchiveError(f"project folder {project_dir} leads outside the archive "
-                               f"{self.root}")
+            raise ArchiveError(
+                f"project folder {project_dir} leads outside the archive {self.root}"
+            )
         for subject_dir in sorted((project_dir / "subjects").glob("*")):
             if not is_confined(self.root, subject_dir):
                 yield subject_dir.name, subject_dir, "subject folder is a link out of the archive"
                 continue
             for session_dir in sorted((subject_dir / "experiments").glob("*")):
-                if not (is_confined(self.root, session_dir)
-                        and is_confined(self.root, session_dir / "session.json")):
+                if not (
+                    is_confined(self.root, session_dir)
+                    and is_confined(self.root, session_dir / "session.json")
+                ):
                     problem = "session folder is a link out of the archive"
                     yield subject_dir.name, session_dir, problem
                 elif (session_dir / "session.json").is_file():
@@ -150,46 +161,71 @@ class DirectoryArchive(Archive):
                 except ArchiveError as exc:
                     sessions.append(Session(project, subject, session_dir.name, problem=str(exc)))
                     continue
-                scan_dirs = sorted((session_dir / "scans").glob("*"),
-                                   key=lambda p: scan_order_key(p.name))
-                scans = [self._scan(scan_dir, cache) for scan_dir in scan_dirs
-                         if (scan_dir / "scan.json").is_file()
-                         or (scan_dir / "scan.json").is_symlink()]
+                scan_dirs = sorted(
+                    (session_dir / "scans").glob("*"), key=lambda p: scan_order_key(p.name)
+                )
+                scans = [
+                    self._scan(scan_dir, cache)
+                    for scan_dir in scan_dirs
+                    if (scan_dir / "scan.json").is_file() or (scan_dir / "scan.json").is_symlink()
+                ]
                 # where it was read is where it is written, whatever session.json says
                 folder = session_dir.relative_to(self.root).as_posix()
-                sessions.append(Session(project=project, subject=subject, label=label,
-                                        id=session_id, session_type=session_type,
-                                        scans=tuple(scans), extra={"folder": folder}))
+                sessions.append(
+                    Session(
+                        project=project,
+                        subject=subject,
+                        label=label,
+                        id=session_id,
+                        session_type=session_type,
+                        scans=tuple(scans),
+                        extra={"folder": folder},
+                    )
+                )
         self._save_cache(cache)
         return sessions
 
     def _scan(self, scan_dir: Path, cache: dict[str, Any]) -> Scan:
         """One scan; a link out of the archive or unreadable metadata is the scan's problem."""
-        if not (is_confined(self.root, scan_dir)
-                and is_confined(self.root, scan_dir / "scan.json")):
+        if not (
+            is_confined(self.root, scan_dir) and is_confined(self.root, scan_dir / "scan.json")
+        ):
             return Scan(id=scan_dir.name, problem="scan folder is a link out of the archive")
         try:
             info = _metadata(scan_dir / "scan.json")
-            scan = Scan(id=_text(info, "ID", scan_dir.name), type=_text(info, "type", ""),
-                        series_description=_text(info, "series_description", ""),
-                        quality=_text(info, "quality", ""))
+            scan = Scan(
+                id=_text(info, "ID", scan_dir.name),
+                type=_text(info, "type", ""),
+                series_description=_text(info, "series_description", ""),
+                quality=_text(info, "quality", ""),
+            )
         except ArchiveError as exc:
             return Scan(id=scan_dir.name, problem=str(exc))
         files = []
         for resource_files in sorted((scan_dir / "resources").glob("*/files")):
             if not is_confined(self.root, resource_files):
                 resource = resource_files.parent.name
-                return Scan(id=scan.id, type=scan.type,
-                            problem=f"resource folder {resource}/files is a link out of "
-                                    "the archive")
+                return Scan(
+                    id=scan.id,
+                    type=scan.type,
+                    problem=f"resource folder {resource}/files is a link out of the archive",
+                )
             for f in sorted(resource_files.iterdir()):
                 if not is_confined(self.root, f):
-                    return Scan(id=scan.id, type=scan.type,
-                                problem=f"file {f.name} is a link out of the archive")
+                    return Scan(
+                        id=scan.id,
+                        type=scan.type,
+                        problem=f"file {f.name} is a link out of the archive",
+                    )
                 if f.is_file():
                     files.append(self._file_entry(f, cache))
-        return Scan(id=scan.id, type=scan.type, series_description=scan.series_description,
-                    quality=scan.quality, files=tuple(files))
+        return Scan(
+            id=scan.id,
+            type=scan.type,
+            series_description=scan.series_description,
+            quality=scan.quality,
+            files=tuple(files),
+        )
 
     def _file_entry(self, path: Path, cache: dict[str, Any]) -> FileEntry:
         rel = path.relative_to(self.root).as_posix()
@@ -220,7 +256,8 @@ class DirectoryArchive(Archive):
             raise SessionUnavailable(
                 f"session {session.key}: the directory archive {self.root} is not reachable "
                 f"from host {socket.gethostname()} (a remote worker needs it mounted at the "
-                "same absolute path)")
+                "same absolute path)"
+            )
         fetched: dict[str, list[Path]] = {}
         for scan in session.scans:
             paths = []
@@ -230,15 +267,19 @@ class DirectoryArchive(Archive):
                     target = confined(dest, dest / scan.id / entry.name)
                 except UnsafePath as exc:
                     raise SessionUnavailable(
-                        f"session {session.key}: scan {scan.id}: {exc}") from None
+                        f"session {session.key}: scan {scan.id}: {exc}"
+                    ) from None
                 if not source.is_file():
                     raise SessionUnavailable(
                         f"session {session.key}: scan {scan.id} file {entry.name} is not in the "
                         f"archive {self.root} as host {socket.gethostname()} sees it: gone "
-                        "since discovery, or not reachable from this host")
+                        "since discovery, or not reachable from this host"
+                    )
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source, target)
-                if target.stat().st_size != entry.size or (entry.checksum and sha256_file(target) != entry.checksum):
+                if target.stat().st_size != entry.size or (
+                    entry.checksum and sha256_file(target) != entry.checksum
+                ):
                     raise SessionUnavailable(
                         f"session {session.key}: scan {scan.id} file {entry.name} changed since discovery; rerun to rediscover"
                     )
@@ -251,18 +292,27 @@ class DirectoryArchive(Archive):
         """The session's folder, resolved; never one outside the archive or of a session
         whose label or subject discovery refused."""
         if session.problem:
-            raise ArchiveError(f"session {session.key}: not writing into the archive: "
-                               f"{session.problem}")
+            raise ArchiveError(
+                f"session {session.key}: not writing into the archive: {session.problem}"
+            )
         folder = session.extra.get("folder")
         if folder:
             path = self.root / folder
         else:
-            path = self.root / session.project / "subjects" / session.subject / "experiments" / session.label
+            path = (
+                self.root
+                / session.project
+                / "subjects"
+                / session.subject
+                / "experiments"
+                / session.label
+            )
         try:
             path = confined(self.root, path)
         except UnsafePath as exc:
             raise ArchiveError(
-                f"session {session.key}: not writing into the archive: {exc}") from None
+                f"session {session.key}: not writing into the archive: {exc}"
+            ) from None
         if not (path / "session.json").is_file():
             raise SessionUnavailable(f"session {session.key} is no longer in the archive")
         return path
@@ -270,8 +320,9 @@ class DirectoryArchive(Archive):
     def _assessors_dir(self, session: Session, base: Path) -> Path:
         assessors = base / "assessors"
         if assessors.is_symlink() or (assessors.exists() and not assessors.is_dir()):
-            raise ArchiveError(f"session {session.key}: not writing: {assessors} "
-                               "is a link or not a folder")
+            raise ArchiveError(
+                f"session {session.key}: not writing: {assessors} is a link or not a folder"
+            )
         assessors.mkdir(exist_ok=True)
         return assessors
 
@@ -303,11 +354,17 @@ class DirectoryArchive(Archive):
                     destination = confined(files_dir, files_dir / name)
                 except UnsafePath as exc:
                     raise ArchiveError(
-                        f"session {session.key}: assessment file {name!r}: {exc}") from None
+                        f"session {session.key}: assessment file {name!r}: {exc}"
+                    ) from None
                 shutil.copyfile(path, destination)
-            record = {"label": assessment.label, "algorithm": assessment.algorithm,
-                      "version": assessment.version, "digest": digest,
-                      "provenance": assessment.provenance, "written": now_iso()}
+            record = {
+                "label": assessment.label,
+                "algorithm": assessment.algorithm,
+                "version": assessment.version,
+                "digest": digest,
+                "provenance": assessment.provenance,
+                "written": now_iso(),
+            }
             (staging / "assessor.json").write_text(json.dumps(record, indent=1, default=str))
             if target.exists():
                 old = assessors / _work_name("old")
@@ -322,8 +379,9 @@ class DirectoryArchive(Archive):
         self._supersede_others(base, assessors, session, assessment)
         return WriteOutcome(assessment.label, action)
 
-    def _supersede_others(self, base: Path, assessors: Path, session: Session,
-                          assessment) -> list[str]:
+    def _supersede_others(
+        self, base: Path, assessors: Path, session: Session, assessment
+    ) -> list[str]:
         """Older assessors of the same algorithm (other versions, or the unversioned label
         of earlier qmroct) stay, marked superseded by this one: a paper may cite them. This
         one, superseded earlier (a version rolled back), is current again."""
@@ -334,8 +392,12 @@ class DirectoryArchive(Archive):
         marked = []
         for folder in sorted(assessors.iterdir()):
             record_path = folder / "assessor.json"
-            if folder.name.startswith(".") or folder.is_symlink() or not record_path.is_file() \
-                    or record_path.is_symlink():
+            if (
+                folder.name.startswith(".")
+                or folder.is_symlink()
+                or not record_path.is_file()
+                or record_path.is_symlink()
+            ):
                 continue
             record = _read_json(record_path)
             legacy = "algorithm" not in record and record.get("label") == unversioned
@@ -344,8 +406,9 @@ class DirectoryArchive(Archive):
             if record.get("label") == assessment.label:
                 if record.pop("superseded_by", None) is not None:
                     record.pop("superseded", None)
-                    write_text_atomic(record_path, json.dumps(record, indent=1, default=str),
-                                      make_parents=False)
+                    write_text_atomic(
+                        record_path, json.dumps(record, indent=1, default=str), make_parents=False
+                    )
                 continue
             if record.get("superseded_by") == assessment.label:
                 continue
@@ -357,27 +420,47 @@ class DirectoryArchive(Archive):
                 record["superseded_note"] = f"{SUPERSEDED_FIELD} not set in assessor.xml: {exc}"
             else:
                 write_bytes_atomic(xml_path, xml, make_parents=False)
-            write_text_atomic(record_path, json.dumps(record, indent=1, default=str),
-                              make_parents=False)
+            write_text_atomic(
+                record_path, json.dumps(record, indent=1, default=str), make_parents=False
+            )
             marked.append(str(record.get("label") or folder.name))
-        _append_history_lines(base, [
-            {"time": now_iso(), "pipeline_name": f"qmroct {assessment.algorithm}",
-             "version": assessment.version, "status": "Complete",
-             "details": f"assessor {label} superseded by {assessment.label}"}
-            for label in marked
-        ])
+        _append_history_lines(
+            base,
+            [
+                {
+                    "time": now_iso(),
+                    "pipeline_name": f"qmroct {assessment.algorithm}",
+                    "version": assessment.version,
+                    "status": "Complete",
+                    "details": f"assessor {label} superseded by {assessment.label}",
+                }
+                for label in marked
+            ],
+        )
         return marked
 
     def _append_history(self, base: Path, assessment, action: str) -> None:
-        _append_history_lines(base, [{
-            "time": now_iso(),
-            "pipeline_name": f"qmroct {assessment.algorithm}",
-            "version": assessment.version,
-            "status": "Complete" if assessment.status != "failed" else "Failed",
-            "details": f"assessor {assessment.label} {action}",
-        }])
+        _append_history_lines(
+            base,
+            [
+                {
+                    "time": now_iso(),
+                    "pipeline_name": f"qmroct {assessment.algorithm}",
+                    "version": assessment.version,
+                    "status": "Complete" if assessment.status != "failed" else "Failed",
+                    "details": f"assessor {assessment.label} {action}",
+                }
+            ],
+        )
 
-    def add_session(self, project: str, subject: str, label: str, scans: list[dict[str, Any]], move: bool = False) -> Path:
+    def add_session(
+        self,
+        project: str,
+        subject: str,
+        label: str,
+        scans: list[dict[str, Any]],
+        move: bool = False,
+    ) -> Path:
         """Put a session into the archive (used by the demo builder and tests).
 
         ``scans``: [{"id", "type", "series_description", "files": [paths]}].
@@ -385,21 +468,38 @@ class DirectoryArchive(Archive):
         project_dir = self.root / project
         project_dir.mkdir(parents=True, exist_ok=True)
         if not (project_dir / "project.json").exists():
-            (project_dir / "project.json").write_text(json.dumps({"ID": project, "name": project}, indent=1))
+            (project_dir / "project.json").write_text(
+                json.dumps({"ID": project, "name": project}, indent=1)
+            )
         subject_dir = project_dir / "subjects" / subject
         subject_dir.mkdir(parents=True, exist_ok=True)
         if not (subject_dir / "subject.json").exists():
-            (subject_dir / "subject.json").write_text(json.dumps({"label": subject, "project": project}, indent=1))
+            (subject_dir / "subject.json").write_text(
+                json.dumps({"label": subject, "project": project}, indent=1)
+            )
         session_dir = subject_dir / "experiments" / label
         session_dir.mkdir(parents=True, exist_ok=True)
         (session_dir / "session.json").write_text(
-            json.dumps({"label": label, "ID": label, "xsiType": SESSION_TYPE, "subject": subject, "project": project}, indent=1)
+            json.dumps(
+                {
+                    "label": label,
+                    "ID": label,
+                    "xsiType": SESSION_TYPE,
+                    "subject": subject,
+                    "project": project,
+                },
+                indent=1,
+            )
         )
         for scan in scans:
             scan_dir = session_dir / "scans" / str(scan["id"])
             files_dir = scan_dir / "resources" / "DICOM" / "files"
             files_dir.mkdir(parents=True, exist_ok=True)
-            meta = {"ID": str(scan["id"]), "xsiType": "xnat:optScanData", "quality": scan.get("quality", "")}
+            meta = {
+                "ID": str(scan["id"]),
+                "xsiType": "xnat:optScanData",
+                "quality": scan.get("quality", ""),
+            }
             meta.update({k: scan[k] for k in ("type", "series_description") if k in scan})
             (scan_dir / "scan.json").write_text(json.dumps(meta, indent=1))
             for f in scan.get("files", []):
@@ -432,8 +532,11 @@ def remove_interrupted_writes(assessors: Path, folder: str) -> list[Path]:
             host, pid, started = match.group(2), int(match.group(3)), match.group(4)
             if host != _HOST or Owner(socket.gethostname(), pid, started).alive():
                 continue  # another host's or a live writer's
-        elif not (child.name.startswith(f".{folder}.") and "_qmroct_" in folder
-                  and _LEGACY_SUFFIX.fullmatch(child.name[len(folder) + 1:])):
+        elif not (
+            child.name.startswith(f".{folder}.")
+            and "_qmroct_" in folder
+            and _LEGACY_SUFFIX.fullmatch(child.name[len(folder) + 1 :])
+        ):
             continue
         shutil.rmtree(child, ignore_errors=True)
         removed.append(child)

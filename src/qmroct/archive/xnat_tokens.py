@@ -289,7 +289,7 @@ class TokenKeeper:
                 done.add(alias)
             except ArchiveError as err:  # kept for the next run
                 log.warning(
-                    "XNAT alias token %s... left by a stopped run could not be " "invalidated: %s",
+                    "XNAT alias token %s... left by a stopped run could not be invalidated: %s",
                     alias[:8],
                     err,
                 )

@@ -665,7 +665,7 @@ def _describe(
             **({"startTime": min(starts)} if starts else {}),
             **({"endTime": max(ends)} if ends else {}),
             "description": "; ".join(index["notes"])
-            or "one identity and environment " "per algorithm, clean checkout",
+            or "one identity and environment per algorithm, clean checkout",
         },
     )
     run["subjectOf"] = manifests + [frozen_index, environment, *locks]

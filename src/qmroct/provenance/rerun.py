@@ -363,7 +363,9 @@ def format_report(report: RerunReport) -> str:
         ]
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines.append(f"{len(report.differences)} KQI(s) differ:")
-        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+        lines += [
+            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+        ]
     verdict = "REPRODUCED" if report.reproduced else "NOT REPRODUCED"
     lines.append(
         f"{verdict}: {report.kqis_compared} KQIs compared in {len(report.compared)} results, "

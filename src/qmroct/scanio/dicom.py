@@ -130,12 +130,17 @@ def read_opt_dicom(path: Path, max_bytes: int | None = None) -> Volume:
     modality = str(getattr(ds, "Modality", ""))
     sop_class = str(getattr(ds, "SOPClassUID", ""))
     if sop_class != OPT_SOP_CLASS and modality != "OPT":
-        raise ScanError(path, f"not an OCT scan (Modality {modality or 'missing'}, SOP class {sop_class or 'missing'})")
+        raise ScanError(
+            path,
+            f"not an OCT scan (Modality {modality or 'missing'}, SOP class {sop_class or 'missing'})",
+        )
     _check_pixel_data(path, ds, limit)
     try:
         pixels = ds.pixel_array
     except Exception as exc:
-        raise ScanError(path, f"corrupt or truncated pixel data ({type(exc).__name__}: {exc})") from exc
+        raise ScanError(
+            path, f"corrupt or truncated pixel data ({type(exc).__name__}: {exc})"
+        ) from exc
     if pixels.ndim == 2:
         pixels = pixels[None]
     data = pixels.astype(np.float32)
@@ -151,7 +156,9 @@ def read_opt_dicom(path: Path, max_bytes: int | None = None) -> Volume:
     return Volume(
         data=data,
         spacing_mm=_spacing(ds),
-        device=" ".join(str(getattr(ds, a, "")) for a in ("Manufacturer", "ManufacturerModelName")).strip(),
+        device=" ".join(
+            str(getattr(ds, a, "")) for a in ("Manufacturer", "ManufacturerModelName")
+        ).strip(),
         laterality={"R": "OD", "L": "OS"}.get(str(getattr(ds, "ImageLaterality", "")), ""),
         intensity=intensity,
         source=str(path),
@@ -186,18 +193,23 @@ def _read_dataset(path: Path, limit: int) -> Dataset:
     del compressed
     try:
         header = pydicom.filereader.read_dataset(
-            DicomBytesIO(bytes(data)), is_implicit_VR=False, is_little_endian=True,
-            stop_when=lambda tag, vr, length: tag == PIXEL_DATA)
+            DicomBytesIO(bytes(data)),
+            is_implicit_VR=False,
+            is_little_endian=True,
+            stop_when=lambda tag, vr, length: tag == PIXEL_DATA,
+        )
         header.file_meta = meta
     except Exception as exc:
-        raise ScanError(path, f"corrupt deflated DICOM header "
-                              f"({type(exc).__name__}: {exc})") from exc
+        raise ScanError(
+            path, f"corrupt deflated DICOM header ({type(exc).__name__}: {exc})"
+        ) from exc
     promised = _check_pixel_data(path, header, limit, check_length=False)
     data += inflater.decompress(inflater.unconsumed_tail, promised + DEFLATE_HEADROOM)
     if inflater.unconsumed_tail:
         raise ScanError(path, "deflated data set inflates to more than its header promises")
-    ds = pydicom.filereader.read_dataset(DicomBytesIO(bytes(data)), is_implicit_VR=False,
-                                         is_little_endian=True)
+    ds = pydicom.filereader.read_dataset(
+        DicomBytesIO(bytes(data)), is_implicit_VR=False, is_little_endian=True
+    )
     # its pixel data is native (uncompressed) once inflated
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
@@ -220,8 +232,9 @@ def _check_pixel_data(path: Path, ds: Dataset, limit: int, check_length: bool = 
     except (AttributeError, TypeError, ValueError) as exc:
         raise ScanError(path, f"corrupt pixel data header ({type(exc).__name__}: {exc})") from exc
     if min(rows, cols, frames, samples, bits) < 1:
-        raise ScanError(path, f"corrupt pixel data header: {frames} frames of {rows} x {cols}, "
-                              f"{bits} bits")
+        raise ScanError(
+            path, f"corrupt pixel data header: {frames} frames of {rows} x {cols}, {bits} bits"
+        )
     voxels = rows * cols * frames * samples
     stored = (voxels * bits + 7) // 8
     check_decoded_size(path, voxels, stored, limit)
@@ -229,8 +242,9 @@ def _check_pixel_data(path: Path, ds: Dataset, limit: int, check_length: bool = 
     if check_length and (syntax is None or not syntax.is_compressed):
         held = len(ds.PixelData)
         if held < stored:
-            raise ScanError(path, f"corrupt or truncated pixel data: {held} bytes, "
-                                  f"the header promises {stored}")
+            raise ScanError(
+                path, f"corrupt or truncated pixel data: {held} bytes, the header promises {stored}"
+            )
     return stored
 
 
@@ -242,5 +256,11 @@ def _spacing(ds: Dataset) -> dict[str, float]:
     except (AttributeError, IndexError, KeyError):
         measures = ds
     pixel_spacing = getattr(measures, "PixelSpacing", None) or [0, 0]
-    thickness = getattr(measures, "SliceThickness", None) or getattr(ds, "SpacingBetweenSlices", 0) or 0
-    return {"bscan": float(thickness), "depth": float(pixel_spacing[0]), "ascan": float(pixel_spacing[1])}
+    thickness = (
+        getattr(measures, "SliceThickness", None) or getattr(ds, "SpacingBetweenSlices", 0) or 0
+    )
+    return {
+        "bscan": float(thickness),
+        "depth": float(pixel_spacing[0]),
+        "ascan": float(pixel_spacing[1]),
+    }

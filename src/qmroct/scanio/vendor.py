@@ -53,8 +53,11 @@ def read_vendor(path: Path | str, max_bytes: int | None = None) -> Volume:
         return _read_oct_converter(path, suffix, max_bytes)
     if suffix == ".oct":
         return _read_oct_converter(path, suffix, max_bytes)
-    raise ScanError(path, "unrecognised format (expected DICOM OPT, .npy, Heidelberg .vol/.e2e, Topcon .fds/.fda, "
-                          "Zeiss .img or Bioptigen .OCT)")
+    raise ScanError(
+        path,
+        "unrecognised format (expected DICOM OPT, .npy, Heidelberg .vol/.e2e, Topcon .fds/.fda, "
+        "Zeiss .img or Bioptigen .OCT)",
+    )
 
 
 # ---------------------------------------------------------------- Heyex .vol
@@ -90,7 +93,9 @@ def read_heyex_vol(path: Path, max_bytes: int | None = None) -> Volume:
             nx, nb, nz = header["size_x"], header["n_bscans"], header["size_y"]
             hdr = header["bscan_hdr_size"]
             if not (0 < nx <= 16384 and 0 < nb <= 4096 and 0 < nz <= 16384) or hdr < 256:
-                raise ValueError(f"implausible header: {nb} B-scans of {nz} x {nx}, B-scan header {hdr} bytes")
+                raise ValueError(
+                    f"implausible header: {nb} B-scans of {nz} x {nx}, B-scan header {hdr} bytes"
+                )
             check_decoded_size(path, nb * nz * nx, nb * nz * nx * 4, limit)
             slo = header["size_x_slo"] * header["size_y_slo"]
             offset = VOL_HEADER_SIZE + slo
@@ -100,7 +105,12 @@ def read_heyex_vol(path: Path, max_bytes: int | None = None) -> Volume:
             if size < expected:
                 raise ValueError(f"truncated: {size} bytes, header promises {expected}")
             raw = np.memmap(path, dtype=np.uint8, mode="r", offset=offset, shape=(nb, stride))
-            data = np.ascontiguousarray(raw[:, hdr:]).view("<f4").reshape(nb, nz, nx).astype(np.float32)
+            data = (
+                np.ascontiguousarray(raw[:, hdr:])
+                .view("<f4")
+                .reshape(nb, nz, nx)
+                .astype(np.float32)
+            )
             del raw
     except (OSError, ValueError, struct.error) as exc:
         raise ScanError(path, f"unreadable Heidelberg .vol: {exc}") from exc
@@ -109,13 +119,21 @@ def read_heyex_vol(path: Path, max_bytes: int | None = None) -> Volume:
     lat = header["scan_position"].upper()
     return Volume(
         data=data,
-        spacing_mm={"bscan": float(header["distance"]), "depth": float(header["scale_y"]), "ascan": float(header["scale_x"])},
+        spacing_mm={
+            "bscan": float(header["distance"]),
+            "depth": float(header["scale_y"]),
+            "ascan": float(header["scale_x"]),
+        },
         device="Heidelberg Engineering Spectralis",
         laterality=lat if lat in ("OD", "OS") else "",
         intensity="linear",
         source=str(path),
-        extra={"format": "heyex-vol", "vol_version": header["version"], "scan_pattern": header["scan_pattern"],
-               "invalid_voxels": int(invalid.sum())},
+        extra={
+            "format": "heyex-vol",
+            "vol_version": header["version"],
+            "scan_pattern": header["scan_pattern"],
+            "invalid_voxels": int(invalid.sum()),
+        },
     )
 
 
@@ -132,7 +150,11 @@ def read_heyex_e2e(path: Path) -> Volume:
             data[data > 1.99] = np.nan  # empty regions in E2E exports
             return Volume(
                 data=data,
-                spacing_mm={"bscan": float(ev.scale_z), "depth": float(ev.scale_y), "ascan": float(ev.scale_x)},
+                spacing_mm={
+                    "bscan": float(ev.scale_z),
+                    "depth": float(ev.scale_y),
+                    "ascan": float(ev.scale_x),
+                },
                 device="Heidelberg Engineering Spectralis",
                 laterality=_laterality(ev.meta.get("laterality", "")),
                 intensity="linear",
@@ -178,7 +200,10 @@ def _read_oct_converter(path: Path, suffix: str, limit: int | None = None) -> Vo
     try:
         from oct_converter import readers
     except ImportError as exc:
-        raise ScanError(path, f"reading {suffix} files needs oct-converter (pip install oct-converter==0.7.0): {exc}") from exc
+        raise ScanError(
+            path,
+            f"reading {suffix} files needs oct-converter (pip install oct-converter==0.7.0): {exc}",
+        ) from exc
     try:
         if suffix == ".e2e" or suffix == ".sdb":
             volumes = readers.E2E(path).read_oct_volume()
@@ -203,14 +228,22 @@ def _read_oct_converter(path: Path, suffix: str, limit: int | None = None) -> Vo
     spacing = list(getattr(oct_vol, "pixel_spacing", None) or [])
     notes = []
     if len(spacing) == 3:
-        spacing_mm = {"ascan": float(spacing[0]), "depth": float(spacing[1]), "bscan": float(spacing[2])}
+        spacing_mm = {
+            "ascan": float(spacing[0]),
+            "depth": float(spacing[1]),
+            "bscan": float(spacing[2]),
+        }
         if suffix in (".e2e", ".sdb"):
-            notes.append("oct-converter E2E: lateral and B-scan spacing are reader defaults, not read from the file")
+            notes.append(
+                "oct-converter E2E: lateral and B-scan spacing are reader defaults, not read from the file"
+            )
     else:
         spacing_mm = {"bscan": 0.0, "depth": 0.0, "ascan": 0.0}
         notes.append("no pixel spacing from the reader")
     kind = "log8" if float(np.nanmax(data)) <= 255.0 else "linear"
-    notes.append(f"{suffix} via oct-converter holds display (log-compressed) values: intensity {kind!r}")
+    notes.append(
+        f"{suffix} via oct-converter holds display (log-compressed) values: intensity {kind!r}"
+    )
     return Volume(
         data=data,
         spacing_mm=spacing_mm,
@@ -222,8 +255,15 @@ def _read_oct_converter(path: Path, suffix: str, limit: int | None = None) -> Vo
     )
 
 
-def write_heyex_vol(path: Path, data: np.ndarray, scale_x: float, scale_y: float, distance: float,
-                    laterality: str = "OD", bscan_hdr_size: int = 2048) -> None:
+def write_heyex_vol(
+    path: Path,
+    data: np.ndarray,
+    scale_x: float,
+    scale_y: float,
+    distance: float,
+    laterality: str = "OD",
+    bscan_hdr_size: int = 2048,
+) -> None:
     """Write a minimal Heyex .vol (for tests and fixtures): header, a 1x1 SLO, B-scans.
 
     ``data`` is (bscan, depth, ascan) linear float32; NaN is written as FLT_MAX.

@@ -78,8 +78,11 @@ def check_decoded_size(path: Path | str, voxels: int, stored_bytes: int, limit: 
     bytes, as float32 voxels (what every reader produces) or as stored pixel data."""
     largest = max(voxels * 4, stored_bytes)
     if largest > limit:
-        raise ScanError(path, f"header promises {_mb(largest)} of decoded data, more than the "
-                              f"limit of {_mb(limit)} (limits/scan_decoded_mb)")
+        raise ScanError(
+            path,
+            f"header promises {_mb(largest)} of decoded data, more than the "
+            f"limit of {_mb(limit)} (limits/scan_decoded_mb)",
+        )
 
 
 def read_scan(path: Path | str, max_bytes: int | None = None) -> Volume:
@@ -95,8 +98,10 @@ def read_scan(path: Path | str, max_bytes: int | None = None) -> Volume:
         raise ScanError(path, "file not found")
     size = path.stat().st_size
     if size > limit:  # every supported format decodes to at least its stored size
-        raise ScanError(path, f"file is {_mb(size)}, more than the limit of {_mb(limit)} "
-                              "(limits/scan_decoded_mb)")
+        raise ScanError(
+            path,
+            f"file is {_mb(size)}, more than the limit of {_mb(limit)} (limits/scan_decoded_mb)",
+        )
     try:
         volume = _read_any(path, limit)
     except ScanError:
@@ -105,8 +110,11 @@ def read_scan(path: Path | str, max_bytes: int | None = None) -> Volume:
         raise ScanError(path, f"unreadable ({type(exc).__name__}: {exc})") from exc
     _check_volume(path, volume)
     if volume.data.nbytes > limit:  # readers we cannot bound beforehand (oct-converter)
-        raise ScanError(path, f"decoded volume is {_mb(volume.data.nbytes)}, more than the "
-                              f"limit of {_mb(limit)} (limits/scan_decoded_mb)")
+        raise ScanError(
+            path,
+            f"decoded volume is {_mb(volume.data.nbytes)}, more than the "
+            f"limit of {_mb(limit)} (limits/scan_decoded_mb)",
+        )
     return volume
 
 
@@ -150,8 +158,9 @@ def _read_npy(path: Path, limit: int) -> Volume:
     voxels = int(np.prod(shape, dtype=object))
     check_decoded_size(path, voxels, voxels * dtype.itemsize, limit)
     if path.stat().st_size - offset < voxels * dtype.itemsize:
-        raise ScanError(path, f"truncated .npy: header promises {voxels * dtype.itemsize} "
-                              "bytes of data")
+        raise ScanError(
+            path, f"truncated .npy: header promises {voxels * dtype.itemsize} bytes of data"
+        )
     try:
         data = np.load(path, allow_pickle=False, mmap_mode="r")
     except (ValueError, OSError, EOFError) as exc:
@@ -174,6 +183,8 @@ def _read_npy(path: Path, limit: int) -> Volume:
 def _check_volume(path: Path, volume: Volume) -> None:
     data = volume.data
     if data.ndim != 3:
-        raise ScanError(path, f"expected a 3-D volume (bscan, depth, ascan), got shape {data.shape}")
+        raise ScanError(
+            path, f"expected a 3-D volume (bscan, depth, ascan), got shape {data.shape}"
+        )
     if min(data.shape) < 1 or data.shape[1] < 8 or data.shape[2] < 8:
         raise ScanError(path, f"volume too small to be an OCT scan: shape {data.shape}")

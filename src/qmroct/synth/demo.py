@@ -56,8 +56,11 @@ def build_demo_archive(
         raise ValueError(f"start must be 1 or more (the index of the first session), got {start}")
     archive = DirectoryArchive(out / "archive")
     existing = [
-        k for k in range(start, start + sessions)
-        if (out / "archive" / project / "subjects" / _subject(k) / "experiments" / _label(k)).exists()
+        k
+        for k in range(start, start + sessions)
+        if (
+            out / "archive" / project / "subjects" / _subject(k) / "experiments" / _label(k)
+        ).exists()
     ]
     if existing:
         taken = ", ".join(_label(k) for k in existing)
@@ -99,10 +102,19 @@ def build_demo_archive(
                 series_number=s + 1,
                 laterality=laterality,
             )
-            scans.append({"id": scan_id, "type": "OCT", "series_description": f"Macular Cube {laterality}", "files": [dicom_path]})
+            scans.append(
+                {
+                    "id": scan_id,
+                    "type": "OCT",
+                    "series_description": f"Macular Cube {laterality}",
+                    "files": [dicom_path],
+                }
+            )
             truth_dir = out / "truth" / project / label
             truth_dir.mkdir(parents=True, exist_ok=True)
-            (truth_dir / f"{scan_id}.json").write_text(json.dumps({"params": _params_json(params), **truth.scalars()}, indent=1))
+            (truth_dir / f"{scan_id}.json").write_text(
+                json.dumps({"params": _params_json(params), **truth.scalars()}, indent=1)
+            )
             np.savez_compressed(truth_dir / f"{scan_id}.npz", **truth.arrays())
         archive.add_session(project, subject, label, scans, move=True)
         labels.append(label)

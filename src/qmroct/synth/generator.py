@@ -84,12 +84,19 @@ class GroundTruth:
         for name in ("ilm", "bm", "axial_shift", "shadow_mask"):
             data.pop(name)
         data["fovea_offset_mm"] = fovea_offset_mm(self)
-        data["max_axial_shift_px"] = float(np.max(np.abs(np.diff(self.axial_shift)))) if len(self.axial_shift) > 1 else 0.0
+        data["max_axial_shift_px"] = (
+            float(np.max(np.abs(np.diff(self.axial_shift)))) if len(self.axial_shift) > 1 else 0.0
+        )
         data["shadow_fraction"] = float(self.shadow_mask.mean())
         return data
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"ilm": self.ilm, "bm": self.bm, "axial_shift": self.axial_shift, "shadow_mask": self.shadow_mask}
+        return {
+            "ilm": self.ilm,
+            "bm": self.bm,
+            "axial_shift": self.axial_shift,
+            "shadow_mask": self.shadow_mask,
+        }
 
 
 def fovea_offset_mm(truth: GroundTruth) -> float:
@@ -141,13 +148,17 @@ def generate_volume(params: SynthParams) -> tuple[np.ndarray, GroundTruth]:
     ilm = params.ilm_depth_mm / dz_mm + tilt * (np.arange(nx) - (nx - 1) / 2)[None, :]
     ilm = np.broadcast_to(ilm, (nb, nx)).astype(float) + shift[:, None]
     ilm = ilm + (thickness_px[:INNER_LAYERS].sum() - thick[..., :INNER_LAYERS].sum(axis=-1))
-    boundaries = ilm[..., None] + np.concatenate([np.zeros((nb, nx, 1)), np.cumsum(thick, axis=-1)], axis=-1)
+    boundaries = ilm[..., None] + np.concatenate(
+        [np.zeros((nb, nx, 1)), np.cumsum(thick, axis=-1)], axis=-1
+    )
     bm = boundaries[..., -1]
 
     top = np.min(ilm) - 5
     bottom = np.max(bm) + 5
     if top < 10 or bottom > nz - 20:
-        raise ValueError(f"retina does not fit in {nz} rows (rows {top:.0f}..{bottom:.0f}); increase depth or spacing")
+        raise ValueError(
+            f"retina does not fit in {nz} rows (rows {top:.0f}..{bottom:.0f}); increase depth or spacing"
+        )
 
     z = np.arange(nz, dtype=float)[None, :, None] + 0.5  # pixel centres, (1, nz, 1)
     reflect = np.zeros((nb, nz, nx), dtype=np.float32)
@@ -157,7 +168,9 @@ def generate_volume(params: SynthParams) -> tuple[np.ndarray, GroundTruth]:
         reflect += np.where((z >= upper) & (z < lower), np.float32(r), np.float32(0))
     below = z - bm[:, None, :]
     choroid_decay_px = CHOROID_DECAY_UM / (dz_mm * 1000)
-    reflect += np.where(below >= 0, CHOROID_REFLECTIVITY * np.exp(-below / choroid_decay_px), 0).astype(np.float32)
+    reflect += np.where(
+        below >= 0, CHOROID_REFLECTIVITY * np.exp(-below / choroid_decay_px), 0
+    ).astype(np.float32)
     # Beer-Lambert: light is attenuated on its way down through the tissue.
     depth_in_tissue_mm = np.clip(z - ilm[:, None, :], 0, None) * dz_mm
     reflect *= np.exp(-params.attenuation_per_mm * depth_in_tissue_mm).astype(np.float32)
