@@ -57,7 +57,8 @@ class Workflow:
         )
         if check and proc.returncode != 0:
             raise AssertionError(
-                f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+                f"snakemake {' '.join(args)} failed ({proc.returncode}):\n"
+                f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
             )
         return proc
 

@@ -41,7 +41,8 @@ def test_defects_leave_their_marks():
         clean[b[0], rows, cols[0]].mean() - floor
     )
     moved, tm = generate_volume(SynthParams(**SMALL, seed=2, defects=("motion",)))
-    # Bruch's membrane is flat (the pit comes from thinning inner layers), so it moves only with the eye.
+    # Bruch's membrane is flat (the pit comes from thinning inner layers), so it moves only
+    # with the eye.
     assert np.allclose(tm.bm - tm.bm[0], tm.axial_shift[:, None])
     assert np.abs(np.diff(tm.axial_shift)).max() >= 4
     wide = dict(SMALL, n_bscans=9, width=256)
@@ -115,7 +116,8 @@ def test_demo_archive_is_deterministic(tmp_path):
 
 
 def test_oct_converter_rescaled_dicoms_are_flagged(tmp_path):
-    """oct-converter rescales to 0..100: the reader must say so (noise KQIs are meaningless there)."""
+    """oct-converter rescales to 0..100: the reader must say so (noise KQIs are meaningless
+    there)."""
     from oct_converter.dicom.dicom import write_opt_dicom as oct_converter_write
     from oct_converter.dicom.metadata import (
         DicomMetadata,

@@ -58,7 +58,8 @@ def prepare(volume: np.ndarray, meta: dict | None = None) -> tuple[np.ndarray, l
         fill = float(np.min(vol[finite]))
         vol = np.where(finite, vol, np.float32(fill))
         notes.append(
-            f"{n_bad} non-finite voxel(s) ({n_bad / vol.size:.2%}) replaced by the volume minimum {fill:g}"
+            f"{n_bad} non-finite voxel(s) ({n_bad / vol.size:.2%}) replaced by the volume "
+            f"minimum {fill:g}"
         )
     kind = (meta or {}).get("intensity", "linear") or "linear"
     if kind not in INTENSITY_KINDS:
@@ -67,7 +68,8 @@ def prepare(volume: np.ndarray, meta: dict | None = None) -> tuple[np.ndarray, l
 
 
 def looks_rescaled100(vol: np.ndarray, meta: dict | None) -> bool:
-    """Data declared linear that look normalised to 0-100 integers (oct-converter's DICOM writer does this)."""
+    """Data declared linear that look normalised to 0-100 integers (oct-converter's DICOM
+    writer does this)."""
     if intensity_kind(meta) != "linear" or vol.size == 0:
         return False
     lo, hi = float(vol.min()), float(vol.max())
@@ -78,7 +80,8 @@ def looks_rescaled100(vol: np.ndarray, meta: dict | None) -> bool:
 
 
 RESCALED_NOTE = (
-    "intensities look rescaled to 0-100 integers (e.g. an oct-converter DICOM) although declared linear: "
+    "intensities look rescaled to 0-100 integers (e.g. an oct-converter DICOM) although "
+    "declared linear: "
     "sigma and floor are not in device units and are quantisation-limited; SNR is indicative only"
 )
 
@@ -122,7 +125,8 @@ def dp_band(cost: np.ndarray, ref: np.ndarray, max_jump: int, penalty: float) ->
     hist[0, :, pad : pad + B] = cost_t[0]
     bi = np.arange(nb)
     jc3 = jump_cost[None, :, None]
-    # previous offset o' = o + dref - jump (row_cur - row_prev = jump): window start pad + dref - jump
+    # previous offset o' = o + dref - jump (row_cur - row_prev = jump):
+    # window start pad + dref - jump
     starts = pad + dref[:, :, None] - jumps[None, None, :]  # (nb, nx-1, J)
     windows = np.lib.stride_tricks.sliding_window_view(
         hist, B, axis=2

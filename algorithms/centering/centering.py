@@ -23,7 +23,8 @@ from qmroct.algorithms.shared import load_shared
 
 
 def find_fovea(thick: np.ndarray, weight: np.ndarray, sigma: tuple[float, float], min_pit: float):
-    """(bscan, ascan, pit_depth, smoothed map) or (None, None, pit_depth, map) when there is no pit."""
+    """(bscan, ascan, pit_depth, smoothed map) or (None, None, pit_depth, map) when there
+    is no pit."""
     w = weight.astype(np.float64)
     num = gaussian_filter(np.where(weight, thick, 0.0), sigma, mode="nearest")
     den = gaussian_filter(w, sigma, mode="nearest")
@@ -74,7 +75,8 @@ def compute(volume, meta, params, workdir):
     }
     if fb is None:
         notes.append(
-            f"no foveal pit found (depth {depth if depth is not None else 'n/a'} um < {p['min_pit_um']} um)"
+            f"no foveal pit found (depth {depth if depth is not None else 'n/a'} um "
+            f"< {p['min_pit_um']} um)"
         )
         return {"kqis": kq, "notes": notes}
     ox = (fx - (nx - 1) / 2) * dx if dx else None

@@ -31,7 +31,8 @@ from qmroct.algorithms.shared import load_shared
 
 
 def count_steps(ilm: np.ndarray, bm: np.ndarray, threshold: float, span: int) -> np.ndarray:
-    """Per B-scan: runs of positions where ILM or BM changes by > threshold over ``span`` A-scans."""
+    """Per B-scan: runs of positions where ILM or BM changes by > threshold over ``span``
+    A-scans."""
     nb, nx = ilm.shape
     if nx <= span:
         return np.zeros(nb)

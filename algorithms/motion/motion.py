@@ -107,7 +107,8 @@ def compute(volume, meta, params, workdir):
     ok = np.isfinite(shifts_um)
     if not ok.all():
         notes.append(
-            f"{int((~ok).sum())} of {nb - 1} B-scan pair(s) without enough confidently segmented A-scans: "
+            f"{int((~ok).sum())} of {nb - 1} B-scan pair(s) without enough confidently "
+            "segmented A-scans: "
             "shift unknown (null)"
         )
     per = [None] + [float(abs(v)) if np.isfinite(v) else None for v in shifts_um]

@@ -91,7 +91,8 @@ def compute(volume, meta, params, workdir):
         if cn1b is None:
             cn1b, source = DEFAULT_CN1B, "default"
             notes.append(
-                f"device {(meta or {}).get('device', '')!r} has no published cN1B; used {DEFAULT_CN1B} (Spectralis)"
+                f"device {(meta or {}).get('device', '')!r} has no published cN1B; "
+                f"used {DEFAULT_CN1B} (Spectralis)"
             )
     kind = octseg.intensity_kind(meta)
     if kind != "linear":

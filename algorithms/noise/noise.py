@@ -72,12 +72,14 @@ def compute(volume, meta, params, workdir):
     if kind == "log8":
         vol = np.power(np.float32(10.0), vol * np.float32(p["log_dynamic_range_db"] / 255.0 / 10.0))
         note = (
-            f"log8 input linearised with a {p['log_dynamic_range_db']} dB window: sigma and floor in relative "
+            f"log8 input linearised with a {p['log_dynamic_range_db']} dB window: sigma and "
+            "floor in relative "
             "linear units; SNR comparable"
         )
     elif kind == "rescaled100":
         note = (
-            "intensities were rescaled to 0-100 (e.g. oct-converter DICOM): sigma and floor are not in device "
+            "intensities were rescaled to 0-100 (e.g. oct-converter DICOM): sigma and floor "
+            "are not in device "
             "units and are quantisation-limited; SNR is indicative only"
         )
     elif octseg.looks_rescaled100(vol, meta):
@@ -104,7 +106,8 @@ def compute(volume, meta, params, workdir):
         snr = 20 * np.log10(signal / sigma) if sigma > 0 and signal > 0 else float("nan")
     if not np.isfinite(snr):
         notes.append(
-            "SNR undefined: no signal above the noise floor or zero noise (blank or constant volume)"
+            "SNR undefined: no signal above the noise floor or zero noise "
+            "(blank or constant volume)"
         )
 
     def k(value, unit, per=None):

@@ -89,7 +89,8 @@ def compute(volume, meta, params, workdir):
     if kind == "log8":
         lin = np.power(np.float32(10.0), vol * np.float32(p["log_dynamic_range_db"] / 255.0 / 10.0))
         notes.append(
-            "log8 input linearised for the signal-loss band; SNR/CNR computed on the stored (log) values"
+            "log8 input linearised for the signal-loss band; "
+            "SNR/CNR computed on the stored (log) values"
         )
     nb, nz, nx = vol.shape
     dz_um = octseg.depth_spacing_um(meta)
@@ -123,7 +124,8 @@ def compute(volume, meta, params, workdir):
     finite = np.isfinite(snr_b)
     if not finite.all():
         notes.append(
-            f"SNR/CNR undefined for {int((~finite).sum())} B-scan(s) (no retina or constant background)"
+            f"SNR/CNR undefined for {int((~finite).sum())} B-scan(s) "
+            "(no retina or constant background)"
         )
     kqis = {
         "shadow_fraction": {

@@ -109,7 +109,8 @@ def main() -> int:
     if args.markdown:
         print(
             f"Volume 49 x 496 x 512 float32 (defects: {', '.join(defects) or 'none'}), one core, "
-            f"{args.repeats} repeats, numpy {np.__version__}, Python {platform.python_version()}, {cpu_name}, "
+            f"{args.repeats} repeats, numpy {np.__version__}, "
+            f"Python {platform.python_version()}, {cpu_name}, "
             f"load average at the end {load:.1f} on {os.cpu_count()} CPUs\n"
         )
         print("| algorithm | wall median s | wall min s | CPU median s |\n|---|---:|---:|---:|")
@@ -117,16 +118,19 @@ def main() -> int:
             print(f"| {name} (alone) | {med:.3f} | {mn:.3f} | {c:.3f} |")
         print(f"| sum of the six alone | {total_med:.3f} | {total_min:.3f} | {total_cpu:.3f} |")
         print(
-            f"| **all six together, one process (segmentation shared)** | **{tog_med:.3f}** | **{tog_min:.3f}** | **{tog_cpu:.3f}** |"
+            "| **all six together, one process (segmentation shared)** "
+            f"| **{tog_med:.3f}** | **{tog_min:.3f}** | **{tog_cpu:.3f}** |"
         )
     else:
         for name, med, mn, c in rows:
             print(f"{name:10s} alone    wall median {med:.3f} s  min {mn:.3f} s  cpu {c:.3f} s")
         print(
-            f"{'sum alone':10s}          wall median {total_med:.3f} s  min {total_min:.3f} s  cpu {total_cpu:.3f} s"
+            f"{'sum alone':10s}          wall median {total_med:.3f} s  "
+            f"min {total_min:.3f} s  cpu {total_cpu:.3f} s"
         )
         print(
-            f"{'together':10s}          wall median {tog_med:.3f} s  min {tog_min:.3f} s  cpu {tog_cpu:.3f} s (target <= 2 s)"
+            f"{'together':10s}          wall median {tog_med:.3f} s  min {tog_min:.3f} s  "
+            f"cpu {tog_cpu:.3f} s (target <= 2 s)"
         )
         print(f"load average {load:.1f} on {os.cpu_count()} CPUs")
     return 0

@@ -14,7 +14,8 @@ build_worker_env, under /opt/qmroct-bench-worker or $QMROCT_BENCH_WORKER_ROOT; r
 sources are unchanged). --shared-workers: the old setup
 (VMs see the head's files and run its .venv).
 
-    .venv/bin/python benchmarks/executor/run_benchmark.py [--jobs 80] [--skip-one-vm] [--pool-repeats 3]
+    .venv/bin/python benchmarks/executor/run_benchmark.py [--jobs 80] [--skip-one-vm]
+        [--pool-repeats 3]
 """
 
 from __future__ import annotations
@@ -234,7 +235,8 @@ def main():
             )
         )
         if a.compare_scheduler:
-            # the same pool with Snakemake's default ILP scheduler, for the profile's choice of greedy
+            # the same pool with Snakemake's default ILP scheduler, for the profile's choice
+            # of greedy
             other = "ilp" if a.scheduler == "greedy" else "greedy"
             res[f"pool_{other}"] = case(
                 tmp,

@@ -72,7 +72,9 @@ rule compute:
 rule session_summary:
     input:
         session="results/discovery/sessions/{project}/{session}.json",
-        results=lambda wc: expand("results/kqi/{p}/{s}/{a}.json", p=wc.project, s=wc.session, a=ALGORITHMS),
+        results=lambda wc: expand(
+            "results/kqi/{p}/{s}/{a}.json", p=wc.project, s=wc.session, a=ALGORITHMS
+        ),
     output:
         summary="results/sessions/{project}/{session}.json",
         thumbnails=directory("results/thumbnails/{project}/{session}"),
@@ -86,7 +88,9 @@ rule writeback:
     input:
         session="results/discovery/sessions/{project}/{session}.json",
         summary="results/sessions/{project}/{session}.json",
-        results=lambda wc: expand("results/kqi/{p}/{s}/{a}.json", p=wc.project, s=wc.session, a=ALGORITHMS),
+        results=lambda wc: expand(
+            "results/kqi/{p}/{s}/{a}.json", p=wc.project, s=wc.session, a=ALGORITHMS
+        ),
     output:
         receipt="results/writeback/{project}/{session}.json",
     shell:

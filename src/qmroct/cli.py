@@ -3,11 +3,15 @@
 qmroct demo-archive --out demo --sessions 8 --seed 0    build the embedded demo archive
 qmroct check-config config.yaml                          validate a config without running
 qmroct discover config.yaml                              list sessions as the workflow would
-qmroct algorithm new|test|list NAME                      write and try an algorithm (docs/algorithms.md)
+qmroct algorithm new|test|list NAME                      write and try an algorithm
+                                                         (docs/algorithms.md)
 qmroct kqi SCAN... [--algorithm NAME]                    KQIs of any scan file, outside the workflow
-qmroct cloud reap [--dry-run]                            delete VMs of crashed runs (docs/openstack.md)
-qmroct watch [--interval 300] [--once] [-- SNAKEMAKE ARGS]  run the workflow when the archive changes
-qmroct runs | qmroct status                              run history; health for monitoring (docs/operations.md)
+qmroct cloud reap [--dry-run]                            delete VMs of crashed runs
+                                                         (docs/openstack.md)
+qmroct watch [--interval 300] [--once] [-- SNAKEMAKE ARGS]  run the workflow when the
+                                                         archive changes
+qmroct runs | qmroct status                              run history; health for monitoring
+                                                         (docs/operations.md)
 qmroct freeze NAME [--study S]                           freeze results as a citable crate
 qmroct rerun frozen/NAME [--sessions N]                  recompute a frozen set and compare
 """
@@ -49,7 +53,8 @@ def cmd_demo_archive(args: argparse.Namespace) -> int:
         print(f"qmroct demo-archive: {exc}", file=sys.stderr)
         return 2
     print(
-        f"wrote {len(labels)} sessions to {Path(args.out) / 'archive'} (ground truth in {Path(args.out) / 'truth'})"
+        f"wrote {len(labels)} sessions to {Path(args.out) / 'archive'} "
+        f"(ground truth in {Path(args.out) / 'truth'})"
     )
     return 0
 
@@ -59,7 +64,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     print(
-        f"{args.config}: OK ({len(settings.algorithms)} algorithms: {', '.join(sorted(settings.algorithms))}; "
+        f"{args.config}: OK ({len(settings.algorithms)} algorithms: "
+        f"{', '.join(sorted(settings.algorithms))}; "
         f"{len(settings.studies)} studies)"
     )
     return 0
@@ -202,7 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     cloud_sub = cloud.add_subparsers(dest="cloud_command", required=True)
     reap = cloud_sub.add_parser(
         "reap",
-        help="delete servers left by crashed runs (two-pass, only this tool's servers); --dry-run lists them",
+        help=(
+            "delete servers left by crashed runs (two-pass, only this tool's servers); "
+            "--dry-run lists them"
+        ),
         add_help=False,
     )
     reap.add_argument(

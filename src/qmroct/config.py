@@ -94,7 +94,8 @@ def check_config(
     for name, entry in config["algorithms"].items():
         if name not in available:
             raise ConfigError(
-                f"config.yaml: algorithms/{name}: unknown algorithm {name!r}; available: {', '.join(sorted(available)) or 'none'}"
+                f"config.yaml: algorithms/{name}: unknown algorithm {name!r}; "
+                f"available: {', '.join(sorted(available)) or 'none'}"
             )
         algo = load_algorithm(name, search_paths=search_paths, mcr_root=config.get("mcr_root"))
         pin = (entry or {}).get("version")
@@ -110,7 +111,8 @@ def check_config(
                 )
             except PinError as exc:
                 raise ConfigError(
-                    f"config.yaml: algorithms/{name}/version: pinned {pin!r} but {name}'s manifest says "
+                    f"config.yaml: algorithms/{name}/version: pinned {pin!r} "
+                    f"but {name}'s manifest says "
                     f"{algo.version!r}, and {exc}"
                 ) from None
             algo = Algorithm(folder, mcr_root=config.get("mcr_root"))
@@ -118,8 +120,10 @@ def check_config(
         unknown_params = sorted(set((entry or {}).get("params") or {}) - set(algo.default_params))
         if unknown_params:
             raise ConfigError(
-                f"config.yaml: algorithms/{name}/params: unknown key(s) {', '.join(unknown_params)}; "
-                f"{name}'s manifest declares: {', '.join(sorted(algo.default_params)) or 'no params'}"
+                f"config.yaml: algorithms/{name}/params: unknown key(s) "
+                f"{', '.join(unknown_params)}; "
+                f"{name}'s manifest declares: "
+                f"{', '.join(sorted(algo.default_params)) or 'no params'}"
             )
         algorithms[name] = algo
 
@@ -135,7 +139,8 @@ def check_config(
             ]
         if not texts:
             raise ConfigError(
-                f"config.yaml: studies/{name}: no criteria (and no default thresholds in the declared algorithms)"
+                f"config.yaml: studies/{name}: no criteria "
+                "(and no default thresholds in the declared algorithms)"
             )
         try:
             criteria = [parse_criterion(text, kqis) for text in texts]
@@ -145,7 +150,8 @@ def check_config(
         unknown = sorted(set(projects) - set(config["projects"]))
         if unknown:
             raise ConfigError(
-                f"config.yaml: studies/{name}/projects: {', '.join(unknown)} not in the configured projects"
+                f"config.yaml: studies/{name}/projects: {', '.join(unknown)} "
+                "not in the configured projects"
             )
         if study.get("set_scan_quality") and config["archive"]["backend"] != "xnat":
             raise ConfigError(

@@ -162,15 +162,20 @@ def render_report(
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>qmroct quality report</title>",
         "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}"
-        "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:left}"
+        "table{border-collapse:collapse;font-size:13px}"
+        "td,th{border:1px solid #ccc;padding:3px 7px;text-align:left}"
         "th{background:#f2f2f2}.fail{color:#c0392b}.pass{color:#27ae60}.missing{color:#d68910}"
-        ".gallery{display:flex;flex-wrap:wrap;gap:14px}.card{border:1px solid #ddd;padding:6px;width:330px;font-size:12px}"
+        ".gallery{display:flex;flex-wrap:wrap;gap:14px}"
+        ".card{border:1px solid #ddd;padding:6px;width:330px;font-size:12px}"
         "h2{border-bottom:1px solid #ddd;padding-bottom:3px}</style></head><body>",
         "<h1>OCT quality report</h1>",
-        f"<p>{n_sessions} sessions, {n_scans} scans, algorithms: {', '.join(sorted(tidy['algorithm'].unique()))}. "
-        f"{len(failures)} scan-algorithm failures. qmroct {qmroct.__version__}, {time.strftime('%Y-%m-%d %H:%M')}.</p>",
+        f"<p>{n_sessions} sessions, {n_scans} scans, "
+        f"algorithms: {', '.join(sorted(tidy['algorithm'].unique()))}. "
+        f"{len(failures)} scan-algorithm failures. qmroct {qmroct.__version__}, "
+        f"{time.strftime('%Y-%m-%d %H:%M')}.</p>",
         # written beside this page at the end of every run (qmroct.runhistory)
-        "<p><a href='runs.html'>Run history</a>: every run, what triggered it, its jobs and failures.</p>",
+        "<p><a href='runs.html'>Run history</a>: "
+        "every run, what triggered it, its jobs and failures.</p>",
     ]
 
     parts.append("<h2>Studies</h2>")
@@ -184,7 +189,8 @@ def render_report(
                 counts = table[text].value_counts() if text in table else pd.Series(dtype=int)
                 rows.append(
                     f"<tr><td>{html.escape(text)}</td><td class='pass'>{counts.get('pass', 0)}</td>"
-                    f"<td class='fail'>{counts.get('fail', 0)}</td><td class='missing'>{counts.get('missing', 0)}</td></tr>"
+                    f"<td class='fail'>{counts.get('fail', 0)}</td>"
+                    f"<td class='missing'>{counts.get('missing', 0)}</td></tr>"
                 )
             usable = (table["overall"] == "pass").sum()
             parts.append(
@@ -215,7 +221,9 @@ def render_report(
                 else "<p>(no thumbnail: scan not readable)</p>"
             )
             parts.append(
-                f"<div class='card'>{picture}<br><b>{html.escape(row.project)}/{html.escape(row.session)} scan {html.escape(str(row.scan))}</b>"
+                f"<div class='card'>{picture}<br>"
+                f"<b>{html.escape(row.project)}/{html.escape(row.session)} "
+                f"scan {html.escape(str(row.scan))}</b>"
                 f"<br><span class='fail'>{html.escape(row.reasons)}</span></div>"
             )
         parts.append("</div>")

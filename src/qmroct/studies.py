@@ -60,7 +60,8 @@ def parse_criterion(text: str, kqis_by_algorithm: dict[str, set[str]]) -> Criter
             raise CriterionError(f"criterion {text!r}: no declared algorithm has a KQI {kqi!r}")
         if len(owners) > 1:
             raise CriterionError(
-                f"criterion {text!r}: KQI {kqi!r} is ambiguous ({', '.join(owners)}); write <algorithm>.{kqi}"
+                f"criterion {text!r}: KQI {kqi!r} is ambiguous ({', '.join(owners)}); "
+                f"write <algorithm>.{kqi}"
             )
         algorithm = owners[0]
     elif algorithm not in kqis_by_algorithm:

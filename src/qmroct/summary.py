@@ -70,7 +70,8 @@ def boundaries_for(
             path = extras_dir / rel
             if path.suffix == ".npz" and path.exists():
                 with np.load(path) as data:
-                    # Boundary lines are float (bscan, ascan) arrays; masks and scalars are not drawn.
+                    # Boundary lines are float (bscan, ascan) arrays; masks and scalars are
+                    # not drawn.
                     return {
                         k: np.asarray(data[k])
                         for k in data.files

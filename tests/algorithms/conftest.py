@@ -1,4 +1,5 @@
-"""Shared fixtures of the algorithm tests: the repository's algorithms and staged synthetic scans."""
+"""Shared fixtures of the algorithm tests: the repository's algorithms and staged synthetic
+scans."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ def stage_scan(
     scan_id: str = "scan1",
     device: str = "Synthetic SD-OCT",
 ) -> tuple[Path, dict]:
-    """Write volume.npy + meta.json the way the workflow stages a scan; returns (volume_path, meta)."""
+    """Write volume.npy + meta.json the way the workflow stages a scan; returns
+    (volume_path, meta)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "volume.npy"
     np.save(path, np.ascontiguousarray(volume, dtype=np.float32))

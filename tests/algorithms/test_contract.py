@@ -38,7 +38,8 @@ def make_algo(root: Path, name: str, body: str, kqis: str | None = None, extra: 
     """
     )
     (folder / "algorithm.yaml").write_text(
-        f"name: {name}\nversion: '0.1'\nruntime: python\nentry: algo.py\n{extra}kqis:{textwrap.dedent(kqis)}"
+        f"name: {name}\nversion: '0.1'\nruntime: python\nentry: algo.py\n"
+        f"{extra}kqis:{textwrap.dedent(kqis)}"
     )
     return folder
 
@@ -107,30 +108,36 @@ def test_earlier_search_path_wins(tmp_path):
     "manifest, fragment",
     [
         (
-            "name: bad\nversion: '1'\nruntime: java\nentry: x\nkqis: [{name: a, unit: px, higher_is_better: true}]\n",
+            "name: bad\nversion: '1'\nruntime: java\nentry: x\n"
+            "kqis: [{name: a, unit: px, higher_is_better: true}]\n",
             "runtime",
         ),
         ("name: bad\nversion: '1'\nruntime: python\nentry: algo.py\nkqis: []\n", "kqis"),
         (
-            "name: bad\nversion: '1'\nruntime: python\nentry: algo.py\nkqis: [{name: a, unit: px, higher_is_better: true}]\n"
+            "name: bad\nversion: '1'\nruntime: python\nentry: algo.py\n"
+            "kqis: [{name: a, unit: px, higher_is_better: true}]\n"
             "thresholds: {a: 'at least 3'}\n",
             "thresholds",
         ),
         (
-            "name: bad\nversion: '1'\nruntime: python\nentry: algo.py\nkqis: [{name: a, unit: px, higher_is_better: true}]\n"
+            "name: bad\nversion: '1'\nruntime: python\nentry: algo.py\n"
+            "kqis: [{name: a, unit: px, higher_is_better: true}]\n"
             "thresholds: {b: '>= 3'}\n",
             "undeclared",
         ),
         (
-            "name: other\nversion: '1'\nruntime: python\nentry: algo.py\nkqis: [{name: a, unit: px, higher_is_better: true}]\n",
+            "name: other\nversion: '1'\nruntime: python\nentry: algo.py\n"
+            "kqis: [{name: a, unit: px, higher_is_better: true}]\n",
             "folder",
         ),
         (
-            "name: bad\nversion: '1'\nruntime: python\nentry: missing.py\nkqis: [{name: a, unit: px, higher_is_better: true}]\n",
+            "name: bad\nversion: '1'\nruntime: python\nentry: missing.py\n"
+            "kqis: [{name: a, unit: px, higher_is_better: true}]\n",
             "missing.py",
         ),
         (
-            "name: bad\nversion: '1'\nruntime: python\nentry: algo.py\nkqis: [{name: a, unit: px, higher_is_better: true}]\nspeed: 3\n",
+            "name: bad\nversion: '1'\nruntime: python\nentry: algo.py\n"
+            "kqis: [{name: a, unit: px, higher_is_better: true}]\nspeed: 3\n",
             "speed",
         ),
     ],
@@ -173,7 +180,8 @@ BAD_BODIES = {
         "boom: no retina",
     ),
     "wrong_schema": (
-        "def compute(v, m, p, w):\n    return {'kqis': {'value_a': {'value': 'high', 'unit': 'px'}}}\n",
+        "def compute(v, m, p, w):\n"
+        "    return {'kqis': {'value_a': {'value': 'high', 'unit': 'px'}}}\n",
         "schema",
     ),
     "missing_kqi": (
@@ -181,27 +189,33 @@ BAD_BODIES = {
         "missing",
     ),
     "wrong_unit": (
-        "def compute(v, m, p, w):\n    return {'kqis': {'value_a': {'value': 1.0, 'unit': 'mm'}}}\n",
+        "def compute(v, m, p, w):\n"
+        "    return {'kqis': {'value_a': {'value': 1.0, 'unit': 'mm'}}}\n",
         "unit",
     ),
     "out_of_range": (
-        "def compute(v, m, p, w):\n    return {'kqis': {'value_a': {'value': 1000.0, 'unit': 'px'}}}\n",
+        "def compute(v, m, p, w):\n"
+        "    return {'kqis': {'value_a': {'value': 1000.0, 'unit': 'px'}}}\n",
         "valid range",
     ),
     "undeclared_file": (
-        "def compute(v, m, p, w):\n    return {'kqis': {'value_a': {'value': 1.0, 'unit': 'px'}}, 'files': ['nope.npz']}\n",
+        "def compute(v, m, p, w):\n"
+        "    return {'kqis': {'value_a': {'value': 1.0, 'unit': 'px'}}, 'files': ['nope.npz']}\n",
         "not written",
     ),
     "escaping_file": (
-        "def compute(v, m, p, w):\n    return {'kqis': {'value_a': {'value': 1.0, 'unit': 'px'}}, 'files': ['../x']}\n",
+        "def compute(v, m, p, w):\n"
+        "    return {'kqis': {'value_a': {'value': 1.0, 'unit': 'px'}}, 'files': ['../x']}\n",
         "outside",
     ),
     "not_json": (
-        "def compute(v, m, p, w):\n    return {'kqis': {'value_a': {'value': object(), 'unit': 'px'}}}\n",
+        "def compute(v, m, p, w):\n"
+        "    return {'kqis': {'value_a': {'value': object(), 'unit': 'px'}}}\n",
         "JSON",
     ),
     "exit_code": (
-        "import sys\ndef compute(v, m, p, w):\n    print('fatal: cannot go on', file=sys.stderr)\n    sys.exit(3)\n",
+        "import sys\ndef compute(v, m, p, w):\n"
+        "    print('fatal: cannot go on', file=sys.stderr)\n    sys.exit(3)\n",
         "status 3",
     ),
 }
@@ -281,7 +295,8 @@ BAD_VOLUMES = {
 @pytest.mark.parametrize("case", sorted(BAD_VOLUMES))
 @pytest.mark.parametrize("name", BUILTIN)
 def test_bad_volumes_give_defined_result_or_clear_failure(tmp_path, stage, name, case):
-    """Never a crash: either schema-valid KQIs (possibly null, with notes) or an AlgorithmFailure with a reason."""
+    """Never a crash: either schema-valid KQIs (possibly null, with notes) or an
+    AlgorithmFailure with a reason."""
     algo = load_algorithm(name, [ALGORITHMS])
     path, meta = stage(
         tmp_path, BAD_VOLUMES[case](), {"bscan": 0.1, "depth": 0.0039, "ascan": 0.0117}

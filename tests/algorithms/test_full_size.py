@@ -1,4 +1,5 @@
-"""Full-size checks: a 49 x 496 x 512 volume with every defect through all six algorithms, and log8 exports."""
+"""Full-size checks: a 49 x 496 x 512 volume with every defect through all six algorithms,
+and log8 exports."""
 
 from __future__ import annotations
 

@@ -125,7 +125,8 @@ def test_shared_segmentation_is_never_stale(tmp_path, layers, synth, stage):
 
 @pytest.mark.parametrize("seed", [91, 92, 93])
 def test_coarse_axial_sampling_small_volume(tmp_path, layers, synth, stage, seed):
-    """The workflow's small test volumes (5 x 128 x 64, ~15 um per row): still the right boundaries."""
+    """The workflow's small test volumes (5 x 128 x 64, ~15 um per row): still the right
+    boundaries."""
     vol, truth = synth(
         n_bscans=5,
         depth=128,

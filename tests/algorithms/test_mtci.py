@@ -53,7 +53,8 @@ def test_hand_computed_value(mod):
 
 def test_device_constant_changes_n2(mod):
     x = constructed()
-    # Cirrus cN1B = 0.40: cN2 = 0.999 * 961/2999 / 0.40 = 0.8003 -> rank ceil(2400.1) = 2401 -> still 50
+    # Cirrus cN1B = 0.40: cN2 = 0.999 * 961/2999 / 0.40 = 0.8003 -> rank ceil(2400.1) = 2401
+    # -> still 50
     v_cirrus, d = mod.mtci_bscan(x, 0.40)
     assert d["N2"] == 50.0 and v_cirrus == pytest.approx(109.5 / 39.5)
     # cN1B = 0.33: cN2 = 0.97012 -> rank ceil(2909.4) = 2910 -> still 50 (ranks 1962..2961 hold 50)

@@ -138,7 +138,8 @@ def test_octave_reads_npy_exactly(tmp_path):
     np.save(tmp_path / "a.npy", arr)
     np.save(tmp_path / "b.npy", arr.astype(np.uint16))
     code = (
-        f"addpath('{support}'); a = qmroct_read_npy('{tmp_path}/a.npy'); b = qmroct_read_npy('{tmp_path}/b.npy');"
+        f"addpath('{support}'); a = qmroct_read_npy('{tmp_path}/a.npy'); "
+        f"b = qmroct_read_npy('{tmp_path}/b.npy');"
         "printf('%d %d %d|%g %g %g|%g\\n', size(a), a(1,1,1), a(2,3,4), a(1,2,3), b(2,3,4));"
     )
     out = subprocess.run(

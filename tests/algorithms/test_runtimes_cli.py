@@ -1,4 +1,5 @@
-"""The executable runtime (a real C program built with gcc, MCR calling convention) and the developer CLI."""
+"""The executable runtime (a real C program built with gcc, MCR calling convention) and the
+developer CLI."""
 
 from __future__ import annotations
 
@@ -89,7 +90,8 @@ def test_executable_timeout_and_missing_binary(tmp_path, stage):
     (folder / "hang.sh").write_text("#!/bin/sh\necho starting >&2\nsleep 60\n")
     (folder / "hang.sh").chmod(0o755)
     (folder / "algorithm.yaml").write_text(
-        "name: hang\nversion: '1'\nruntime: executable\nentry: hang.sh\nkqis: [{name: a, unit: px, higher_is_better: true}]\n"
+        "name: hang\nversion: '1'\nruntime: executable\nentry: hang.sh\n"
+        "kqis: [{name: a, unit: px, higher_is_better: true}]\n"
     )
     path, meta = stage(
         tmp_path / "in",
@@ -157,7 +159,8 @@ def test_cli_test_reports_failure(tmp_path, capsys):
         "def compute(v, m, p, w):\n    raise RuntimeError('kaputt')\n"
     )
     (algs / "boom" / "algorithm.yaml").write_text(
-        "name: boom\nversion: '1'\nruntime: python\nentry: b.py\nkqis: [{name: a, unit: px, higher_is_better: true}]\n"
+        "name: boom\nversion: '1'\nruntime: python\nentry: b.py\n"
+        "kqis: [{name: a, unit: px, higher_is_better: true}]\n"
     )
     assert (
         cli_main(

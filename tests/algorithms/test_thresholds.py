@@ -1,4 +1,5 @@
-"""The manifests' default thresholds: a clean scan passes all; each defect fails exactly its own KQI."""
+"""The manifests' default thresholds: a clean scan passes all; each defect fails exactly its
+own KQI."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Vendor readers: Heidelberg .vol round trip through read_scan, broken vendor files fail clearly."""
+"""Vendor readers: Heidelberg .vol round trip through read_scan, broken vendor files fail
+clearly."""
 
 from __future__ import annotations
 

@@ -56,16 +56,26 @@ from neutronclient.common import exceptions as neutron_exc  # noqa: E402
 CONTROL_HELP = {
     "boot_delay": "seconds spawn() sleeps (server stays BUILD/spawning)",
     "delete_delay": "seconds destroy() sleeps before the VM is gone",
-    "fail_spawns": "the next N spawns raise: the server goes to ERROR (NoValidHost after rescheduling)",
+    "fail_spawns": (
+        "the next N spawns raise: the server goes to ERROR (NoValidHost after rescheduling)"
+    ),
     "slow_spawns": "the next N spawns sleep slow_spawn_delay seconds instead of boot_delay",
     "slow_spawn_delay": "boot delay of a slow spawn",
     "refuse_ssh": "the next N servers become ACTIVE but never start sshd (connection refused)",
     "ssh_start_delay": "seconds between ACTIVE and sshd accepting connections (slow SSH)",
-    "kill": "list of server ids: kill their sshd and every process started through it (Nova still says ACTIVE)",
+    "kill": (
+        "list of server ids: kill their sshd and every process started through it "
+        "(Nova still says ACTIVE)"
+    ),
     "hang": "list of server ids: SIGSTOP their sshd and sessions (a hung VM)",
-    "snapshot_delay": "seconds a snapshot's upload takes (the image stays queued, Nova shows SAVING)",
-    "boot_from_request": "count boot_delay from the create request, as a user times a boot (Nova's own "
-    "work is then part of the delay instead of added to it)",
+    "snapshot_delay": (
+        "seconds a snapshot's upload takes (the image stays queued, Nova shows SAVING)"
+    ),
+    "boot_from_request": (
+        "count boot_delay from the create request, as a user times a boot "
+        "(Nova's own "
+        "work is then part of the delay instead of added to it)"
+    ),
     "add_security_groups": "list of {name, project_id}: security groups the Neutron fixture knows",
     "isolate": "servers started from now on run their sshd in a mount namespace of their own, "
     "where the --hide paths (the head's checkout, home, /tmp) are empty",

@@ -39,7 +39,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "--algorithms-dir",
         action="append",
         metavar="DIR",
-        help="where algorithm folders live (repeatable; default $QMROCT_ALGORITHMS or ./algorithms)",
+        help=(
+            "where algorithm folders live (repeatable; default $QMROCT_ALGORITHMS or ./algorithms)"
+        ),
     )
     p.add_argument(
         "--mcr-root",
@@ -134,10 +136,13 @@ def cmd_new(args) -> int:
     hint = {
         "python": f"edit {folder / (args.name + '.py')}",
         "octave": f"edit {folder / (args.name + '_kqi.m')} (needs octave-cli)",
-        "executable": f"build with sh {folder / 'build.sh'} (or replace with your MATLAB Compiler output)",
+        "executable": (
+            f"build with sh {folder / 'build.sh'} (or replace with your MATLAB Compiler output)"
+        ),
     }[args.runtime]
     print(
-        f"next: {hint}; try it with `qmroct algorithm test {args.name}`; declare it in config.yaml under algorithms:"
+        f"next: {hint}; try it with `qmroct algorithm test {args.name}`; "
+        "declare it in config.yaml under algorithms:"
     )
     return 0
 
@@ -161,7 +166,8 @@ def cmd_test(args) -> int:
         print(json.dumps(rows, indent=1, default=str))
     else:
         print(
-            f"{algo.name} {algo.version} ({algo.runtime}, {algo.code_checksum[:19]}...) on synthetic {args.shape}"
+            f"{algo.name} {algo.version} ({algo.runtime}, {algo.code_checksum[:19]}...) "
+            f"on synthetic {args.shape}"
         )
         for row in rows:
             print(

@@ -232,7 +232,8 @@ def code_files(folder: Path, shared: Iterable[str] = ()) -> list[tuple[str, Path
 
 
 def code_checksum(folder: Path, shared: Iterable[str] = ()) -> str:
-    """sha256 over the sorted relative paths and bytes of every code file (plus declared shared files)."""
+    """sha256 over the sorted relative paths and bytes of every code file (plus declared
+    shared files)."""
     h = hashlib.sha256()
     for rel, path in code_files(folder, shared):
         data = path.read_bytes()

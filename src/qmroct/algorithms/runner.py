@@ -309,7 +309,8 @@ class Algorithm:
             )
             if not octave:
                 raise AlgorithmFailure(
-                    f"{self.name}: runtime 'octave' needs GNU Octave (octave-cli) on PATH or $OCTAVE_EXECUTABLE; "
+                    f"{self.name}: runtime 'octave' needs GNU Octave (octave-cli) on PATH or "
+                    "$OCTAVE_EXECUTABLE; "
                     "install it with: apt-get install -y --no-install-recommends octave"
                 )
             fn = self.function or Path(self.entry).stem
@@ -331,8 +332,10 @@ class Algorithm:
                 root = os.environ.get("QMROCT_MCR_ROOT")
             if not root:
                 raise AlgorithmFailure(
-                    f"{self.name}: {exe.name} follows the MATLAB Runtime convention run_<name>.sh <mcr_root> args...; "
-                    "set the MCR root (config mcr_root, load_algorithm(..., mcr_root=...) or $QMROCT_MCR_ROOT)"
+                    f"{self.name}: {exe.name} follows the MATLAB Runtime convention "
+                    "run_<name>.sh <mcr_root> args...; "
+                    "set the MCR root (config mcr_root, load_algorithm(..., mcr_root=...) "
+                    "or $QMROCT_MCR_ROOT)"
                 )
             return [str(exe), str(root), *args]
         return [str(exe), *args]

@@ -67,13 +67,20 @@ def compute(volume, meta, params, workdir):
     rows = int(params.get("rows", 32))
     top = volume[:, :rows, :].astype(np.float64)
     per_bscan = top.std(axis=(1, 2), ddof=1)
-    sigma = {{"value": float(np.median(per_bscan)), "unit": "intensity", "per_bscan": per_bscan.tolist()}}
+    sigma = {{
+        "value": float(np.median(per_bscan)),
+        "unit": "intensity",
+        "per_bscan": per_bscan.tolist(),
+    }}
     if meta.get("intensity") == "rescaled100":
         sigma["note"] = RESCALED_NOTE
     return {{
         "kqis": {{
             "background_sigma": sigma,
-            "mean_intensity": {{"value": float(volume.mean(dtype=np.float64)), "unit": "intensity"}},
+            "mean_intensity": {{
+                "value": float(volume.mean(dtype=np.float64)),
+                "unit": "intensity",
+            }},
         }},
         "files": [],
         "notes": [],
@@ -101,7 +108,8 @@ function result = {name}_kqi(vol, meta, params, outdir)
   result.kqis.background_sigma.per_bscan = per;
   % values normalised to 0-100 have lost the device's scale: say so on noise-like KQIs
   if isfield(meta, 'intensity') && strcmp(meta.intensity, 'rescaled100')
-    result.kqis.background_sigma.note = 'measured on rescaled 0-100 values: not a device noise level';
+    result.kqis.background_sigma.note = ...
+      'measured on rescaled 0-100 values: not a device noise level';
   end
   result.kqis.mean_intensity = struct('value', mean(vol(:)), 'unit', 'intensity');
   result.notes = {{}};
@@ -147,7 +155,8 @@ int main(int argc, char **argv) {{
     FILE *f = fopen(argv[1], "rb");
     if (!f) return fail("cannot open", argv[1]);
     unsigned char magic[8];
-    if (fread(magic, 1, 8, f) != 8 || memcmp(magic, "\x93NUMPY", 6) != 0) return fail("not a .npy file:", argv[1]);
+    if (fread(magic, 1, 8, f) != 8 || memcmp(magic, "\x93NUMPY", 6) != 0)
+        return fail("not a .npy file:", argv[1]);
     unsigned long hlen = 0;
     if (magic[6] == 1) {{
         unsigned char h[2];
@@ -164,7 +173,8 @@ int main(int argc, char **argv) {{
     if (strstr(header, "'fortran_order': True")) return fail("expected C order in", argv[1]);
     long nb = 0, nz = 0, nx = 0;
     char *s = strstr(header, "'shape': (");
-    if (!s || sscanf(s + 10, "%ld, %ld, %ld", &nb, &nz, &nx) != 3) return fail("expected a 3-D shape in", argv[1]);
+    if (!s || sscanf(s + 10, "%ld, %ld, %ld", &nb, &nz, &nx) != 3)
+        return fail("expected a 3-D shape in", argv[1]);
     size_t count = (size_t)nb * nz * nx;
     float *v = malloc(count * sizeof(float));
     if (!v || fread(v, sizeof(float), count, f) != count) return fail("truncated data in", argv[1]);
@@ -208,10 +218,13 @@ int main(int argc, char **argv) {{
     snprintf(out, sizeof out, "%s/kqi.json", argv[4]);
     FILE *o = fopen(out, "w");
     if (!o) return fail("cannot write", out);
-    fprintf(o, "{{\"kqis\": {{\"background_sigma\": {{\"value\": %.10g, \"unit\": \"intensity\", \"per_bscan\": [", median);
+    fprintf(o, "{{\"kqis\": {{\"background_sigma\": {{\"value\": %.10g, "
+               "\"unit\": \"intensity\", \"per_bscan\": [", median);
     for (long b = 0; b < nb; b++) fprintf(o, "%s%.10g", b ? ", " : "", per[b]);
-    fprintf(o, "]%s}}, \"mean_intensity\": {{\"value\": %.10g, \"unit\": \"intensity\"}}}}, \"files\": [], \"notes\": []}}\n",
-            rescaled ? ", \"note\": \"measured on rescaled 0-100 values: not a device noise level\"" : "",
+    fprintf(o, "]%s}}, \"mean_intensity\": {{\"value\": %.10g, "
+               "\"unit\": \"intensity\"}}}}, \"files\": [], \"notes\": []}}\n",
+            rescaled ? ", \"note\": \"measured on rescaled 0-100 values: "
+                       "not a device noise level\"" : "",
             total / (double)count);
     fclose(o);
     return 0;
@@ -260,8 +273,11 @@ HERE = Path(__file__).resolve().parent
 
 
 def test_{name}_runs_and_validates(tmp_path):
-    # executables following the MATLAB Runtime convention need its root (any folder for plain programs)
-    algo = load_algorithm("{name}", [HERE.parent], mcr_root=os.environ.get("QMROCT_MCR_ROOT", str(tmp_path)))
+    # executables following the MATLAB Runtime convention need its root
+    # (any folder for plain programs)
+    algo = load_algorithm(
+        "{name}", [HERE.parent], mcr_root=os.environ.get("QMROCT_MCR_ROOT", str(tmp_path))
+    )
     rows = run_on_synthetic(algo, tmp_path, cases=["clean"], shape=(3, 320, 128))
     assert rows[0]["error"] is None, rows[0]["error"]
     out = rows[0]["kqis"]

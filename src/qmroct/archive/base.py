@@ -171,7 +171,8 @@ class Archive(ABC):
 
     @abstractmethod
     def check(self) -> None:
-        """Fail fast with a clear ArchiveError if the archive cannot be used (bad path, bad login)."""
+        """Fail fast with a clear ArchiveError if the archive cannot be used (bad path,
+        bad login)."""
 
     @abstractmethod
     def state_token(self, projects: list[str]) -> str:
@@ -229,7 +230,8 @@ class Archive(ABC):
         verdicts: dict[str, str],
         reasons: dict[str, str] | None = None,
     ) -> dict[str, str]:
-        """Opt-in: write a study's verdicts into the scans' quality field (never over a person's)."""
+        """Opt-in: write a study's verdicts into the scans' quality field (never over a
+        person's)."""
         raise ArchiveError(
             f"the {self.backend} archive cannot set scan quality (use the xnat backend)"
         )

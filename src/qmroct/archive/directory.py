@@ -93,7 +93,8 @@ class DirectoryArchive(Archive):
     def check(self) -> None:
         if not self.root.is_dir():
             raise ArchiveError(
-                f"directory archive {self.root} does not exist (run `qmroct demo-archive` to create one)"
+                f"directory archive {self.root} does not exist "
+                "(run `qmroct demo-archive` to create one)"
             )
 
     def _project_dir(self, project: str) -> Path:
@@ -105,7 +106,8 @@ class DirectoryArchive(Archive):
                 else []
             )
             raise ArchiveError(
-                f"project {project!r} not found in {self.root} (projects there: {', '.join(known) or 'none'})"
+                f"project {project!r} not found in {self.root} "
+                f"(projects there: {', '.join(known) or 'none'})"
             )
         return path
 
@@ -281,7 +283,8 @@ class DirectoryArchive(Archive):
                     entry.checksum and sha256_file(target) != entry.checksum
                 ):
                     raise SessionUnavailable(
-                        f"session {session.key}: scan {scan.id} file {entry.name} changed since discovery; rerun to rediscover"
+                        f"session {session.key}: scan {scan.id} file {entry.name} "
+                        "changed since discovery; rerun to rediscover"
                     )
                 paths.append(target)
             fetched[scan.id] = paths

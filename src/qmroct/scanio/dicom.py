@@ -132,7 +132,8 @@ def read_opt_dicom(path: Path, max_bytes: int | None = None) -> Volume:
     if sop_class != OPT_SOP_CLASS and modality != "OPT":
         raise ScanError(
             path,
-            f"not an OCT scan (Modality {modality or 'missing'}, SOP class {sop_class or 'missing'})",
+            f"not an OCT scan (Modality {modality or 'missing'}, "
+            f"SOP class {sop_class or 'missing'})",
         )
     _check_pixel_data(path, ds, limit)
     try:

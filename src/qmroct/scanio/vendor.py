@@ -1,4 +1,5 @@
-"""Vendor OCT exports beyond DICOM: Heidelberg .vol/.e2e, Topcon .fds/.fda, Zeiss .img, Bioptigen .OCT.
+"""Vendor OCT exports beyond DICOM: Heidelberg .vol/.e2e, Topcon .fds/.fda, Zeiss .img,
+Bioptigen .OCT.
 
 ``read_vendor(path) -> Volume`` (called by :func:`qmroct.scanio.read_scan`
 for files that are neither DICOM nor .npy).
@@ -235,7 +236,8 @@ def _read_oct_converter(path: Path, suffix: str, limit: int | None = None) -> Vo
         }
         if suffix in (".e2e", ".sdb"):
             notes.append(
-                "oct-converter E2E: lateral and B-scan spacing are reader defaults, not read from the file"
+                "oct-converter E2E: lateral and B-scan spacing are reader defaults, "
+                "not read from the file"
             )
     else:
         spacing_mm = {"bscan": 0.0, "depth": 0.0, "ascan": 0.0}

@@ -157,7 +157,8 @@ def generate_volume(params: SynthParams) -> tuple[np.ndarray, GroundTruth]:
     bottom = np.max(bm) + 5
     if top < 10 or bottom > nz - 20:
         raise ValueError(
-            f"retina does not fit in {nz} rows (rows {top:.0f}..{bottom:.0f}); increase depth or spacing"
+            f"retina does not fit in {nz} rows (rows {top:.0f}..{bottom:.0f}); "
+            "increase depth or spacing"
         )
 
     z = np.arange(nz, dtype=float)[None, :, None] + 0.5  # pixel centres, (1, nz, 1)
