@@ -260,3 +260,46 @@ def test_two_runs_in_one_folder_keep_each_others_staging(workflow, tmp_path):
     result = json.loads((workflow.root / f"results/kqi/DEMO/{first}/noise.json").read_text())
     assert [s["status"] for s in result["scans"]] == ["ok", "ok"], result["scans"]
     assert not (workflow.root / "scratch").exists()
+
+
+def _claim_after(barrier, run_dir, errors):
+    barrier.wait()
+    try:
+        claim(run_dir)
+    except ScratchError as exc:
+        errors.put(str(exc))
+
+
+def test_jobs_claiming_one_run_folder_at_once_all_get_it(tmp_path):
+    # a remote group job: its compute jobs claim the run folder at the same moment; a
+    # folder seen between its creation and its marker was refused as foreign
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    errors = ctx.Queue()
+    for _attempt in range(15):
+        run_dir = run_folder(tmp_path / "scratch")
+        barrier = ctx.Barrier(6)
+        procs = [
+            ctx.Process(target=_claim_after, args=(barrier, run_dir, errors)) for _ in range(6)
+        ]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert all(p.exitcode == 0 for p in procs)
+        assert errors.empty(), errors.get()
+        assert read_owner(run_dir) is not None
+    assert not [p for p in (tmp_path / "scratch").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_sessions_released_at_once_prune_their_project_folder_quietly(tmp_path):
+    from qmroct.staging import _prune_empty
+
+    root = tmp_path / "scratch" / "run-1-aaaaaaaa"
+    (root / "DEMO").mkdir(parents=True)
+    _prune_empty(root / "DEMO" / "gone-already", stop=root)  # removed by the other job
+    assert not (root / "DEMO").exists() and root.is_dir()
+    (root / "DEMO" / "OTHER").mkdir(parents=True)
+    _prune_empty(root / "DEMO", stop=root)  # another session still staged: kept
+    assert (root / "DEMO" / "OTHER").is_dir()

@@ -81,18 +81,23 @@ def claim(run_dir: Path | str, owner: Owner | None = None) -> Path:
     if not run_dir.parent.exists():
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         (run_dir.parent / ROOT_MARKER).touch()
+    if run_dir.exists() or run_dir.is_symlink():
+        raise ScratchError(f"{run_dir} exists and is not a qmroct run folder; not using it")
+    # The jobs of one group claim the same folder at the same moment: the folder appears
+    # with its marker already inside (a renamed temporary folder), never without it, so a
+    # concurrent claimer never mistakes a half-made run folder for a foreign one.
+    owner = owner or _owner_for(run_dir)
+    tmp = run_dir.parent / f".{run_dir.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    tmp.mkdir(mode=0o700)
+    (tmp / MARKER).write_text(json.dumps(asdict(owner)))
     try:
-        run_dir.mkdir(mode=0o700)
-    except FileExistsError:
+        os.rename(tmp, run_dir)
+    except OSError:  # another claimer was first
+        shutil.rmtree(tmp, ignore_errors=True)
         if run_dir.is_symlink() or not (run_dir / MARKER).is_file():
             raise ScratchError(
                 f"{run_dir} exists and is not a qmroct run folder; not using it"
             ) from None
-        return run_dir
-    owner = owner or _owner_for(run_dir)
-    tmp = run_dir / f"{MARKER}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(asdict(owner)))
-    os.replace(tmp, run_dir / MARKER)
     return run_dir
 
 

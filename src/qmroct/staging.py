@@ -155,6 +155,14 @@ def release_session(scratch_root: Path, session: Session) -> None:
 
 
 def _prune_empty(path: Path, stop: Path) -> None:
-    while path != stop and path.is_dir() and not any(path.iterdir()):
-        path.rmdir()
+    """Remove empty folders from ``path`` up to (not including) ``stop``. Sessions of one
+    project are released concurrently: rmdir itself is the test (it refuses a folder that
+    is not empty), and a folder another job removed first is just as good."""
+    while path != stop:
+        try:
+            path.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError:  # not empty (another session's staging), or not ours to remove
+            return
         path = path.parent
