@@ -130,15 +130,17 @@ def test_readme_partial_reprocessing_and_crash_recovery(clone):
     assert result["status"] == "ok"
     # a "killed" run: Snakemake's own lock and incomplete marker for a KQI file
     kqi = clone / "results/kqi/DEMO/SUBJ001_V1/noise.json"
+    # the same command twice: killed hard as its job starts, then refused by the lock left
+    run_noise = [
+        str(clone / ".venv/bin/snakemake"),
+        "--cores",
+        "1",
+        "--forcerun",
+        "compute_noise",
+        str(kqi.relative_to(clone)),
+    ]
     killed = subprocess.Popen(
-        [
-            str(clone / ".venv/bin/snakemake"),
-            "--cores",
-            "1",
-            "--forcerun",
-            "compute_noise",
-            str(kqi.relative_to(clone)),
-        ],
+        run_noise,
         cwd=clone,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -151,14 +153,7 @@ def test_readme_partial_reprocessing_and_crash_recovery(clone):
     killed.kill()
     killed.wait()
     blocked = subprocess.run(
-        [
-            str(clone / ".venv/bin/snakemake"),
-            "--cores",
-            "1",
-            "--forcerun",
-            "compute_noise",
-            str(kqi.relative_to(clone)),
-        ],
+        run_noise,
         cwd=clone,
         capture_output=True,
         text=True,
