@@ -76,12 +76,15 @@ def claim(run_dir: Path | str, owner: Owner | None = None) -> Path:
     A run folder that exists without a marker (someone else's, or a link) is refused.
     """
     run_dir = Path(run_dir)
-    if (run_dir / MARKER).is_file() and not run_dir.is_symlink():
+    if _is_run_folder(run_dir):
         return run_dir
     if not run_dir.parent.exists():
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         (run_dir.parent / ROOT_MARKER).touch()
     if run_dir.exists() or run_dir.is_symlink():
+        # another claimer may have renamed its folder into place since the first look
+        if _is_run_folder(run_dir):
+            return run_dir
         raise ScratchError(f"{run_dir} exists and is not a qmroct run folder; not using it")
     # The jobs of one group claim the same folder at the same moment: the folder appears
     # with its marker already inside (a renamed temporary folder), never without it, so a
@@ -94,11 +97,16 @@ def claim(run_dir: Path | str, owner: Owner | None = None) -> Path:
         os.rename(tmp, run_dir)
     except OSError:  # another claimer was first
         shutil.rmtree(tmp, ignore_errors=True)
-        if run_dir.is_symlink() or not (run_dir / MARKER).is_file():
+        if not _is_run_folder(run_dir):
             raise ScratchError(
                 f"{run_dir} exists and is not a qmroct run folder; not using it"
             ) from None
     return run_dir
+
+
+def _is_run_folder(run_dir: Path) -> bool:
+    """A real folder (not a link) carrying a run marker."""
+    return not run_dir.is_symlink() and (run_dir / MARKER).is_file()
 
 
 def _owner_for(run_dir: Path) -> Owner:
