@@ -1,6 +1,5 @@
-# Thin wrapper: the logic is qmroct.workflow.compute_step.
-from qmroct.job_exit import exit_now
-from qmroct.workflow import compute_step
+# Thin wrapper: the logic is qmroct.workflow.compute_step, run in the run's warm worker
+# (qmroct.warmworker: a process with the imports paid once per run, not once per job).
+from qmroct.warmworker.client import run_step
 
-compute_step(snakemake)  # noqa: F821 (injected by Snakemake)
-exit_now()  # one job per session x algorithm: skip the interpreter's teardown (qmroct.job_exit)
+run_step("qmroct.workflow:compute_step", snakemake)  # noqa: F821 (injected by Snakemake)

@@ -1,6 +1,5 @@
-# Thin wrapper: the logic is qmroct.workflow.summary_step.
-from qmroct.job_exit import exit_now
-from qmroct.workflow import summary_step
+# Thin wrapper: the logic is qmroct.workflow.summary_step, run in the run's warm worker
+# (qmroct.warmworker: a process with the imports paid once per run, not once per job).
+from qmroct.warmworker.client import run_step
 
-summary_step(snakemake)  # noqa: F821 (injected by Snakemake)
-exit_now()  # one job per session x algorithm: skip the interpreter's teardown (qmroct.job_exit)
+run_step("qmroct.workflow:summary_step", snakemake)  # noqa: F821 (injected by Snakemake)

@@ -1,6 +1,5 @@
-# Thin wrapper: the logic is qmroct.workflow.writeback_step.
-from qmroct.job_exit import exit_now
-from qmroct.workflow import writeback_step
+# Thin wrapper: the logic is qmroct.workflow.writeback_step, run in the run's warm worker
+# (qmroct.warmworker: a process with the imports paid once per run, not once per job).
+from qmroct.warmworker.client import run_step
 
-writeback_step(snakemake)  # noqa: F821 (injected by Snakemake)
-exit_now()  # one job per session x algorithm: skip the interpreter's teardown (qmroct.job_exit)
+run_step("qmroct.workflow:writeback_step", snakemake)  # noqa: F821 (injected by Snakemake)

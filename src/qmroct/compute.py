@@ -16,8 +16,11 @@ only (records marked :data:`LOG_FILE_ONLY`), capped: never to the console.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import sys
 import platform
 import shutil
 import socket
@@ -33,7 +36,7 @@ from qmroct.archive.base import Archive, Session
 
 # write_json_atomic re-exported: qmroct.provenance still imports it from here
 from qmroct.fileio import now_iso, write_json_atomic  # noqa: F401
-from qmroct.provenance.identity import algorithm_environment, git_state
+from qmroct.provenance.identity import algorithm_environment, distributions_digest, git_state
 from qmroct.staging import stage_session
 
 RESULT_SCHEMA = "qmroct.kqi/1"
@@ -162,16 +165,52 @@ def compute_session(
             "qmroct_version": qmroct.__version__,
             "snakemake_version": _snakemake_version(),
             # Recorded, not an identity: drift shows in the report, freeze refuses a mix.
-            "environment": algorithm_environment(
-                algo, [p for _, p in code_files(algo.path, algo.shared)]
-            ),
-            "git": git_state(algo.path),
+            **_environment_record(algo, scratch_root),
             "start_time": start,
             "end_time": now_iso(),
             "elapsed_s": round(time.monotonic() - t0, 3),
             "pid": os.getpid(),
         },
     }
+
+
+def _environment_record(algo, scratch_root: Path) -> dict[str, Any]:
+    """The ``environment`` and ``git`` of an algorithm's results, worked out once per run
+    folder and algorithm rather than once per job (parsing the algorithm's imports, reading
+    package metadata, asking Octave and git cost ~0.06 s, as much as a cheap algorithm).
+
+    Kept in the run folder under a key of everything the record depends on: the
+    algorithm's code, the interpreter and its path, and the installed distributions. A
+    commit made while a run is under way shows from the next run on.
+    """
+    key = hashlib.sha256(
+        json.dumps(
+            [
+                algo.name,
+                algo.code_checksum,
+                algo.runtime,
+                str(algo.path),
+                str(algo.entry),
+                str(algo.mcr_root or os.environ.get("QMROCT_MCR_ROOT") or ""),
+                sys.executable,
+                sys.path,
+                distributions_digest(),
+            ]
+        ).encode()
+    ).hexdigest()[:32]
+    cache = Path(scratch_root) / ".provenance" / f"{key}.json"
+    try:
+        return json.loads(cache.read_text())
+    except (OSError, ValueError):
+        pass
+    record = {
+        "environment": algorithm_environment(
+            algo, [p for _, p in code_files(algo.path, algo.shared)]
+        ),
+        "git": git_state(algo.path),
+    }
+    write_json_atomic(cache, record)
+    return record
 
 
 # Read by algorithms/_shared/octseg.py in the algorithm's child (which inherits this

@@ -1,11 +1,12 @@
 """CPU accounting for the throughput benchmark (never installed; on PYTHONPATH only there).
 
 Every Python process the benchmarked workflow starts (the Snakemake head, each ``script:``
-job) imports this at start-up. At exit it appends one JSON line to the file named by
-QMROCT_BENCH_CPU_LOG: what the process was (the rule of a ``script:`` job, which Snakemake's
-script preamble leaves in ``__main__.snakemake``; else its command line), its own user+sys
-CPU and that of the children it waited for (git, forked algorithm children), and its wall
-time. O_APPEND writes of one short line do not interleave between processes.
+job, the warm worker) imports this at start-up. At exit it appends one JSON line to the file
+named by QMROCT_BENCH_CPU_LOG: what the process was (the rule of a ``script:`` job, which
+Snakemake's script preamble leaves in ``__main__.snakemake``; the warm worker; else its
+command line), its own user+sys CPU and that of the children it waited for (git, forked
+algorithm children), the CPU a job's step used in the warm worker, and its wall time.
+O_APPEND writes of one short line do not interleave between processes.
 """
 
 import atexit
@@ -30,6 +31,8 @@ def _kind() -> str:
     if job is not None and hasattr(job, "rule"):
         return str(job.rule)
     argv = " ".join(sys.orig_argv if hasattr(sys, "orig_argv") else sys.argv)
+    if "qmroct.warmworker.server" in argv:
+        return "warm worker"
     if "snakemake" in argv:
         return "snakemake head"
     return "other python: " + argv[:80]
@@ -43,6 +46,9 @@ def _record() -> None:
         "self_cpu_s": round(_cpu(resource.RUSAGE_SELF), 4),
         "children_cpu_s": round(_cpu(resource.RUSAGE_CHILDREN), 4),
         "wall_s": round(time.monotonic() - _START, 4),
+        # a job that handed its step to the warm worker: the CPU its step used there
+        # (also in the worker's children_cpu_s, which is outside the Snakemake head's tree)
+        "worker_cpu_s": getattr(sys.modules.get("qmroct.warmworker.client"), "worker_cpu_s", 0.0),
     }
     fd = os.open(_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:

@@ -1,0 +1,42 @@
+"""The warm worker: a job's step run in a process that has its imports already.
+
+Why: a ``script:`` job is a fresh interpreter. Before it computes anything it imports
+numpy, scipy, pydicom, jsonschema, Pillow and qmroct (~0.3 s of CPU), which is more than
+most algorithms cost on a scan; eight such jobs per session made the workflow use about six
+times the CPU of its algorithms (``benchmarks/throughput/``).
+
+How: the per-session jobs' scripts (``scripts/compute.py``, ``session_summary.py``,
+``writeback.py``) stay Snakemake ``script:`` jobs, with every Snakemake semantics intact
+(inputs, outputs, logs, params, reruns, groups, remote execution); they only hand their step
+to a warm worker (:mod:`.client`). The worker (:mod:`.server`) is started by the first job
+that needs it, one per run folder and interpreter, with the step modules imported. For each
+job it forks a *supervisor*, which forks the *job process*; the job process takes on the
+job's working directory, environment, ``sys.path`` and standard streams (passed over the
+socket), runs the step, and ends. So:
+
+* **Crash isolation stays.** Every job is its own process (and every algorithm call its own
+  child of that, :mod:`qmroct.algorithms.child`); a job that crashes or leaks state takes
+  nothing with it. The worker itself runs no job code.
+* **Exit status, output and signals are the job's.** The job process writes straight to the
+  job's stdout and stderr (its file descriptors); the client exits with the job process's
+  status (re-raising the same signal if it was killed by one). A signal to the client
+  (Ctrl-C, Snakemake cancelling the job) is passed on to the job process's group; a client
+  that disappears (SIGKILL) makes the supervisor end the job.
+* **Nothing outlives the run.** The worker listens on a socket inside the run folder (mode
+  0700, :mod:`qmroct.scratch`), accepts only its own user (SO_PEERCRED), and exits when the run
+  folder or its owner process is gone, or after :data:`IDLE_EXIT_S` without jobs.
+
+``QMROCT_WARM_WORKER=0`` runs the step in the job's own process instead (as before; for a
+debugger, say). The benchmark's CPU accounting counts the worker's CPU (see
+``benchmarks/throughput/README.md``).
+"""
+
+from __future__ import annotations
+
+# How long a worker with no jobs waits for the next before it exits (a run's jobs come
+# seconds apart; a worker that exited is started again by the next job).
+IDLE_EXIT_S = 60.0
+# The folder under the run folder that holds the worker's socket, lock and log.
+FOLDER = ".warm-worker"
+# Set to "0" to run steps in the job's own process.
+SWITCH_ENV = "QMROCT_WARM_WORKER"

@@ -1,0 +1,164 @@
+"""The job side: hand a step to the run's warm worker and become the job's exit status.
+
+Imported by the ``script:`` jobs before anything heavy: only the standard library and
+:mod:`qmroct.scratch` load here.
+"""
+
+from __future__ import annotations
+
+import atexit
+import fcntl
+import hashlib
+import importlib
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from qmroct.scratch import claim
+from qmroct.warmworker import FOLDER, SWITCH_ENV, wire
+
+# Signals a job gets from a terminal or from Snakemake, passed on to the job process.
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+# CPU (s) the job used in the worker's processes, for the throughput benchmark's accounting
+# (benchmarks/throughput/profile_hook): that CPU is not in this process's own rusage.
+worker_cpu_s = 0.0
+
+
+def run_step(target: str, job: Any) -> None:
+    """Run ``target`` ("module:function") on Snakemake's ``job`` object; never returns."""
+    if os.environ.get(SWITCH_ENV) == "0":
+        _run_here(target, job)
+    run_dir = claim(Path(job.config["scratch_dir"]).resolve())
+    folder = run_dir / FOLDER
+    folder.mkdir(mode=0o700, exist_ok=True)
+    sock = _connect_or_start(folder, _worker_name())
+    request = {
+        "target": target,
+        "job": pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL),
+        "cwd": os.getcwd(),
+        "env": dict(os.environ),
+        "path": list(sys.path),
+        "argv": list(sys.argv),
+        "umask": _umask(),
+    }
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    wire.send(sock, request, fds=(0, 1, 2))
+    for signum in FORWARDED:
+        signal.signal(signum, lambda signum, _frame: _forward(sock, signum))
+    try:
+        reply = wire.receive(sock)
+    except (OSError, EOFError):
+        reply = None
+    if reply is None:
+        _finish(
+            1, f"qmroct: the warm worker ended without finishing the job (see its log in {folder})"
+        )
+    message, _ = reply
+    global worker_cpu_s
+    worker_cpu_s = float(message["cpu_s"])
+    _finish(int(message["returncode"]))
+
+
+def _run_here(target: str, job: Any) -> None:
+    from qmroct.job_exit import exit_now
+
+    module, function = target.split(":")
+    getattr(importlib.import_module(module), function)(job)
+    exit_now()
+    sys.exit(0)
+
+
+def _worker_name() -> str:
+    """One worker per run folder and interpreter: jobs of a rule with another environment
+    (``conda:``) get their own."""
+    import qmroct
+
+    key = f"{sys.executable}\0{Path(qmroct.__file__).parent}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _connect(folder_fd: int, name: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(wire.folder_path(folder_fd, f"{name}.sock"))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _connect_or_start(folder: Path, name: str) -> socket.socket:
+    folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            return _connect(folder_fd, name)
+        except (FileNotFoundError, ConnectionRefusedError):
+            pass
+        # One job starts the worker; the others wait for it on the lock.
+        with open(folder / f"{name}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                return _connect(folder_fd, name)
+            except (FileNotFoundError, ConnectionRefusedError):
+                _start(folder, name)
+            return _connect(folder_fd, name)
+    finally:
+        os.close(folder_fd)
+
+
+def _start(folder: Path, name: str) -> None:
+    (folder / f"{name}.sock").unlink(missing_ok=True)  # a dead worker's
+    ready_read, ready_write = os.pipe()
+    with open(folder / f"{name}.log", "ab") as log:
+        # Its own session: a Ctrl-C for the job's terminal is for the job, not the worker
+        # (the client passes it on); it is not waited for, and ends on its own (see server).
+        subprocess.Popen(
+            [sys.executable, "-m", "qmroct.warmworker.server", str(folder), name, str(ready_write)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            cwd="/",
+            pass_fds=(ready_write,),
+            start_new_session=True,
+        )
+    os.close(ready_write)
+    with os.fdopen(ready_read, "rb") as ready:
+        if ready.read() != b"ready\n":  # the worker closes the pipe once it listens
+            log_tail = (folder / f"{name}.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"the warm worker did not start:\n{log_tail}")
+
+
+def _forward(sock: socket.socket, signum: int) -> None:
+    try:
+        wire.send(sock, {"signal": signum})
+    except OSError:
+        pass
+
+
+def _finish(returncode: int, message: str = "") -> None:
+    """End like the job process did: its exit code, or killed by the same signal."""
+    if message:
+        print(message, file=sys.stderr)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    if returncode < 0:
+        signal.signal(-returncode, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [-returncode])
+        os.kill(os.getpid(), -returncode)
+    os._exit(returncode if returncode >= 0 else 128 - returncode)

@@ -1,0 +1,248 @@
+"""The warm worker: imports once, then forks a supervised process for every job.
+
+``python -m qmroct.warmworker.server FOLDER NAME READY_FD`` (started by :mod:`.client`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib
+import logging
+import os
+import pickle
+import selectors
+import signal
+import socket
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+from qmroct.scratch import read_owner
+from qmroct.warmworker import IDLE_EXIT_S, wire
+
+# What the per-session steps and the built-in algorithms import, loaded once here.
+PRELOAD = (
+    "numpy",
+    "scipy.ndimage",
+    "scipy.signal",
+    "jsonschema",
+    "pydicom",
+    "PIL.Image",
+    "PIL.ImageDraw",
+    "PIL.PngImagePlugin",
+    "snakemake.script",  # unpickling the job's ``snakemake`` object needs it
+    "qmroct.workflow",
+    "qmroct.compute",
+    "qmroct.algorithms.runner",
+    "qmroct.algorithms.pyrun",
+    "qmroct.staging",
+    "qmroct.scanio.volume",
+    "qmroct.scanio.dicom",
+    "qmroct.summary",
+    "qmroct.thumbnail",
+    "qmroct.writeback",
+    "qmroct.archive",
+    "qmroct.archive.directory",
+    "qmroct.archive.xnat",
+)
+POLL_S = 0.5
+# After a client vanished (SIGKILL), how long its job gets to end on SIGTERM.
+TERM_GRACE_S = 10.0
+
+
+def main(argv: list[str]) -> int:
+    folder, name, ready_fd = Path(argv[0]), argv[1], int(argv[2])
+    for module in PRELOAD:
+        try:
+            importlib.import_module(module)
+        except ImportError:  # optional here; a step that needs it reports it in its job
+            pass
+    if "PIL.Image" in sys.modules:
+        sys.modules["PIL.Image"].preinit()  # the image format plugins, imported on first save
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the client passes on what is for a job
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    run_dir = folder.parent
+    owner = read_owner(run_dir)
+    folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(wire.folder_path(folder_fd, f"{name}.sock"))
+    listener.listen(64)
+    socket_id = _identity(folder / f"{name}.sock")
+    os.write(ready_fd, b"ready\n")
+    os.close(ready_fd)
+
+    supervisors: set[int] = set()
+    last_busy = time.monotonic()
+    selector = selectors.DefaultSelector()
+    selector.register(listener, selectors.EVENT_READ)
+    while True:
+        if selector.select(POLL_S):
+            conn, _ = listener.accept()
+            if not wire.peer_is_us(conn):
+                conn.close()
+                continue
+            _flush_std()
+            pid = os.fork()
+            if pid == 0:
+                selector.close()
+                listener.close()
+                os.close(folder_fd)
+                _supervise(conn)  # never returns
+            conn.close()
+            supervisors.add(pid)
+        supervisors -= _reaped(supervisors)
+        if supervisors:
+            last_busy = time.monotonic()
+        if _identity(folder / f"{name}.sock") != socket_id:
+            break  # the run folder was released (or another worker took the name over)
+        if owner is None or owner.alive() is False:
+            break  # the run that owns the folder is gone
+        if not supervisors and time.monotonic() - last_busy > IDLE_EXIT_S:
+            break
+    # Jobs still running keep their supervisors; they end on their own.
+    if _identity(folder / f"{name}.sock") == socket_id:
+        try:
+            os.unlink(wire.folder_path(folder_fd, f"{name}.sock"))
+        except OSError:
+            pass
+    return 0
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _reaped(pids: set[int]) -> set[int]:
+    done = set()
+    for pid in pids:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                done.add(pid)
+        except ChildProcessError:
+            done.add(pid)
+    return done
+
+
+def _flush_std() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def _supervise(conn: socket.socket) -> None:
+    """One job: fork the job process, pass on the client's signals, report how it ended."""
+    status = 1
+    try:
+        received = wire.receive(conn)
+        if received is None:
+            os._exit(0)
+        request, fds = received
+        pid = os.fork()
+        if pid == 0:
+            conn.close()
+            _run_job(request, fds)  # never returns
+        for fd in fds:
+            os.close(fd)
+        returncode, cpu_s = _watch(conn, pid)
+        own = os.times()
+        wire.send(conn, {"returncode": returncode, "cpu_s": cpu_s + own.user + own.system})
+        status = 0
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(status)
+
+
+def _watch(conn: socket.socket, pid: int) -> tuple[int, float]:
+    """Wait for the job process; a signal from the client goes to the job's group."""
+    pidfd = os.pidfd_open(pid)
+    selector = selectors.DefaultSelector()
+    selector.register(conn, selectors.EVENT_READ, "client")
+    selector.register(pidfd, selectors.EVENT_READ, "job")
+    kill_at = None
+    while True:
+        timeout = None if kill_at is None else max(0.0, kill_at - time.monotonic())
+        events = selector.select(timeout)
+        if not events and kill_at is not None:
+            _signal_group(pid, signal.SIGKILL)
+            kill_at = None
+        for key, _ in events:
+            if key.data == "job":
+                _, status, usage = os.wait4(pid, 0)
+                os.close(pidfd)
+                return os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime
+            try:
+                message = wire.receive(conn)
+            except (OSError, EOFError):
+                message = None
+            if message is None:  # the client is gone (killed): end its job too
+                selector.unregister(conn)
+                _signal_group(pid, signal.SIGTERM)
+                kill_at = time.monotonic() + TERM_GRACE_S
+            else:
+                _signal_group(pid, int(message[0]["signal"]))
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _run_job(request: dict, fds: list[int]) -> None:
+    """The job process: become the job (its folder, environment, streams), run the step."""
+    returncode = 1
+    try:
+        os.setsid()  # its own group, which the supervisor signals
+        for target, fd in zip((0, 1, 2), fds, strict=True):  # the client sends all three
+            os.dup2(fd, target)
+            os.close(fd)
+        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+            signal.signal(signum, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.chdir(request["cwd"])
+        os.umask(request["umask"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        tempfile.tempdir = None  # TMPDIR may differ from the worker's
+        sys.path[:] = request["path"]
+        sys.argv[:] = request["argv"]
+        job = pickle.loads(request["job"])
+        module, function = request["target"].split(":")
+        getattr(importlib.import_module(module), function)(job)
+        returncode = 0
+    except SystemExit as exc:
+        code = exc.code
+        returncode = code if isinstance(code, int) else (0 if code is None else 1)
+        if code is not None and not isinstance(code, int):
+            print(code, file=sys.stderr)
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        returncode = -signal.SIGINT  # as Python ends on an uncaught Ctrl-C: by the signal
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        # what a normal exit does that matters (exit hooks: logging's flush and close), but
+        # not the interpreter's teardown (qmroct.job_exit)
+        try:
+            atexit._run_exitfuncs()
+            logging.shutdown()
+            _flush_std()
+        finally:
+            if returncode < 0:
+                signal.signal(-returncode, signal.SIG_DFL)
+                os.kill(os.getpid(), -returncode)
+            os._exit(returncode if returncode >= 0 else 1)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,198 @@
+"""qmroct.warmworker (issue 13): a job's step runs in a forked process of the run's warm
+worker, and from outside it still looks like the job's own process: its exit status, its
+output, its folder and environment, its signals; the worker is reused and ends with the run.
+
+Each test runs real client processes (``python -c``) against a real worker on a unix
+socket, as the ``script:`` jobs do; the step functions live in a module of the test's own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from qmroct.scratch import claim, run_folder
+
+STEPS = """
+import os, signal, sys, time
+from pathlib import Path
+
+def report(job):
+    out = Path(job.out)
+    out.write_text(repr({
+        "cwd": os.getcwd(),
+        "env": os.environ.get("QMROCT_TEST_VALUE"),
+        "pid": os.getpid(),
+        "grandparent": int(Path(f"/proc/{os.getppid()}/stat").read_text().rsplit(")", 1)[1]
+                           .split()[1]),
+        "numpy_loaded_before": "numpy" in sys.modules,
+    }))
+    print("to the job's stdout")
+    print("to the job's stderr", file=sys.stderr)
+
+def fail(job):
+    raise ValueError("a step that fails")
+
+def exit_three(job):
+    os._exit(3)
+
+def segfault(job):
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+def wait_for_interrupt(job):
+    Path(job.out).write_text(str(os.getpid()))
+    try:
+        while True:
+            time.sleep(0.05)
+    except KeyboardInterrupt:
+        Path(job.out + ".interrupted").write_text("yes")
+        raise
+"""
+
+CLIENT = """
+import sys, types
+sys.path.insert(0, sys.argv[1])
+from qmroct.warmworker.client import run_step
+job = types.SimpleNamespace(config={"scratch_dir": sys.argv[2]}, out=sys.argv[4])
+run_step(sys.argv[3], job)
+"""
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    (tmp_path / "steps").mkdir()
+    (tmp_path / "steps" / "wwsteps.py").write_text(STEPS)
+    folder = claim(run_folder(tmp_path / "scratch"))  # owned by this (test) process
+    yield folder
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+    _wait(lambda: not _workers(folder), "the worker ends once its run folder is gone")
+
+
+def _workers(folder: Path) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"qmroct.warmworker.server" in cmdline and str(folder).encode() in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+def _wait(condition, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out: {what}"
+        time.sleep(0.05)
+
+
+def _client(run_dir: Path, step: str, out: Path, env=None, **kwargs) -> subprocess.Popen:
+    steps = run_dir.parent.parent / "steps"
+    return subprocess.Popen(
+        [sys.executable, "-c", CLIENT, str(steps), str(run_dir), f"wwsteps:{step}", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=kwargs.pop("cwd", run_dir.parent.parent),
+        env={**os.environ, **(env or {})},
+        **kwargs,
+    )
+
+
+def test_a_step_runs_as_the_job_in_a_reused_worker(run_dir, tmp_path):
+    job_dir = tmp_path / "jobdir"
+    job_dir.mkdir()
+    outs = []
+    for n in range(2):
+        out = tmp_path / f"out{n}"
+        proc = _client(run_dir, "report", out, env={"QMROCT_TEST_VALUE": f"v{n}"}, cwd=job_dir)
+        stdout, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+        assert stdout == "to the job's stdout\n"
+        assert "to the job's stderr" in stderr
+        outs.append(eval(out.read_text()))
+    workers = _workers(run_dir)
+    assert len(workers) == 1  # the second job reused the first job's worker
+    for n, seen in enumerate(outs):
+        assert seen["cwd"] == str(job_dir)
+        assert seen["env"] == f"v{n}"  # each job's own environment
+        assert seen["grandparent"] == workers[0]  # worker -> supervisor -> job process
+        assert seen["numpy_loaded_before"]  # the point: imports paid by the worker
+    assert outs[0]["pid"] != outs[1]["pid"]  # every job its own process
+
+
+@pytest.mark.parametrize(
+    "step, returncode, stderr_has",
+    [
+        ("fail", 1, "ValueError: a step that fails"),
+        ("exit_three", 3, ""),
+        ("segfault", -signal.SIGSEGV, ""),
+    ],
+)
+def test_the_job_ends_as_its_step_did(run_dir, tmp_path, step, returncode, stderr_has):
+    proc = _client(run_dir, step, tmp_path / "out")
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == returncode, stderr
+    assert stderr_has in stderr
+    # one job's crash takes nothing with it: the next job runs in the same worker
+    ok = _client(run_dir, "report", tmp_path / "next")
+    assert ok.communicate(timeout=120) and ok.returncode == 0
+    assert len(_workers(run_dir)) == 1
+
+
+def test_ctrl_c_reaches_the_step(run_dir, tmp_path):
+    out = tmp_path / "out"
+    proc = _client(run_dir, "wait_for_interrupt", out)
+    _wait(lambda: out.exists() and out.read_text(), "the step started")
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert (tmp_path / "out.interrupted").read_text() == "yes"
+    assert "KeyboardInterrupt" in stderr
+    assert proc.returncode == -signal.SIGINT  # as a Python process ends on an uncaught Ctrl-C
+
+
+def test_a_killed_job_does_not_leave_its_step_running(run_dir, tmp_path):
+    out = tmp_path / "out"
+    proc = _client(run_dir, "wait_for_interrupt", out)
+    _wait(lambda: out.exists() and out.read_text(), "the step started")
+    step_pid = int(out.read_text())
+    proc.kill()  # SIGKILL: the client cannot pass anything on
+    proc.communicate(timeout=60)
+    _wait(lambda: not Path(f"/proc/{step_pid}").exists(), "the orphaned step was ended")
+
+
+def test_the_worker_ends_when_its_run_ends(tmp_path):
+    (tmp_path / "steps").mkdir()
+    (tmp_path / "steps" / "wwsteps.py").write_text(STEPS)
+    # the run folder's owner is a process that ends (here a sleep; in a run, snakemake)
+    owner = subprocess.Popen(["sleep", "600"])
+    try:
+        from qmroct.scratch import Owner
+
+        folder = claim(tmp_path / "scratch" / f"run-{owner.pid}-abcd1234", Owner.current(owner.pid))
+        proc = _client(folder, "report", tmp_path / "out")
+        assert proc.communicate(timeout=120) and proc.returncode == 0
+        assert len(_workers(folder)) == 1
+    finally:
+        owner.kill()
+        owner.wait()
+    _wait(lambda: not _workers(folder), "the worker ends once the run's owner is gone")
+
+
+def test_switched_off_the_step_runs_in_the_job_process(run_dir, tmp_path):
+    out = tmp_path / "out"
+    proc = _client(run_dir, "report", out, env={"QMROCT_WARM_WORKER": "0"})
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert eval(out.read_text())["pid"] == proc.pid
+    assert not _workers(run_dir)
