@@ -11,6 +11,7 @@ from qmroct.scanio.volume import MAX_DECODED_ENV
 from qmroct.scratch import claim as claim_scratch
 from qmroct.scratch import release as release_scratch
 from qmroct.scratch import run_folder
+from qmroct.warmworker.job import export_context, step_command
 
 validate_schema(config)
 SETTINGS = check_config(config, workflow.basedir)
@@ -39,6 +40,15 @@ config["scratch_dir"] = SCRATCH
 # Scan readers run deep inside staging: they read the limit from the environment,
 # which this process's jobs inherit.
 os.environ[MAX_DECODED_ENV] = str(config["limits"]["scan_decoded_mb"])
+# The per-session jobs are shell commands that name only their files (qmroct.warmworker.job):
+# the config as read, the workflow folder and the interpreter reach them the same way.
+from snakemake.settings.types import DeploymentMethod
+
+export_context(
+    config,
+    workflow.basedir,
+    use_conda=DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method,
+)
 
 
 wildcard_constraints:

@@ -35,8 +35,14 @@ for _name, _algo in SETTINGS.algorithms.items():
             runtime_s=expected_runtime_s(_name, _algo.resources.get("runtime_s", 60)),
         params:
             algorithm=algorithm_identity(_algo, SETTINGS.algorithm_params(_name)),
-        script:
-            "../scripts/compute.py"
+        shell:
+            # the step runs in the run's warm worker (qmroct.warmworker)
+            step_command(
+                "qmroct.workflow:compute_step",
+                input=("session",),
+                output=("kqi", "extras"),
+                params={"algorithm_name": "algorithm[name]"},
+            )
 
 
 rule session_summary:
@@ -53,5 +59,10 @@ rule session_summary:
         "session"
     conda:
         "../envs/qmroct.yaml"
-    script:
-        "../scripts/session_summary.py"
+    shell:
+        step_command(
+            "qmroct.workflow:summary_step",
+            input=("session",),
+            inputs=("results",),
+            output=("summary", "thumbnails"),
+        )

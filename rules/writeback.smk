@@ -14,8 +14,13 @@ rule writeback:
     localrule: True
     conda:
         "../envs/qmroct.yaml"
-    script:
-        "../scripts/writeback.py"
+    shell:
+        step_command(
+            "qmroct.workflow:writeback_step",
+            input=("session",),
+            inputs=("results",),
+            output=("receipt",),
+        )
 
 
 rule scan_quality:

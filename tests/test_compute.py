@@ -165,7 +165,7 @@ def test_compute_job_loads_only_its_own_algorithm(tmp_path, small_demo, monkeypa
         output=SimpleNamespace(
             kqi=str(tmp_path / "kqi" / "noise.json"), extras=str(tmp_path / "kqi" / "noise.files")
         ),
-        params=SimpleNamespace(algorithm={"name": "noise"}),
+        params=SimpleNamespace(algorithm_name="noise"),
         log=[str(tmp_path / "noise.log")],
         config=config,
         scriptdir=str(REPO / "scripts"),

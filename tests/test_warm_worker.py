@@ -77,16 +77,19 @@ def run_dir(tmp_path):
 
 
 def _workers(folder: Path) -> list[int]:
-    found = []
+    """The folder's worker processes; not their forks (a supervisor shows the same command
+    line until it has exited)."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
                 continue
             if b"qmroct.warmworker.server" in cmdline and str(folder).encode() in cmdline:
-                found.append(int(entry.name))
-    return found
+                found[int(entry.name)] = parent
+    return [pid for pid, parent in found.items() if parent not in found]
 
 
 def _wait(condition, what: str, timeout: float = 60.0) -> None:
@@ -196,3 +199,32 @@ def test_switched_off_the_step_runs_in_the_job_process(run_dir, tmp_path):
     assert proc.returncode == 0, stderr
     assert eval(out.read_text())["pid"] == proc.pid
     assert not _workers(run_dir)
+
+
+def test_a_job_command_parses_back_into_what_its_step_reads():
+    import json
+
+    from qmroct.warmworker.job import CONTEXT_ENV, JobArgumentError, parse, step_command
+
+    command = step_command(
+        "qmroct.workflow:summary_step", input=("session",), inputs=("results",), output=("x",)
+    )
+    # Snakemake's code trigger compares this text: nothing in it may depend on the machine
+    assert "/" not in command.replace("{input.", "").split("-m", 1)[1]
+    environ = {CONTEXT_ENV: json.dumps({"config": {"a": 1}, "workflow_dir": "/wf"})}
+    target, job = parse(
+        ["qmroct.workflow:summary_step", "session_summary", "--input", "session", "s.json"]
+        + ["--inputs", "results", "r1.json", "r2.json", "--output", "x", "x.json"]
+        + ["--param", "algorithm_name", "noise", "--log", "l.log"],
+        environ,
+    )
+    assert target == "qmroct.workflow:summary_step" and job.rule == "session_summary"
+    assert job.input.session == "s.json" and job.input.results == ["r1.json", "r2.json"]
+    assert list(job.input) == ["s.json", "r1.json", "r2.json"]
+    assert job.output.x == "x.json" and job.log == ["l.log"]
+    assert job.params.algorithm_name == "noise" and job.config == {"a": 1}
+    assert job.scriptdir == "/wf/scripts"
+    with pytest.raises(JobArgumentError, match=CONTEXT_ENV):
+        parse(["t:f", "rule"], {})
+    with pytest.raises(JobArgumentError, match="unexpected argument --input session"):
+        parse(["t:f", "rule", "--input", "session"], environ)

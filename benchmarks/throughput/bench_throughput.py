@@ -149,22 +149,13 @@ def workflow(work: Path, cores: int, sessions: int, repo: Path) -> dict:
     kqi_files = list((work / "results" / "kqi").rglob("*.json"))
     assert len(kqi_files) == sessions * len(SIX), f"{len(kqi_files)} KQI files"
     _wait_for_warm_workers(work)
-    by_kind: dict[str, list[float]] = defaultdict(list)
-    # The warm worker (qmroct.warmworker) is not under the head (its own session): its CPU
-    # is added to the head's tree; its children's CPU (the jobs' steps) is reported by each
-    # job and attributed to the job's rule, its own (imports once, forks) shown apart.
-    outside = 0.0
-    for line in cpu_log.read_text().splitlines():
-        rec = json.loads(line)
-        if rec["kind"] == "snakemake head":
-            by_kind["snakemake head (own)"].append(rec["self_cpu_s"])
-        elif rec["kind"] == "warm worker":
-            outside += rec["self_cpu_s"] + rec["children_cpu_s"]
-            by_kind["warm worker (own: imports once, forks)"].append(rec["self_cpu_s"])
-        else:
-            by_kind[rec["kind"]].append(
-                rec["self_cpu_s"] + rec["children_cpu_s"] + rec.get("worker_cpu_s", 0.0)
-            )
+    records = [json.loads(line) for line in cpu_log.read_text().splitlines()]
+    by_kind = profile_by_kind(records)
+    # The warm worker (qmroct.warmworker) is not under the head (its own session): its CPU,
+    # its own and its children's (the jobs' steps), is added to the head's tree
+    outside = sum(
+        r["self_cpu_s"] + r["children_cpu_s"] for r in records if r["kind"] == "warm worker"
+    )
     total = usage.ru_utime + usage.ru_stime + outside
     return {
         "cpu_total": total,
@@ -173,6 +164,26 @@ def workflow(work: Path, cores: int, sessions: int, repo: Path) -> dict:
         "wall_per_session": wall / sessions,
         "profile": {k: (len(v), sum(v)) for k, v in sorted(by_kind.items())},
     }
+
+
+def profile_by_kind(records: list[dict], snakemake: str = "snakemake head") -> dict:
+    """Job kind -> [CPU of each process] from the hook's records, each CPU counted once: a
+    Snakemake process by its own CPU (its children are the jobs, which report themselves);
+    the warm worker by its own (imports once, forks: its children's CPU is the jobs' steps,
+    which each job reports as worker_cpu_s and is attributed to the job's rule); a job by its
+    own, its waited-for children's (the forked algorithm children, git) and its step's in
+    the warm worker. ``snakemake`` labels the Snakemake processes."""
+    by_kind: dict[str, list[float]] = defaultdict(list)
+    for rec in records:
+        if rec["kind"] == "snakemake head":
+            by_kind[f"{snakemake} (own)"].append(rec["self_cpu_s"])
+        elif rec["kind"] == "warm worker":
+            by_kind["warm worker (own: imports once, forks)"].append(rec["self_cpu_s"])
+        else:
+            by_kind[rec["kind"]].append(
+                rec["self_cpu_s"] + rec["children_cpu_s"] + rec.get("worker_cpu_s", 0.0)
+            )
+    return by_kind
 
 
 def _wait_for_warm_workers(work: Path, timeout: float = 60.0) -> None:
@@ -245,20 +256,27 @@ def main() -> int:
     print(
         f"Where (b)'s {wf['cpu_total']:.1f} s of CPU went (processes, CPU incl. their children):\n"
     )
-    print("| job kind | processes | CPU s | CPU per session s | share |\n|---|---:|---:|---:|---:|")
-    counted = 0.0
-    for kind, (count, cpu) in sorted(wf["profile"].items(), key=lambda kv: -kv[1][1]):
-        counted += cpu
-        print(f"| {kind} | {count} | {cpu:.1f} | {cpu / n:.3f} | {cpu / wf['cpu_total']:.0%} |")
-    rest = wf["cpu_total"] - counted
     # measured apart: a Python process with numpy/scipy loaded uses 0.05-0.1 s after its last
     # exit hook (module teardown), unless it ends through qmroct.job_exit
-    print(
-        f"| not attributed: interpreters' teardown after the exit hook, bash wrappers "
-        f"| | {rest:.1f} | {rest / n:.3f} "
-        f"| {rest / wf['cpu_total']:.0%} |"
+    print_profile(
+        wf["profile"],
+        wf["cpu_total"],
+        n,
+        "not attributed: interpreters' teardown after the exit hook, bash wrappers",
     )
     return 0
+
+
+def print_profile(profile: dict, total: float, sessions: int, rest_label: str) -> None:
+    """The per-kind table: ``profile`` kind -> (processes, CPU s), of ``total`` CPU s; what
+    the kinds do not account for is shown as ``rest_label``."""
+    print("| job kind | processes | CPU s | CPU per session s | share |\n|---|---:|---:|---:|---:|")
+    counted = 0.0
+    for kind, (count, cpu) in sorted(profile.items(), key=lambda kv: -kv[1][1]):
+        counted += cpu
+        print(f"| {kind} | {count} | {cpu:.1f} | {cpu / sessions:.3f} | {cpu / total:.0%} |")
+    rest = total - counted
+    print(f"| {rest_label} | | {rest:.1f} | {rest / sessions:.3f} | {rest / total:.0%} |")
 
 
 if __name__ == "__main__":

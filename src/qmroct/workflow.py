@@ -63,7 +63,7 @@ def compute_step(snakemake: Any) -> None:
     from qmroct.fileio import now_iso, write_json_atomic
 
     log = _logger(snakemake, "compute")
-    name = snakemake.params.algorithm["name"]
+    name = snakemake.params.algorithm_name
     settings = _algorithm_settings(snakemake, name)
     session = load_manifest(snakemake.input.session)
     algo = settings.algorithms[name]

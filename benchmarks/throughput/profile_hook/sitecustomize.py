@@ -30,6 +30,9 @@ def _kind() -> str:
     job = getattr(sys.modules.get("__main__"), "snakemake", None)
     if job is not None and hasattr(job, "rule"):
         return str(job.rule)
+    rule = getattr(sys.modules.get("qmroct.warmworker.client"), "job_rule", "")
+    if rule:  # a shell: job that handed its step to the warm worker
+        return rule
     argv = " ".join(sys.orig_argv if hasattr(sys, "orig_argv") else sys.argv)
     if "qmroct.warmworker.server" in argv:
         return "warm worker"

@@ -133,7 +133,9 @@ def run_command(
     read_fd, write_fd = os.pipe()
     parent = os.getpid()
     # preexec_fn runs Python between fork and exec: safe only while no other thread runs.
-    die_with_parent = (lambda: _die_with_parent(parent)) if threading.active_count() == 1 else None
+    die_with_parent = (
+        (lambda: kill_when_parent_dies(parent)) if threading.active_count() == 1 else None
+    )
     try:
         proc = subprocess.Popen(
             cmd,
@@ -157,7 +159,7 @@ def _child(target: Callable[[], int], write_fd: int, parent: int) -> None:
     code = 70  # EX_SOFTWARE: the wrapper itself failed
     try:
         os.setsid()
-        _die_with_parent(parent)
+        kill_when_parent_dies(parent)
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
             signal.signal(signum, signal.SIG_DFL)
         null = os.open(os.devnull, os.O_RDONLY)
@@ -199,9 +201,10 @@ def _exit_status(exc: SystemExit) -> int:
     return 1
 
 
-def _die_with_parent(parent: int) -> None:
-    """Linux: SIGKILL this child when the job process dies (a job killed by Snakemake
-    must not leave its algorithm running). Kept across exec (not for set-user-ID programs)."""
+def kill_when_parent_dies(parent: int) -> None:
+    """Linux: SIGKILL this process when its parent dies (a job killed by Snakemake must not
+    leave its algorithm running; nor a warm worker's job process its supervisor). Kept
+    across exec (not for set-user-ID programs)."""
     if not sys.platform.startswith("linux"):
         return
     try:

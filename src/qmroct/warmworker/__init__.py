@@ -5,14 +5,15 @@ numpy, scipy, pydicom, jsonschema, Pillow and qmroct (~0.3 s of CPU), which is m
 most algorithms cost on a scan; eight such jobs per session made the workflow use about six
 times the CPU of its algorithms (``benchmarks/throughput/``).
 
-How: the per-session jobs' scripts (``scripts/compute.py``, ``session_summary.py``,
-``writeback.py``) stay Snakemake ``script:`` jobs, with every Snakemake semantics intact
-(inputs, outputs, logs, params, reruns, groups, remote execution); they only hand their step
-to a warm worker (:mod:`.client`). The worker (:mod:`.server`) is started by the first job
-that needs it, one per run folder and interpreter, with the step modules imported. For each
-job it forks a *supervisor*, which forks the *job process*; the job process takes on the
-job's working directory, environment, ``sys.path`` and standard streams (passed over the
-socket), runs the step, and ends. So:
+How: the per-session jobs (compute, summary, write-back) are ``shell:`` jobs that run a small
+entry process, ``python -m qmroct.warmworker`` (:mod:`.job` says why ``shell:`` and what
+the command holds); Snakemake's semantics are untouched (inputs, outputs, logs, params,
+reruns, groups, remote execution). The entry process (:mod:`.client`, standard library
+only) hands the step to the run's warm worker (:mod:`.server`): started by the first job
+that needs it, one per run folder and interpreter, with the steps' modules imported. For
+each job it forks a *supervisor*, which forks the *job process*; the job process takes on
+the job's working directory, environment, ``sys.path`` and standard streams (passed over
+the socket), runs the step, and ends. So:
 
 * **Crash isolation stays.** Every job is its own process (and every algorithm call its own
   child of that, :mod:`qmroct.algorithms.child`); a job that crashes or leaks state takes

@@ -24,19 +24,34 @@ from qmroct.warmworker import FOLDER, SWITCH_ENV, wire
 
 # Signals a job gets from a terminal or from Snakemake, passed on to the job process.
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
-# CPU (s) the job used in the worker's processes, for the throughput benchmark's accounting
-# (benchmarks/throughput/profile_hook): that CPU is not in this process's own rusage.
+# For the throughput benchmark's accounting (benchmarks/throughput/profile_hook): the job's
+# rule, and the CPU (s) its step used in the worker's processes, not in this process's rusage.
+job_rule = ""
 worker_cpu_s = 0.0
 
 
+def main(argv: list[str]) -> None:
+    """The ``shell:`` jobs' entry (``python -m qmroct.warmworker``, see :mod:`.job`)."""
+    from qmroct.warmworker.job import JobArgumentError, parse
+
+    global job_rule
+    try:
+        target, job = parse(argv)
+    except JobArgumentError as err:
+        print(f"qmroct: {err}", file=sys.stderr)
+        sys.exit(2)
+    job_rule = job.rule
+    run_step(target, job)
+
+
 def run_step(target: str, job: Any) -> None:
-    """Run ``target`` ("module:function") on Snakemake's ``job`` object; never returns."""
+    """Run ``target`` ("module:function") on ``job`` (what the step reads: a
+    :class:`~qmroct.warmworker.job.StepJob` or Snakemake's ``snakemake``); never returns."""
     if os.environ.get(SWITCH_ENV) == "0":
         _run_here(target, job)
     run_dir = claim(Path(job.config["scratch_dir"]).resolve())
     folder = run_dir / FOLDER
     folder.mkdir(mode=0o700, exist_ok=True)
-    sock = _connect_or_start(folder, _worker_name())
     request = {
         "target": target,
         "job": pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL),
@@ -48,7 +63,7 @@ def run_step(target: str, job: Any) -> None:
     }
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
-    wire.send(sock, request, fds=(0, 1, 2))
+    sock = _hand_over(folder, request)
     for signum in FORWARDED:
         signal.signal(signum, lambda signum, _frame: _forward(sock, signum))
     try:
@@ -63,6 +78,24 @@ def run_step(target: str, job: Any) -> None:
     global worker_cpu_s
     worker_cpu_s = float(message["cpu_s"])
     _finish(int(message["returncode"]))
+
+
+def _hand_over(folder: Path, request: dict) -> socket.socket:
+    """Connected to a worker that has started the job. A worker that ends just as a job
+    connects (idle, or its run folder released) closes the connection before it starts
+    anything: then the job tries again, with a new worker if need be."""
+    name = _worker_name()
+    for _attempt in range(3):
+        sock = _connect_or_start(folder, name)
+        try:
+            wire.send(sock, request, fds=(0, 1, 2))
+            started = wire.receive(sock)
+        except (OSError, EOFError):
+            started = None
+        if started is not None:
+            return sock
+        sock.close()
+    raise RuntimeError(f"no warm worker in {folder} took the job (see the log there)")
 
 
 def _run_here(target: str, job: Any) -> None:

@@ -19,6 +19,7 @@ import time
 import traceback
 from pathlib import Path
 
+from qmroct.algorithms.child import kill_when_parent_dies
 from qmroct.scratch import read_owner
 from qmroct.warmworker import IDLE_EXIT_S, wire
 
@@ -33,6 +34,7 @@ PRELOAD = (
     "PIL.ImageDraw",
     "PIL.PngImagePlugin",
     "snakemake.script",  # unpickling the job's ``snakemake`` object needs it
+    "qmroct.warmworker.job",  # the jobs' StepJob, unpickled per job
     "qmroct.workflow",
     "qmroct.compute",
     "qmroct.algorithms.runner",
@@ -145,12 +147,14 @@ def _supervise(conn: socket.socket) -> None:
         if received is None:
             os._exit(0)
         request, fds = received
+        supervisor = os.getpid()
         pid = os.fork()
         if pid == 0:
             conn.close()
-            _run_job(request, fds)  # never returns
+            _run_job(request, fds, supervisor)  # never returns
         for fd in fds:
             os.close(fd)
+        wire.send(conn, {"started": pid})  # from here on the job is this worker's to finish
         returncode, cpu_s = _watch(conn, pid)
         own = os.times()
         wire.send(conn, {"returncode": returncode, "cpu_s": cpu_s + own.user + own.system})
@@ -198,11 +202,12 @@ def _signal_group(pid: int, signum: int) -> None:
         pass
 
 
-def _run_job(request: dict, fds: list[int]) -> None:
+def _run_job(request: dict, fds: list[int], supervisor: int) -> None:
     """The job process: become the job (its folder, environment, streams), run the step."""
     returncode = 1
     try:
         os.setsid()  # its own group, which the supervisor signals
+        kill_when_parent_dies(supervisor)
         for target, fd in zip((0, 1, 2), fds, strict=True):  # the client sends all three
             os.dup2(fd, target)
             os.close(fd)

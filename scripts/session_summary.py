@@ -1,5 +1,0 @@
-# Thin wrapper: the logic is qmroct.workflow.summary_step, run in the run's warm worker
-# (qmroct.warmworker: a process with the imports paid once per run, not once per job).
-from qmroct.warmworker.client import run_step
-
-run_step("qmroct.workflow:summary_step", snakemake)  # noqa: F821 (injected by Snakemake)
