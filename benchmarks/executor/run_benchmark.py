@@ -41,12 +41,21 @@ SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 IMAGE = "155d900f-4e14-4e4c-a73d-069cbf4541e6"
 
 
-def start_cloud(tmp: Path, boot: float, delete: float, isolate: bool):
+def start_cloud(
+    tmp: Path,
+    boot: float,
+    delete: float,
+    isolate: bool,
+    script: Path = REPO / "tests/cloud/novacloud.py",
+    env: dict | None = None,
+):
+    """The test cloud (``script``: novacloud.py, or a launcher that takes its arguments) in
+    the background; (process, API endpoint). Its log and state are under ``tmp``."""
     ready = tmp / "ready.json"
     proc = subprocess.Popen(
         [
             str(NOVA_PY),
-            str(REPO / "tests/cloud/novacloud.py"),
+            str(script),
             "--port",
             "0",
             "--ssh-port",
@@ -65,6 +74,7 @@ def start_cloud(tmp: Path, boot: float, delete: float, isolate: bool):
         stdout=open(tmp / "cloud.log", "wb"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        env=env,
     )
     t = time.time()
     while not ready.exists():
