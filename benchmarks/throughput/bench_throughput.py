@@ -118,7 +118,9 @@ def together(base: Path, archive: Path) -> dict:
     }
 
 
-def workflow(work: Path, cores: int, sessions: int, repo: Path) -> dict:
+def workflow(
+    work: Path, cores: int, sessions: int, repo: Path, extra: tuple[str, ...] = ()
+) -> dict:
     """(b): the real workflow from nothing to the report; CPU of the whole process tree."""
     cpu_log = work / "cpu.jsonl"
     # another checkout's qmroct (--repo, a before/after comparison) ahead of the installed one
@@ -132,7 +134,7 @@ def workflow(work: Path, cores: int, sessions: int, repo: Path) -> dict:
     log = open(work / "snakemake.out", "w")
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "snakemake", "--cores", str(cores), "--nocolor"],
+        [sys.executable, "-m", "snakemake", "--cores", str(cores), "--nocolor", *extra],
         cwd=work,
         env=env,
         stdout=log,
@@ -222,13 +224,19 @@ def main() -> int:
         "previous commit (git archive) for a before/after figure",
     )
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (printed)")
+    ap.add_argument(
+        "--snakemake",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="more arguments for (b)'s snakemake command (last), e.g. --scheduler greedy",
+    )
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="qmroct-throughput-"))
     try:
         archive = build_archive(base, args.sessions, args.scans)
         load_before = os.getloadavg()
         work = copy_workflow(base, archive, args.repo.resolve())
-        wf = workflow(work, args.cores, args.sessions, args.repo.resolve())
+        wf = workflow(work, args.cores, args.sessions, args.repo.resolve(), tuple(args.snakemake))
         tog = together(base, archive)
         load_after = os.getloadavg()
     finally:

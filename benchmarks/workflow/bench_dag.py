@@ -10,6 +10,7 @@ for the qmroct workflow and for a bare Snakemake workflow with the same jobs
 ratio qmroct / bare is the figure of merit (target <= 1.15, issue 13).
 
 Usage: python benchmarks/workflow/bench_dag.py [--sessions 1000 10000] [--repeats 3]
+           [--algorithms two|six]
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-ALGORITHMS = ["layers", "noise"]
+ALGORITHMS = ["layers", "noise"]  # --algorithms: these or all six built-in ones
+SIX = ["centering", "layers", "motion", "mtci", "noise", "signal"]
 
 BARE_SNAKEFILE = r"""
 import csv
 
-ALGORITHMS = ["layers", "noise"]
+ALGORITHMS = __ALGORITHMS__
 
 
 def sessions():
@@ -206,7 +208,7 @@ def setup(base: Path, n: int) -> tuple[Path, Path, list[tuple[str, str]]]:
 
     bare = base / "bare"
     bare.mkdir()
-    (bare / "Snakefile").write_text(BARE_SNAKEFILE)
+    (bare / "Snakefile").write_text(BARE_SNAKEFILE.replace("__ALGORITHMS__", repr(ALGORITHMS)))
     shutil.copytree(qm / "results/discovery", bare / "results/discovery")
     return qm, bare, pairs
 
@@ -254,7 +256,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--algorithms", choices=("two", "six"), default="two", help="layers and noise, or all six"
+    )
     args = parser.parse_args()
+    if args.algorithms == "six":
+        ALGORITHMS[:] = SIX
     print(
         f"load average at the start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
         "medians of "
