@@ -39,6 +39,7 @@ for _name, _algo in SETTINGS.algorithms.items():
             # the step runs in the run's warm worker (qmroct.warmworker)
             step_command(
                 "qmroct.workflow:compute_step",
+                f"compute_{_name}",
                 input=("session",),
                 output=("kqi", "extras"),
                 params={"algorithm_name": "algorithm[name]"},
@@ -62,6 +63,7 @@ rule session_summary:
     shell:
         step_command(
             "qmroct.workflow:summary_step",
+            "session_summary",
             input=("session",),
             inputs=("results",),
             output=("summary", "thumbnails"),

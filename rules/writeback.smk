@@ -17,6 +17,7 @@ rule writeback:
     shell:
         step_command(
             "qmroct.workflow:writeback_step",
+            "writeback",
             input=("session",),
             inputs=("results",),
             output=("receipt",),

@@ -207,7 +207,11 @@ def test_a_job_command_parses_back_into_what_its_step_reads():
     from qmroct.warmworker.job import CONTEXT_ENV, JobArgumentError, parse, step_command
 
     command = step_command(
-        "qmroct.workflow:summary_step", input=("session",), inputs=("results",), output=("x",)
+        "qmroct.workflow:summary_step",
+        "session_summary",
+        input=("session",),
+        inputs=("results",),
+        output=("x",),
     )
     # Snakemake's code trigger compares this text: nothing in it may depend on the machine
     assert "/" not in command.replace("{input.", "").split("-m", 1)[1]

@@ -45,20 +45,24 @@ def export_context(config: dict, workflow_dir: str | Path, use_conda: bool) -> N
 
 def step_command(
     target: str,
+    rule: str,
     *,
     input: tuple[str, ...] = (),
     inputs: tuple[str, ...] = (),
     output: tuple[str, ...] = (),
     params: dict[str, str] | None = None,
 ) -> str:
-    """The ``shell:`` text of a job that runs ``target`` ("module:function").
+    """The ``shell:`` text of a job of ``rule`` that runs ``target`` ("module:function").
+
+    The rule's name is written out, not ``{rule}``: Snakemake's linter takes that for a
+    variable from outside the rule.
 
     ``input``/``output``: names of single files; ``inputs``: names of file lists;
     ``params``: name -> a Snakemake format field under ``params`` (``"algorithm[name]"``).
     """
     # "${QMROCT_JOB_PYTHON:-python}", braces doubled for Snakemake's formatting
     python = '"${{' + PYTHON_ENV + ':-python}}"'
-    parts = [f"{python} -m qmroct.warmworker {target} {{rule}}"]
+    parts = [f"{python} -m qmroct.warmworker {target} {rule}"]
     parts += [f"--input {n} {{input.{n}:q}}" for n in input]
     parts += [f"--inputs {n} {{input.{n}:q}}" for n in inputs]
     parts += [f"--output {n} {{output.{n}:q}}" for n in output]
