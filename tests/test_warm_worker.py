@@ -232,3 +232,14 @@ def test_a_job_command_parses_back_into_what_its_step_reads():
         parse(["t:f", "rule"], {})
     with pytest.raises(JobArgumentError, match="unexpected argument --input session"):
         parse(["t:f", "rule", "--input", "session"], environ)
+
+
+def test_without_a_worker_the_step_still_runs_and_says_why(run_dir, tmp_path):
+    (run_dir / ".warm-worker").write_text("not a folder")  # no worker can live here
+    out = tmp_path / "out"
+    proc = _client(run_dir, "report", out)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert "no warm worker" in stderr and "running the step in the job's process" in stderr
+    assert eval(out.read_text())["pid"] == proc.pid and stdout == "to the job's stdout\n"
+    assert not _workers(run_dir)

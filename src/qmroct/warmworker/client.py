@@ -49,9 +49,7 @@ def run_step(target: str, job: Any) -> None:
     :class:`~qmroct.warmworker.job.StepJob` or Snakemake's ``snakemake``); never returns."""
     if os.environ.get(SWITCH_ENV) == "0":
         _run_here(target, job)
-    run_dir = claim(Path(job.config["scratch_dir"]).resolve())
-    folder = run_dir / FOLDER
-    folder.mkdir(mode=0o700, exist_ok=True)
+    folder = claim(Path(job.config["scratch_dir"]).resolve()) / FOLDER
     request = {
         "target": target,
         "job": pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL),
@@ -63,7 +61,17 @@ def run_step(target: str, job: Any) -> None:
     }
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
-    sock = _hand_over(folder, request)
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        sock = _hand_over(folder, request)
+    except (OSError, RuntimeError) as err:
+        # No worker (a scratch file system without unix sockets, say): the job still runs,
+        # as it did before there was a worker, and says why it is slower.
+        print(
+            f"qmroct: no warm worker ({err}); running the step in the job's process",
+            file=sys.stderr,
+        )
+        _run_here(target, job)
     for signum in FORWARDED:
         signal.signal(signum, lambda signum, _frame: _forward(sock, signum))
     try:

@@ -62,7 +62,8 @@ def step_command(
     """
     # "${QMROCT_JOB_PYTHON:-python}", braces doubled for Snakemake's formatting
     python = '"${{' + PYTHON_ENV + ':-python}}"'
-    parts = [f"{python} -m qmroct.warmworker {target} {rule}"]
+    # -P: the job's folder is not put on sys.path (a file there must not shadow a module)
+    parts = [f"{python} -P -m qmroct.warmworker {target} {rule}"]
     parts += [f"--input {n} {{input.{n}:q}}" for n in input]
     parts += [f"--inputs {n} {{input.{n}:q}}" for n in inputs]
     parts += [f"--output {n} {{output.{n}:q}}" for n in output]
