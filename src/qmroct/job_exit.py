@@ -18,17 +18,34 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import sys
 import threading
+from typing import NoReturn
 
 
 def exit_now() -> None:
     if threading.active_count() != 1:
         return
+    end_process(0)
+
+
+def end_process(returncode: int) -> NoReturn:
+    """Exit hooks (logging's flush and close among them), stdio flushed, then the end:
+    ``returncode`` as in :mod:`subprocess`, -N meaning killed by signal N (the signal is
+    raised again, so a parent sees the same death)."""
     atexit._run_exitfuncs()
+    flush_std()
+    if returncode < 0:
+        signal.signal(-returncode, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [-returncode])
+        os.kill(os.getpid(), -returncode)
+    os._exit(returncode if returncode >= 0 else 128 - returncode)
+
+
+def flush_std() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):  # closed or broken: nothing left to keep
             pass
-    os._exit(0)

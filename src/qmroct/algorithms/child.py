@@ -178,7 +178,7 @@ def _child(target: Callable[[], int], write_fd: int, parent: int) -> None:
         faulthandler.enable(file=sys.stderr)
         code = target()
     except SystemExit as exc:
-        code = _exit_status(exc)
+        code = exit_status(exc)
     except BaseException:
         traceback.print_exc()
         code = 1
@@ -191,7 +191,7 @@ def _child(target: Callable[[], int], write_fd: int, parent: int) -> None:
         os._exit(code)
 
 
-def _exit_status(exc: SystemExit) -> int:
+def exit_status(exc: SystemExit) -> int:
     """What the interpreter would exit with for this SystemExit."""
     if exc.code is None:
         return 0

@@ -6,7 +6,6 @@ Imported by the ``script:`` jobs before anything heavy: only the standard librar
 
 from __future__ import annotations
 
-import atexit
 import fcntl
 import hashlib
 import importlib
@@ -17,8 +16,9 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from qmroct.job_exit import end_process, exit_now, flush_std
 from qmroct.scratch import claim
 from qmroct.warmworker import FOLDER, SWITCH_ENV, wire
 
@@ -59,8 +59,7 @@ def run_step(target: str, job: Any) -> None:
         "argv": list(sys.argv),
         "umask": _umask(),
     }
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
+    flush_std()
     try:
         folder.mkdir(mode=0o700, exist_ok=True)
         sock = _hand_over(folder, request)
@@ -107,8 +106,6 @@ def _hand_over(folder: Path, request: dict) -> socket.socket:
 
 
 def _run_here(target: str, job: Any) -> None:
-    from qmroct.job_exit import exit_now
-
     module, function = target.split(":")
     getattr(importlib.import_module(module), function)(job)
     exit_now()
@@ -188,18 +185,8 @@ def _forward(sock: socket.socket, signum: int) -> None:
         pass
 
 
-def _finish(returncode: int, message: str = "") -> None:
+def _finish(returncode: int, message: str = "") -> NoReturn:
     """End like the job process did: its exit code, or killed by the same signal."""
     if message:
         print(message, file=sys.stderr)
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    if returncode < 0:
-        signal.signal(-returncode, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, [-returncode])
-        os.kill(os.getpid(), -returncode)
-    os._exit(returncode if returncode >= 0 else 128 - returncode)
+    end_process(returncode)

@@ -5,9 +5,7 @@
 
 from __future__ import annotations
 
-import atexit
 import importlib
-import logging
 import os
 import pickle
 import selectors
@@ -19,7 +17,8 @@ import time
 import traceback
 from pathlib import Path
 
-from qmroct.algorithms.child import kill_when_parent_dies
+from qmroct.algorithms.child import exit_status, kill_when_parent_dies
+from qmroct.job_exit import end_process, flush_std
 from qmroct.scratch import read_owner
 from qmroct.warmworker import IDLE_EXIT_S, wire
 
@@ -85,7 +84,7 @@ def main(argv: list[str]) -> int:
             if not wire.peer_is_us(conn):
                 conn.close()
                 continue
-            _flush_std()
+            flush_std()
             pid = os.fork()
             if pid == 0:
                 selector.close()
@@ -129,14 +128,6 @@ def _reaped(pids: set[int]) -> set[int]:
         except ChildProcessError:
             done.add(pid)
     return done
-
-
-def _flush_std() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
 
 
 def _supervise(conn: socket.socket) -> None:
@@ -226,27 +217,19 @@ def _run_job(request: dict, fds: list[int], supervisor: int) -> None:
         getattr(importlib.import_module(module), function)(job)
         returncode = 0
     except SystemExit as exc:
-        code = exc.code
-        returncode = code if isinstance(code, int) else (0 if code is None else 1)
-        if code is not None and not isinstance(code, int):
-            print(code, file=sys.stderr)
+        returncode = exit_status(exc)
     except KeyboardInterrupt:
         traceback.print_exc()
         returncode = -signal.SIGINT  # as Python ends on an uncaught Ctrl-C: by the signal
     except BaseException:
         traceback.print_exc()
     finally:
-        # what a normal exit does that matters (exit hooks: logging's flush and close), but
-        # not the interpreter's teardown (qmroct.job_exit)
+        # what a normal exit does that matters, not the interpreter's teardown; never
+        # returns into the supervisor's code this process was forked from
         try:
-            atexit._run_exitfuncs()
-            logging.shutdown()
-            _flush_std()
+            end_process(returncode)
         finally:
-            if returncode < 0:
-                signal.signal(-returncode, signal.SIG_DFL)
-                os.kill(os.getpid(), -returncode)
-            os._exit(returncode if returncode >= 0 else 1)
+            os._exit(1)
 
 
 if __name__ == "__main__":
