@@ -22,6 +22,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 # The run's config and workflow folder (JSON), set by the Snakefile for its jobs.
@@ -97,7 +98,7 @@ class StepJob:
     input: Files = field(default_factory=Files)
     output: Files = field(default_factory=Files)
     log: list[str] = field(default_factory=list)
-    params: dict[str, str] = field(default_factory=dict)
+    params: SimpleNamespace = field(default_factory=SimpleNamespace)
     config: dict = field(default_factory=dict)
     workflow_dir: str = ""
 
@@ -105,17 +106,6 @@ class StepJob:
     def scriptdir(self) -> str:
         """The workflow's ``scripts/`` folder, as a ``script:`` job sees it."""
         return str(Path(self.workflow_dir) / "scripts")
-
-    def __post_init__(self) -> None:
-        self.params = _Params(self.params)
-
-
-class _Params(dict):
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
 
 
 class JobArgumentError(ValueError):
@@ -158,7 +148,7 @@ def parse(argv: list[str], environ=os.environ) -> tuple[str, StepJob]:
         input=Files(groups["input"]),
         output=Files(groups["output"]),
         log=logs,
-        params=dict(groups["param"]),
+        params=SimpleNamespace(**dict(groups["param"])),
         config=context["config"],
         workflow_dir=context["workflow_dir"],
     )
