@@ -36,10 +36,12 @@ for _name, _algo in SETTINGS.algorithms.items():
         params:
             algorithm=algorithm_identity(_algo, SETTINGS.algorithm_params(_name)),
         shell:
-            # the step runs in the run's warm worker (qmroct.warmworker)
+            # The step runs in the run's warm worker (qmroct.warmworker). No loop variable
+            # in here: in --mode remote (a job on a VM) Snakemake evaluates this expression
+            # again when the job runs, after the loop, so _name would be the last algorithm.
             step_command(
                 "qmroct.workflow:compute_step",
-                f"compute_{_name}",
+                "compute_{params.algorithm[name]}",
                 input=("session",),
                 output=("kqi", "extras"),
                 params={"algorithm_name": "algorithm[name]"},

@@ -55,8 +55,8 @@ def step_command(
 ) -> str:
     """The ``shell:`` text of a job of ``rule`` that runs ``target`` ("module:function").
 
-    The rule's name is written out, not ``{rule}``: Snakemake's linter takes that for a
-    variable from outside the rule.
+    The rule's name is written out (or formatted from the job's params), not ``{rule}``:
+    Snakemake's linter takes that for a variable from outside the rule.
 
     ``input``/``output``: names of single files; ``inputs``: names of file lists;
     ``params``: name -> a Snakemake format field under ``params`` (``"algorithm[name]"``).
