@@ -84,35 +84,20 @@ def start_cloud(
     return proc, json.loads(ready.read_text())["endpoint"]
 
 
-def run_case(
-    tmp: Path,
-    endpoint: str,
-    name: str,
-    n: int,
-    work: float,
-    extra: list[str],
-    worker_bin: Path = SNAKEMAKE.parent,
-) -> dict:
-    wd = tmp / name
-    shutil.copytree(HERE / "workflow", wd)
-    key = wd / "id_ed25519"
+def cloud_access(
+    folder: Path, endpoint: str, token: str, worker_bin: Path
+) -> tuple[Path, list[str]]:
+    """An SSH key and a clouds.yaml (cloud ``bench``) in ``folder``, and the executor's
+    arguments that reach the test cloud's servers with them (m1.medium, no network, the
+    fake VMs' sshd port, the workers' Python in ``worker_bin``)."""
+    key = folder / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    (wd / "clouds.yaml").write_text(
+    clouds = folder / "clouds.yaml"
+    clouds.write_text(
         "clouds:\n  bench:\n    auth_type: admin_token\n    auth:\n"
-        f'      endpoint: {endpoint}\n      token: "{name}:{name}"\n'
+        f'      endpoint: {endpoint}\n      token: "{token}"\n'
     )
-    env = dict(os.environ, OS_CLIENT_CONFIG_FILE=str(wd / "clouds.yaml"))
     args = [
-        str(SNAKEMAKE),
-        "-j",
-        "500",
-        "--latency-wait",
-        "1",
-        "--config",
-        f"njobs={n}",
-        f"work={work}",
-        "--executor",
-        "openstack",
         "--openstack-cloud",
         "bench",
         "--openstack-image",
@@ -131,6 +116,35 @@ def run_case(
         "2222",
         "--openstack-remote-path-prefix",
         str(worker_bin),
+    ]
+    return clouds, args
+
+
+def run_case(
+    tmp: Path,
+    endpoint: str,
+    name: str,
+    n: int,
+    work: float,
+    extra: list[str],
+    worker_bin: Path = SNAKEMAKE.parent,
+) -> dict:
+    wd = tmp / name
+    shutil.copytree(HERE / "workflow", wd)
+    clouds, access = cloud_access(wd, endpoint, f"{name}:{name}", worker_bin)
+    env = dict(os.environ, OS_CLIENT_CONFIG_FILE=str(clouds))
+    args = [
+        str(SNAKEMAKE),
+        "-j",
+        "500",
+        "--latency-wait",
+        "1",
+        "--config",
+        f"njobs={n}",
+        f"work={work}",
+        "--executor",
+        "openstack",
+        *access,
         "--openstack-max-servers",
         "4",
         "--openstack-expected-boot-seconds",

@@ -28,7 +28,6 @@ servers see (the archive stands in for shared storage every worker mounts).
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import os
 import resource
@@ -46,7 +45,7 @@ REPO = HERE.parents[1]
 sys.path[:0] = [str(HERE), str(REPO / "benchmarks" / "executor"), str(REPO)]
 
 import bench_throughput as bt  # noqa: E402
-from run_benchmark import IMAGE, start_cloud  # noqa: E402
+from run_benchmark import cloud_access, start_cloud  # noqa: E402
 
 SNAKEMAKE = bt.BIN / "snakemake"
 CPUACCT = Path("/sys/fs/cgroup/cpuacct")
@@ -191,18 +190,13 @@ def pool_run(
     (base / "pool").mkdir()
     work = bt.copy_workflow(base / "pool", archive, REPO)
     shutil.copytree(REPO / "profiles", work / "profiles")  # --workflow-profile openstack
-    key = work / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    (work / "clouds.yaml").write_text(
-        "clouds:\n  bench:\n    auth_type: admin_token\n    auth:\n"
-        f'      endpoint: {endpoint}\n      token: "bench:qmroctpool"\n'
-    )
+    clouds, access = cloud_access(work, endpoint, "bench:qmroctpool", worker_bin)
     token = os.urandom(8).hex()
     cpu_log = visible / "cpu.jsonl"
     env = dict(
         os.environ,
         PATH=f"{bt.BIN}:{os.environ.get('PATH', '')}",
-        OS_CLIENT_CONFIG_FILE=str(work / "clouds.yaml"),
+        OS_CLIENT_CONFIG_FILE=str(clouds),
         PYTHONPATH=os.pathsep.join(
             filter(None, [str(visible / "pool_hook"), os.environ.get("PYTHONPATH")])
         ),
@@ -217,24 +211,7 @@ def pool_run(
         "--nocolor",
         "--retries",
         "0",
-        "--openstack-cloud",
-        "bench",
-        "--openstack-image",
-        IMAGE,
-        "--openstack-flavor",
-        "m1.medium",
-        "--openstack-network",
-        "none",
-        "--openstack-keypair",
-        "bench",
-        "--openstack-private-key",
-        str(key),
-        "--openstack-ssh-user",
-        getpass.getuser(),
-        "--openstack-ssh-port",
-        "2222",
-        "--openstack-remote-path-prefix",
-        str(worker_bin),
+        *access,
         "--openstack-max-servers",
         str(args.max_servers),
         "--openstack-expected-boot-seconds",
@@ -252,23 +229,12 @@ def pool_run(
     driver_before = resource.getrusage(resource.RUSAGE_SELF)
     load_before = os.getloadavg()
     watch.start()
-    t0, epoch0 = time.perf_counter(), time.time()
-    with open(work / "snakemake.out", "wb") as log:
-        proc = subprocess.Popen(
-            in_group(groups, "head", cmd),
-            cwd=work,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
+    epoch0 = time.time()
+    try:
+        wall, usage = bt.run_snakemake(in_group(groups, "head", cmd), work, env, "pool run")
+    except RuntimeError:
         watch.stop.set()
-        raise RuntimeError(
-            f"pool run failed, see {work / 'snakemake.out'}:\n"
-            + (work / "snakemake.out").read_text()[-4000:]
-        )
+        raise
     # the head's warm worker ends within a second of the run folder's release; the VMs'
     # processes when the executor has deleted its servers (the cloud kills them)
     groups.wait_empty("head", 90)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -131,23 +132,12 @@ def workflow(
         PYTHONPATH=os.pathsep.join(filter(None, [*pythonpath, os.environ.get("PYTHONPATH")])),
         QMROCT_BENCH_CPU_LOG=str(cpu_log),
     )
-    log = open(work / "snakemake.out", "w")
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
+    wall, usage = run_snakemake(
         [sys.executable, "-m", "snakemake", "--cores", str(cores), "--nocolor", *extra],
-        cwd=work,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
+        work,
+        env,
+        "workflow",
     )
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    log.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(
-            f"workflow failed, see {work / 'snakemake.out'}:\n"
-            + (work / "snakemake.out").read_text()[-3000:]
-        )
     kqi_files = list((work / "results" / "kqi").rglob("*.json"))
     assert len(kqi_files) == sessions * len(SIX), f"{len(kqi_files)} KQI files"
     _wait_for_warm_workers(work)
@@ -186,6 +176,25 @@ def profile_by_kind(records: list[dict], snakemake: str = "snakemake head") -> d
                 rec["self_cpu_s"] + rec["children_cpu_s"] + rec.get("worker_cpu_s", 0.0)
             )
     return by_kind
+
+
+def run_snakemake(
+    cmd: list[str], work: Path, env: dict, what: str
+) -> tuple[float, resource.struct_rusage]:
+    """Run a workflow's command in ``work`` (output in ``snakemake.out`` there): its wall
+    seconds and the resource usage of its process tree; RuntimeError, with the end of the
+    output, when it failed."""
+    t0 = time.perf_counter()
+    with open(work / "snakemake.out", "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(
+            f"{what} failed, see {work / 'snakemake.out'}:\n"
+            + (work / "snakemake.out").read_text(errors="replace")[-4000:]
+        )
+    return wall, usage
 
 
 def _wait_for_warm_workers(work: Path, timeout: float = 60.0) -> None:
