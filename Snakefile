@@ -35,9 +35,13 @@ from qmroct.archive.xnat_tokens import start_archive_tokens, stop_archive_tokens
 from qmroct.history_queue import start_history_queue, stop_history_queue
 from qmroct.provenance.run_manifest import finish_run, start_run
 from qmroct import runhistory
+from qmroct.scheduler_wakes import lift_default_rate_limit
 
 
 onstart:
+    # Snakemake's default job rate limit makes its scheduler wake once a second per
+    # finished job while others wait (qmroct.scheduler_wakes)
+    lift_default_rate_limit(workflow)
     # results/runs/<run-id>/manifest.json: who, what, with which code and environment
     start_run(config, workflow)
     # its "summary" section: trigger, sessions new/changed, jobs, failures (after start_run)
