@@ -10,7 +10,11 @@ session, `qmroct demo-archive --scans 1`):
     as the workflow stages them (``qmroct.staging``); CPU = ``time.process_time``;
 (b) **workflow**: the real workflow (Snakefile, rules, scripts, algorithms copied into a
     fresh folder) with ``snakemake --cores N`` from nothing to the report; CPU = user+sys of
-    the Snakemake head and every process under it (``os.wait4``).
+    the Snakemake head and every process under it (``os.wait4``);
+(c) **Snakemake alone**: ``benchmarks/workflow``'s bare workflow (the same jobs, rules,
+    groups and wildcards, shell commands that only create their outputs) run the same way on
+    (b)'s discovery: what Snakemake itself costs to run a session's jobs, the floor under (b)
+    for this shape of workflow (eight jobs per session).
 
 Where (b)'s CPU goes: every Python process of the run imports ``profile_hook/sitecustomize.py``
 (on PYTHONPATH for this run only) and records its own CPU and that of its waited-for children
@@ -38,6 +42,18 @@ REPO = Path(__file__).resolve().parents[2]
 HOOK = Path(__file__).resolve().parent / "profile_hook"
 SIX = ["noise", "layers", "mtci", "signal", "motion", "centering"]
 BIN = Path(sys.executable).parent
+sys.path.insert(0, str(REPO / "benchmarks" / "workflow"))
+from bench_dag import BARE_SNAKEFILE  # noqa: E402  (the DAG benchmark's bare workflow)
+
+# (c) runs with the head's rate-limit fix too (qmroct.scheduler_wakes), so that it shows
+# Snakemake's best, not its default; imported in the hook so that parsing stays bare.
+BARE_ONSTART = """
+
+onstart:
+    from qmroct.scheduler_wakes import lift_default_rate_limit
+
+    lift_default_rate_limit(workflow)
+"""
 
 
 def build_archive(base: Path, sessions: int, scans: int) -> Path:
@@ -158,6 +174,27 @@ def workflow(
     }
 
 
+def bare_floor(base: Path, work: Path, cores: int, sessions: int) -> dict:
+    """(c): the bare workflow with (b)'s discovery, every job run; CPU of its process tree."""
+    bare = base / "bare"
+    bare.mkdir()
+    (bare / "Snakefile").write_text(
+        BARE_SNAKEFILE.replace("__ALGORITHMS__", repr(sorted(SIX))) + BARE_ONSTART
+    )
+    shutil.copytree(work / "results" / "discovery", bare / "results" / "discovery")
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}")
+    wall, usage = run_snakemake(
+        [sys.executable, "-m", "snakemake", "--cores", str(cores), "--nocolor"],
+        bare,
+        env,
+        "the bare workflow",
+    )
+    done = list((bare / "results" / "kqi").rglob("*.json"))
+    assert len(done) == sessions * len(SIX), f"bare: {len(done)} KQI files"
+    cpu = usage.ru_utime + usage.ru_stime
+    return {"cpu_per_session": cpu / sessions, "wall_per_session": wall / sessions}
+
+
 def profile_by_kind(records: list[dict], snakemake: str = "snakemake head") -> dict:
     """Job kind -> [CPU of each process] from the hook's records, each CPU counted once: a
     Snakemake process by its own CPU (its children are the jobs, which report themselves);
@@ -246,6 +283,7 @@ def main() -> int:
         load_before = os.getloadavg()
         work = copy_workflow(base, archive, args.repo.resolve())
         wf = workflow(work, args.cores, args.sessions, args.repo.resolve(), tuple(args.snakemake))
+        bare = bare_floor(base, work, args.cores, args.sessions)
         tog = together(base, archive)
         load_after = os.getloadavg()
     finally:
@@ -269,7 +307,19 @@ def main() -> int:
         f"| (b) workflow, snakemake --cores {args.cores} (total / sessions) "
         f"| {wf['cpu_per_session']:.2f} | {wf['wall_per_session']:.2f} |"
     )
-    print(f"| **ratio (b) / (a)** | **{ratio:.2f}** (target <= 1.5) | |\n")
+    print(
+        f"| (c) Snakemake alone: the same jobs doing nothing | {bare['cpu_per_session']:.2f} "
+        f"| {bare['wall_per_session']:.2f} |"
+    )
+    print(f"| **ratio (b) / (a)** | **{ratio:.2f}** (target <= 1.5) | |")
+    print(
+        f"| (c) / (a): Snakemake's own floor for this workflow's jobs "
+        f"| {bare['cpu_per_session'] / tog['cpu_per_session']:.2f} | |"
+    )
+    print(
+        f"| (b) - (c) - (a): qmroct's own cost beyond Snakemake and the algorithms "
+        f"| {wf['cpu_per_session'] - bare['cpu_per_session'] - tog['cpu_per_session']:.2f} | |\n"
+    )
     print(
         f"Where (b)'s {wf['cpu_total']:.1f} s of CPU went (processes, CPU incl. their children):\n"
     )
