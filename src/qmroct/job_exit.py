@@ -16,15 +16,22 @@ and exit status 1).
 
 from __future__ import annotations
 
+import _signal
 import atexit
 import os
-import signal
 import sys
-import threading
-from typing import NoReturn
+
+# The warm worker's entry process ends here too (every job, eight per session), so this
+# imports only what is built into the interpreter: ``_signal`` is the C module under
+# ``signal`` (whose enums cost 3 ms to import), typing's names are for checkers only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 
 def exit_now() -> None:
+    import threading
+
     if threading.active_count() != 1:
         return
     end_process(0)
@@ -37,8 +44,8 @@ def end_process(returncode: int) -> NoReturn:
     atexit._run_exitfuncs()
     flush_std()
     if returncode < 0:
-        signal.signal(-returncode, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, [-returncode])
+        _signal.signal(-returncode, _signal.SIG_DFL)
+        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, [-returncode])
         os.kill(os.getpid(), -returncode)
     os._exit(returncode if returncode >= 0 else 128 - returncode)
 

@@ -41,3 +41,6 @@ IDLE_EXIT_S = 60.0
 FOLDER = ".warm-worker"
 # Set to "0" to run steps in the job's own process.
 SWITCH_ENV = "QMROCT_WARM_WORKER"
+# The run folder (config scratch_dir) of the process that read the Snakefile, for its jobs'
+# entry processes, which find the worker without reading the config (.job.export_context).
+RUN_FOLDER_ENV = "QMROCT_JOB_RUN_FOLDER"

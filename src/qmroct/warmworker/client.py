@@ -1,29 +1,29 @@
 """The job side: hand a step to the run's warm worker and become the job's exit status.
 
-Imported by the ``script:`` jobs before anything heavy: only the standard library and
-:mod:`qmroct.scratch` load here.
+This is the entry process of every per-session job (eight per session), so it imports only
+what is built into the interpreter (``os``, ``sys``, ``_socket``, ``_signal``, ``marshal``,
+``array``, ``zlib``): ~15 ms of CPU in all, most of it the interpreter's own start. The job's
+arguments go to the worker as they came and are read there (:func:`.job.parse`). Only when
+there is no worker yet does it load more: :mod:`qmroct.scratch` to claim the run folder,
+``subprocess`` to start the worker.
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import importlib
+import _signal
+import _socket
 import os
-import pickle
-import signal
-import socket
-import subprocess
 import sys
-from pathlib import Path
-from typing import Any, NoReturn
 
 from qmroct.job_exit import end_process, exit_now, flush_std
-from qmroct.scratch import claim
-from qmroct.warmworker import FOLDER, SWITCH_ENV, wire
+from qmroct.warmworker import FOLDER, RUN_FOLDER_ENV, SWITCH_ENV, wire
+
+TYPE_CHECKING = False  # typing itself costs the entry 3 ms
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 # Signals a job gets from a terminal or from Snakemake, passed on to the job process.
-FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+FORWARDED = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT)
 # For the throughput benchmark's accounting (benchmarks/throughput/profile_hook): the job's
 # rule, and the CPU (s) its step used in the worker's processes, not in this process's rusage.
 job_rule = ""
@@ -32,6 +32,16 @@ worker_cpu_s = 0.0
 
 def main(argv: list[str]) -> None:
     """The ``shell:`` jobs' entry (``python -m qmroct.warmworker``, see :mod:`.job`)."""
+    global job_rule
+    run_folder = os.environ.get(RUN_FOLDER_ENV)
+    if len(argv) >= 2 and run_folder and os.environ.get(SWITCH_ENV) != "0":
+        job_rule = argv[1]
+        _delegate(run_folder, {"target": argv[0], "job_argv": argv}, lambda: _run_parsed(argv))
+    _run_parsed(argv)
+
+
+def _run_parsed(argv: list[str]) -> NoReturn:
+    """The job read here: for a clear error about the arguments, and in the job's own process."""
     from qmroct.warmworker.job import JobArgumentError, parse
 
     global job_rule
@@ -41,28 +51,35 @@ def main(argv: list[str]) -> None:
         print(f"qmroct: {err}", file=sys.stderr)
         sys.exit(2)
     job_rule = job.rule
-    run_step(target, job)
+    _run_here(target, job)
 
 
-def run_step(target: str, job: Any) -> None:
+def run_step(target: str, job: Any) -> NoReturn:
     """Run ``target`` ("module:function") on ``job`` (what the step reads: a
-    :class:`~qmroct.warmworker.job.StepJob` or Snakemake's ``snakemake``); never returns."""
+    :class:`~qmroct.warmworker.job.StepJob` or any picklable object with ``config``)."""
     if os.environ.get(SWITCH_ENV) == "0":
         _run_here(target, job)
-    folder = claim(Path(job.config["scratch_dir"]).resolve()) / FOLDER
-    request = {
-        "target": target,
-        "job": pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL),
-        "cwd": os.getcwd(),
-        "env": dict(os.environ),
-        "path": list(sys.path),
-        "argv": list(sys.argv),
-        "umask": _umask(),
-    }
+    import pickle
+
+    request = {"target": target, "job": pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)}
+    _delegate(job.config["scratch_dir"], request, lambda: _run_here(target, job))
+
+
+def _delegate(run_folder: str, request: dict, fallback) -> NoReturn:
+    """Hand the job over to the worker of ``run_folder`` (starting it if need be), wait for
+    its end and end the same way; ``fallback()`` if no worker can be had."""
+    request.update(
+        cwd=os.getcwd(),
+        env=dict(os.environ),
+        path=list(sys.path),
+        argv=list(sys.argv),
+        umask=_umask(),
+    )
     flush_std()
+    run_folder = os.path.realpath(run_folder)
+    folder = os.path.join(run_folder, FOLDER)
     try:
-        folder.mkdir(mode=0o700, exist_ok=True)
-        sock = _hand_over(folder, request)
+        sock = _hand_over(run_folder, folder, request)
     except (OSError, RuntimeError) as err:
         # No worker (a scratch file system without unix sockets, say): the job still runs,
         # as it did before there was a worker, and says why it is slower.
@@ -70,9 +87,9 @@ def run_step(target: str, job: Any) -> None:
             f"qmroct: no warm worker ({err}); running the step in the job's process",
             file=sys.stderr,
         )
-        _run_here(target, job)
+        fallback()
     for signum in FORWARDED:
-        signal.signal(signum, lambda signum, _frame: _forward(sock, signum))
+        _signal.signal(signum, lambda signum, _frame: _forward(sock, signum))
     try:
         reply = wire.receive(sock)
     except (OSError, EOFError):
@@ -87,13 +104,13 @@ def run_step(target: str, job: Any) -> None:
     _finish(int(message["returncode"]))
 
 
-def _hand_over(folder: Path, request: dict) -> socket.socket:
+def _hand_over(run_folder: str, folder: str, request: dict) -> _socket.socket:
     """Connected to a worker that has started the job. A worker that ends just as a job
     connects (idle, or its run folder released) closes the connection before it starts
     anything: then the job tries again, with a new worker if need be."""
     name = _worker_name()
     for _attempt in range(3):
-        sock = _connect_or_start(folder, name)
+        sock = _connect_or_start(run_folder, folder, name)
         try:
             wire.send(sock, request, fds=(0, 1, 2))
             started = wire.receive(sock)
@@ -105,7 +122,9 @@ def _hand_over(folder: Path, request: dict) -> socket.socket:
     raise RuntimeError(f"no warm worker in {folder} took the job (see the log there)")
 
 
-def _run_here(target: str, job: Any) -> None:
+def _run_here(target: str, job: Any) -> NoReturn:
+    import importlib
+
     module, function = target.split(":")
     getattr(importlib.import_module(module), function)(job)
     exit_now()
@@ -114,11 +133,13 @@ def _run_here(target: str, job: Any) -> None:
 
 def _worker_name() -> str:
     """One worker per run folder and interpreter: jobs of a rule with another environment
-    (``conda:``) get their own."""
-    import qmroct
+    (``conda:``) get their own. A checksum, not a cryptographic hash: it only tells apart the
+    few interpreters of one run (and ``hashlib`` would cost the entry 3 ms)."""
+    import zlib
 
-    key = f"{sys.executable}\0{Path(qmroct.__file__).parent}"
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    key = sys.executable + "\0" + package
+    return format(zlib.crc32(key.encode()), "08x")
 
 
 def _umask() -> int:
@@ -127,43 +148,55 @@ def _umask() -> int:
     return mask
 
 
-def _connect(folder_fd: int, name: str) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+def _connect(folder: str, name: str) -> _socket.socket:
+    folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.connect(wire.folder_path(folder_fd, f"{name}.sock"))
     except OSError:
         sock.close()
         raise
+    finally:
+        os.close(folder_fd)
     return sock
 
 
-def _connect_or_start(folder: Path, name: str) -> socket.socket:
-    folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+def _connect_or_start(run_folder: str, folder: str, name: str) -> _socket.socket:
     try:
+        return _connect(folder, name)  # the common case: a job of this run started it
+    except (FileNotFoundError, ConnectionRefusedError):
+        pass
+    import fcntl
+
+    from qmroct.scratch import claim
+
+    # The run folder, if no job of this process's run has made it yet (a job on a VM).
+    claim(run_folder)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    # One job starts the worker; the others wait for it on the lock.
+    with open(os.path.join(folder, f"{name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            return _connect(folder_fd, name)
+            return _connect(folder, name)
         except (FileNotFoundError, ConnectionRefusedError):
-            pass
-        # One job starts the worker; the others wait for it on the lock.
-        with open(folder / f"{name}.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                return _connect(folder_fd, name)
-            except (FileNotFoundError, ConnectionRefusedError):
-                _start(folder, name)
-            return _connect(folder_fd, name)
-    finally:
-        os.close(folder_fd)
+            _start(folder, name)
+        return _connect(folder, name)
 
 
-def _start(folder: Path, name: str) -> None:
-    (folder / f"{name}.sock").unlink(missing_ok=True)  # a dead worker's
+def _start(folder: str, name: str) -> None:
+    import subprocess
+
+    log_path = os.path.join(folder, f"{name}.log")
+    try:
+        os.unlink(os.path.join(folder, f"{name}.sock"))  # a dead worker's
+    except FileNotFoundError:
+        pass
     ready_read, ready_write = os.pipe()
-    with open(folder / f"{name}.log", "ab") as log:
+    with open(log_path, "ab") as log:
         # Its own session: a Ctrl-C for the job's terminal is for the job, not the worker
         # (the client passes it on); it is not waited for, and ends on its own (see server).
         subprocess.Popen(
-            [sys.executable, "-m", "qmroct.warmworker.server", str(folder), name, str(ready_write)],
+            [sys.executable, "-m", "qmroct.warmworker.server", folder, name, str(ready_write)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
@@ -174,11 +207,12 @@ def _start(folder: Path, name: str) -> None:
     os.close(ready_write)
     with os.fdopen(ready_read, "rb") as ready:
         if ready.read() != b"ready\n":  # the worker closes the pipe once it listens
-            log_tail = (folder / f"{name}.log").read_text(errors="replace")[-2000:]
+            with open(log_path, errors="replace") as log:
+                log_tail = log.read()[-2000:]
             raise RuntimeError(f"the warm worker did not start:\n{log_tail}")
 
 
-def _forward(sock: socket.socket, signum: int) -> None:
+def _forward(sock: _socket.socket, signum: int) -> None:
     try:
         wire.send(sock, {"signal": signum})
     except OSError:

@@ -25,6 +25,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from qmroct.warmworker import RUN_FOLDER_ENV
+
 # The run's config and workflow folder (JSON), set by the Snakefile for its jobs.
 CONTEXT_ENV = "QMROCT_JOB_CONTEXT"
 # The interpreter of the process that read the Snakefile; unset under
@@ -38,6 +40,7 @@ def export_context(config: dict, workflow_dir: str | Path, use_conda: bool) -> N
     with credentials; passwords come from the environment or ~/.netrc)."""
     context = {"config": config, "workflow_dir": str(Path(workflow_dir).resolve())}
     os.environ[CONTEXT_ENV] = json.dumps(context, default=str)
+    os.environ[RUN_FOLDER_ENV] = str(config["scratch_dir"])
     if use_conda:
         os.environ.pop(PYTHON_ENV, None)
     else:

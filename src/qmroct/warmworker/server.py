@@ -21,6 +21,7 @@ from qmroct.algorithms.child import exit_status, kill_when_parent_dies
 from qmroct.job_exit import end_process, flush_std
 from qmroct.scratch import read_owner
 from qmroct.warmworker import IDLE_EXIT_S, wire
+from qmroct.warmworker.job import JobArgumentError, parse
 
 # What the per-session steps and the built-in algorithms import, loaded once here.
 PRELOAD = (
@@ -33,7 +34,7 @@ PRELOAD = (
     "PIL.ImageDraw",
     "PIL.PngImagePlugin",
     "snakemake.script",  # unpickling the job's ``snakemake`` object needs it
-    "qmroct.warmworker.job",  # the jobs' StepJob, unpickled per job
+    "qmroct.warmworker.job",  # each job's command line is read into a StepJob here
     "qmroct.workflow",
     "qmroct.compute",
     "qmroct.algorithms.runner",
@@ -212,7 +213,15 @@ def _run_job(request: dict, fds: list[int], supervisor: int) -> None:
         tempfile.tempdir = None  # TMPDIR may differ from the worker's
         sys.path[:] = request["path"]
         sys.argv[:] = request["argv"]
-        job = pickle.loads(request["job"])
+        if "job" in request:  # client.run_step: the job object itself
+            job = pickle.loads(request["job"])
+        else:  # a job's command line, read here rather than in the lean entry process
+            try:
+                _target, job = parse(request["job_argv"])
+            except JobArgumentError as err:
+                print(f"qmroct: {err}", file=sys.stderr)
+                returncode = 2
+                return
         module, function = request["target"].split(":")
         getattr(importlib.import_module(module), function)(job)
         returncode = 0
