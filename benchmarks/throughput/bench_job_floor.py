@@ -5,9 +5,9 @@ beside the same ``bash -c`` around ``true`` and around a bare ``python -P -c pas
     .venv/bin/python benchmarks/throughput/bench_job_floor.py [--jobs 200]
 
 CPU = user+sys of the commands (``RUSAGE_CHILDREN``) plus, for the warm worker, what its
-processes used meanwhile (its own and its reaped children's, from ``/proc/<pid>/stat``): the
-supervisor and job process forked for each job. The worker is started (and its imports paid)
-before the timed jobs. The kinds are interleaved, so machine noise hits them alike.
+processes used meanwhile (its own and its reaped children's, from ``/proc/<pid>/stat``: the
+job process forked for each job). The worker is started (and its imports paid) before the
+timed jobs. The kinds are interleaved, so machine noise hits them alike.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ def _worker_processes(folder: Path) -> dict[int, list[str]]:
 
 
 def _worker_cpu(folder: Path) -> float:
-    """CPU (s) of the run's warm worker, its own and its reaped children's (the supervisors
-    and job processes), once no fork of it is left."""
+    """CPU (s) of the run's warm worker, its own and its reaped children's (the job
+    processes), once no fork of it is left."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         processes = _worker_processes(folder)

@@ -1,4 +1,4 @@
-"""The warm worker: imports once, then forks a supervised process for every job.
+"""The warm worker: imports once, then forks a process for every job and reports its end.
 
 ``python -m qmroct.warmworker.server FOLDER NAME READY_FD`` (started by :mod:`.client`).
 """
@@ -51,6 +51,8 @@ PRELOAD = (
     "qmroct.archive.xnat",
 )
 POLL_S = 0.5
+# How long a client that connected gets to send its request (it sends it at once).
+REQUEST_TIMEOUT_S = 10.0
 # After a client vanished (SIGKILL), how long its job gets to end on SIGTERM.
 TERM_GRACE_S = 10.0
 
@@ -75,41 +77,146 @@ def main(argv: list[str]) -> int:
     os.write(ready_fd, b"ready\n")
     os.close(ready_fd)
 
-    supervisors: set[int] = set()
+    jobs = _Jobs()
+    jobs.selector.register(listener, selectors.EVENT_READ, "listener")
     last_busy = time.monotonic()
-    selector = selectors.DefaultSelector()
-    selector.register(listener, selectors.EVENT_READ)
-    while True:
-        if selector.select(POLL_S):
-            conn, _ = listener.accept()
-            if not wire.peer_is_us(conn):
-                conn.close()
-                continue
-            flush_std()
-            pid = os.fork()
-            if pid == 0:
-                selector.close()
-                listener.close()
-                os.close(folder_fd)
-                _supervise(conn)  # never returns
-            conn.close()
-            supervisors.add(pid)
-        supervisors -= _reaped(supervisors)
-        if supervisors:
+    accepting = True
+    while accepting or jobs.running:
+        for key, _ in jobs.selector.select(jobs.timeout(POLL_S)):
+            if key.data == "listener":
+                conn, _ = listener.accept()
+                jobs.start(conn, closing_in_job=(listener, folder_fd))  # ours, not the job's
+            else:
+                jobs.event(*key.data)
+        jobs.kill_overdue()
+        if jobs.running:
             last_busy = time.monotonic()
-        if _identity(folder / f"{name}.sock") != socket_id:
-            break  # the run folder was released (or another worker took the name over)
-        if owner is None or owner.alive() is False:
-            break  # the run that owns the folder is gone
-        if not supervisors and time.monotonic() - last_busy > IDLE_EXIT_S:
-            break
-    # Jobs still running keep their supervisors; they end on their own.
-    if _identity(folder / f"{name}.sock") == socket_id:
-        try:
-            os.unlink(wire.folder_path(folder_fd, f"{name}.sock"))
-        except OSError:
-            pass
+        if not accepting:
+            continue
+        if (
+            _identity(folder / f"{name}.sock") != socket_id  # the run folder was released
+            or owner is None
+            or owner.alive() is False  # the run that owns the folder is gone
+            or (not jobs.running and time.monotonic() - last_busy > IDLE_EXIT_S)
+        ):
+            # No new jobs; those running are seen to their end (the worker reports them).
+            accepting = False
+            jobs.selector.unregister(listener)
+            listener.close()
+            if _identity(folder / f"{name}.sock") == socket_id:
+                try:
+                    os.unlink(wire.folder_path(folder_fd, f"{name}.sock"))
+                except OSError:
+                    pass
     return 0
+
+
+class _Jobs:
+    """The worker's running jobs: for each, its job process (forked from the worker), the
+    client's connection and a pidfd, watched in one selector. The worker is the job
+    process's parent and reports its end; a signal from the client goes to the job's
+    process group, and a client that is gone (SIGKILL) has its job ended."""
+
+    def __init__(self) -> None:
+        self.selector = selectors.DefaultSelector()
+        self.running: dict[int, tuple[socket.socket, int]] = {}  # pid -> (conn, pidfd)
+        self.kill_at: dict[int, float] = {}  # pid -> when SIGTERM turns into SIGKILL
+
+    def start(self, conn: socket.socket, closing_in_job: tuple) -> None:
+        """Read the client's request and fork its job process."""
+        if not wire.peer_is_us(conn):
+            conn.close()
+            return
+        try:
+            conn.settimeout(REQUEST_TIMEOUT_S)  # the client sends it as soon as it connects
+            received = wire.receive(conn)
+            conn.settimeout(None)
+        except (OSError, EOFError):
+            received = None
+        if received is None:  # a client that gave up (or a probe)
+            conn.close()
+            return
+        request, fds = received
+        flush_std()
+        worker = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            # none of the worker's sockets, pidfds or selector in the job
+            self.selector.close()
+            for other_conn, pidfd in self.running.values():
+                other_conn.close()
+                os.close(pidfd)
+            listener, folder_fd = closing_in_job
+            listener.close()
+            os.close(folder_fd)
+            conn.close()
+            _run_job(request, fds, worker)  # never returns
+        for fd in fds:
+            os.close(fd)
+        pidfd = os.pidfd_open(pid)
+        self.running[pid] = (conn, pidfd)
+        self.selector.register(conn, selectors.EVENT_READ, ("client", pid))
+        self.selector.register(pidfd, selectors.EVENT_READ, ("job", pid))
+        try:
+            wire.send(conn, {"started": pid})  # from here on the job is this worker's to finish
+        except OSError:
+            self._client_gone(pid)
+
+    def event(self, what: str, pid: int) -> None:
+        if pid not in self.running:
+            return
+        conn, pidfd = self.running[pid]
+        if what == "job":
+            _, status, usage = os.wait4(pid, 0)
+            self._forget(pid)
+            try:
+                wire.send(
+                    conn,
+                    {
+                        "returncode": os.waitstatus_to_exitcode(status),
+                        "cpu_s": usage.ru_utime + usage.ru_stime,
+                    },
+                )
+            except OSError:
+                pass
+            conn.close()
+            return
+        try:
+            message = wire.receive(conn)
+        except (OSError, EOFError):
+            message = None
+        if message is None:
+            self._client_gone(pid)
+        else:
+            _signal_group(pid, int(message[0]["signal"]))
+
+    def _client_gone(self, pid: int) -> None:
+        """The client was killed: end its job too (SIGTERM, then SIGKILL after a grace)."""
+        conn, _ = self.running[pid]
+        if pid not in self.kill_at:
+            self.selector.unregister(conn)
+            _signal_group(pid, signal.SIGTERM)
+            self.kill_at[pid] = time.monotonic() + TERM_GRACE_S
+
+    def kill_overdue(self) -> None:
+        now = time.monotonic()
+        for pid, when in list(self.kill_at.items()):
+            if when <= now:
+                _signal_group(pid, signal.SIGKILL)
+                del self.kill_at[pid]
+
+    def timeout(self, poll_s: float) -> float:
+        if not self.kill_at:
+            return poll_s
+        return max(0.0, min(poll_s, min(self.kill_at.values()) - time.monotonic()))
+
+    def _forget(self, pid: int) -> None:
+        conn, pidfd = self.running.pop(pid)
+        if pid not in self.kill_at:
+            self.selector.unregister(conn)
+        self.kill_at.pop(pid, None)
+        self.selector.unregister(pidfd)
+        os.close(pidfd)
 
 
 def _warm_caches() -> None:
@@ -146,73 +253,6 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _reaped(pids: set[int]) -> set[int]:
-    done = set()
-    for pid in pids:
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0]:
-                done.add(pid)
-        except ChildProcessError:
-            done.add(pid)
-    return done
-
-
-def _supervise(conn: socket.socket) -> None:
-    """One job: fork the job process, pass on the client's signals, report how it ended."""
-    status = 1
-    try:
-        received = wire.receive(conn)
-        if received is None:
-            os._exit(0)
-        request, fds = received
-        supervisor = os.getpid()
-        pid = os.fork()
-        if pid == 0:
-            conn.close()
-            _run_job(request, fds, supervisor)  # never returns
-        for fd in fds:
-            os.close(fd)
-        wire.send(conn, {"started": pid})  # from here on the job is this worker's to finish
-        returncode, cpu_s = _watch(conn, pid)
-        own = os.times()
-        wire.send(conn, {"returncode": returncode, "cpu_s": cpu_s + own.user + own.system})
-        status = 0
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        os._exit(status)
-
-
-def _watch(conn: socket.socket, pid: int) -> tuple[int, float]:
-    """Wait for the job process; a signal from the client goes to the job's group."""
-    pidfd = os.pidfd_open(pid)
-    selector = selectors.DefaultSelector()
-    selector.register(conn, selectors.EVENT_READ, "client")
-    selector.register(pidfd, selectors.EVENT_READ, "job")
-    kill_at = None
-    while True:
-        timeout = None if kill_at is None else max(0.0, kill_at - time.monotonic())
-        events = selector.select(timeout)
-        if not events and kill_at is not None:
-            _signal_group(pid, signal.SIGKILL)
-            kill_at = None
-        for key, _ in events:
-            if key.data == "job":
-                _, status, usage = os.wait4(pid, 0)
-                os.close(pidfd)
-                return os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime
-            try:
-                message = wire.receive(conn)
-            except (OSError, EOFError):
-                message = None
-            if message is None:  # the client is gone (killed): end its job too
-                selector.unregister(conn)
-                _signal_group(pid, signal.SIGTERM)
-                kill_at = time.monotonic() + TERM_GRACE_S
-            else:
-                _signal_group(pid, int(message[0]["signal"]))
-
-
 def _signal_group(pid: int, signum: int) -> None:
     try:
         os.killpg(pid, signum)
@@ -220,12 +260,12 @@ def _signal_group(pid: int, signum: int) -> None:
         pass
 
 
-def _run_job(request: dict, fds: list[int], supervisor: int) -> None:
+def _run_job(request: dict, fds: list[int], worker: int) -> None:
     """The job process: become the job (its folder, environment, streams), run the step."""
     returncode = 1
     try:
-        os.setsid()  # its own group, which the supervisor signals
-        kill_when_parent_dies(supervisor)
+        os.setsid()  # its own group, which the worker signals
+        kill_when_parent_dies(worker)
         for target, fd in zip((0, 1, 2), fds, strict=True):  # the client sends all three
             os.dup2(fd, target)
             os.close(fd)
@@ -260,7 +300,7 @@ def _run_job(request: dict, fds: list[int], supervisor: int) -> None:
         traceback.print_exc()
     finally:
         # what a normal exit does that matters, not the interpreter's teardown; never
-        # returns into the supervisor's code this process was forked from
+        # returns into the worker's code this process was forked from
         try:
             end_process(returncode)
         finally:
