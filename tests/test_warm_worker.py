@@ -44,6 +44,12 @@ def exit_three(job):
 def segfault(job):
     os.kill(os.getpid(), signal.SIGSEGV)
 
+def wait_for_go(job):
+    Path(job.out).write_text(str(os.getpid()))
+    while not Path(job.out + ".go").exists():
+        time.sleep(0.05)
+    print("went")
+
 def wait_for_interrupt(job):
     Path(job.out).write_text(str(os.getpid()))
     try:
@@ -189,6 +195,22 @@ def test_the_worker_ends_when_its_run_ends(tmp_path):
         owner.kill()
         owner.wait()
     _wait(lambda: not _workers(folder), "the worker ends once the run's owner is gone")
+
+
+def test_a_job_running_when_its_run_ends_still_finishes_and_is_reported(run_dir, tmp_path):
+    out = tmp_path / "out"
+    proc = _client(run_dir, "wait_for_go", out)
+    _wait(lambda: out.exists() and out.read_text(), "the step started")
+    (worker,) = _workers(run_dir)
+    import shutil
+
+    shutil.rmtree(run_dir)  # the run is over: the worker stops taking jobs...
+    _wait(lambda: not (run_dir / ".warm-worker").exists(), "the run folder is gone")
+    (tmp_path / "out.go").write_text("")  # ...and its running job goes on to its end
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert stdout == "went\n"
+    _wait(lambda: not Path(f"/proc/{worker}").exists(), "then the worker ends")
 
 
 def test_switched_off_the_step_runs_in_the_job_process(run_dir, tmp_path):
