@@ -24,17 +24,20 @@ from qmroct.scratch import read_owner
 from qmroct.warmworker import IDLE_EXIT_S, wire
 from qmroct.warmworker.job import JobArgumentError, parse
 
-# What the per-session steps and the built-in algorithms import, loaded once here.
+# What the per-session steps and the built-in algorithms import, loaded once here. Only
+# that: every module here is paid for by every worker start (once per submission on a VM)
+# and makes every fork of the worker dearer (page tables). scipy.signal, which no built-in
+# algorithm uses, was 0.44 s of a worker's 0.9 s start; an algorithm that needs more imports
+# it in its own child, as any algorithm does with its own packages.
 PRELOAD = (
     "numpy",
     "scipy.ndimage",
-    "scipy.signal",
     "jsonschema",
     "pydicom",
     "PIL.Image",
     "PIL.ImageDraw",
     "PIL.PngImagePlugin",
-    "snakemake.script",  # unpickling the job's ``snakemake`` object needs it
+    "snakemake",  # its version goes into every result's provenance
     "qmroct.warmworker.job",  # each job's command line is read into a StepJob here
     "qmroct.workflow",
     "qmroct.compute",
