@@ -8,8 +8,6 @@ from qmroct.compute import algorithm_identity
 from qmroct.discovery import read_session_index
 from qmroct.expected_runtime import expected_runtime_s
 from qmroct.scanio.volume import MAX_DECODED_ENV
-from qmroct.scratch import claim as claim_scratch
-from qmroct.scratch import release as release_scratch
 from qmroct.scratch import run_folder
 from qmroct.warmworker.job import export_context, step_command
 
