@@ -44,6 +44,10 @@ def exit_three(job):
 def segfault(job):
     os.kill(os.getpid(), signal.SIGSEGV)
 
+def params_out(job):
+    Path(job.params.out).write_text(repr({"pid": os.getpid(), "rule": job.rule,
+                                          "params": vars(job.params)}))
+
 def wait_for_go(job):
     Path(job.out).write_text(str(os.getpid()))
     while not Path(job.out + ".go").exists():
@@ -264,3 +268,89 @@ def test_without_a_worker_the_step_still_runs_and_says_why(run_dir, tmp_path):
     assert "no warm worker" in stderr and "running the step in the job's process" in stderr
     assert eval(out.read_text())["pid"] == proc.pid and stdout == "to the job's stdout\n"
     assert not _workers(run_dir)
+
+
+def _entry(run_dir: Path, argv: list[str]) -> subprocess.CompletedProcess:
+    """A job's command as Snakemake runs it: ``python -P -m qmroct.warmworker ...`` with the
+    environment the Snakefile exports (qmroct.warmworker.job.export_context)."""
+    import json
+
+    from qmroct.warmworker import RUN_FOLDER_ENV
+    from qmroct.warmworker.job import CONTEXT_ENV
+
+    steps = run_dir.parent.parent / "steps"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(steps), os.environ.get("PYTHONPATH")])),
+        RUN_FOLDER_ENV: str(run_dir),
+        CONTEXT_ENV: json.dumps({"config": {"scratch_dir": str(run_dir)}, "workflow_dir": "/wf"}),
+    }
+    return subprocess.run(
+        [sys.executable, "-P", "-m", "qmroct.warmworker", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=run_dir.parent.parent,
+        timeout=120,
+    )
+
+
+def test_a_job_command_is_read_by_the_worker(run_dir, tmp_path):
+    out = tmp_path / "out"
+    done = _entry(run_dir, ["wwsteps:params_out", "compute_x", "--param", "out", str(out)])
+    assert done.returncode == 0, done.stderr
+    seen = eval(out.read_text())
+    assert seen["rule"] == "compute_x" and seen["params"] == {"out": str(out)}
+    assert seen["pid"] != os.getpid() and len(_workers(run_dir)) == 1
+    # a malformed command: the same one-line error and exit status as in the job's process
+    bad = _entry(run_dir, ["wwsteps:params_out", "compute_x", "--bogus", "1"])
+    assert bad.returncode == 2
+    assert "qmroct: unexpected argument --bogus 1" in bad.stderr
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not Path("/usr/bin/python3").exists(),
+    reason="needs root (to listen as another user) and a system python3 that user can run",
+)
+def test_a_worker_socket_of_another_user_gets_nothing(run_dir, tmp_path):
+    import shutil
+    import tempfile
+
+    from qmroct.warmworker import FOLDER
+    from qmroct.warmworker.client import _worker_name
+
+    # Another user's listening socket, made where that user can write and then moved into
+    # the place where the job looks for its worker (root can; the test stands in for a
+    # run folder that someone else got hold of).
+    theirs = Path(tempfile.mkdtemp(prefix="qmroct-impostor-"))
+    shutil.chown(theirs, 65534, 65534)
+    impostor = subprocess.Popen(
+        [
+            "/usr/bin/python3",
+            "-c",
+            "import socket, sys\n"
+            "s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1] + '/s'); s.listen(1)\n"
+            "open(sys.argv[1] + '/ready', 'w').close()\n"
+            "c, _ = s.accept(); data = c.recv(1 << 20)\n"
+            "open(sys.argv[1] + '/got', 'wb').write(data)\n",
+            str(theirs),
+        ],
+        user=65534,
+        group=65534,
+        cwd="/",
+    )
+    try:
+        _wait(lambda: (theirs / "ready").exists(), "the other user's socket listens")
+        (run_dir / FOLDER).mkdir()
+        os.rename(theirs / "s", run_dir / FOLDER / f"{_worker_name()}.sock")
+        out = tmp_path / "out"
+        done = _entry(run_dir, ["wwsteps:params_out", "compute_x", "--param", "out", str(out)])
+        assert done.returncode == 0, done.stderr
+        assert "belongs to another user" in done.stderr  # and the job ran in its own process
+        assert eval(out.read_text())["rule"] == "compute_x"
+        _wait(lambda: impostor.poll() is not None, "the other user's listener saw the close")
+        assert (theirs / "got").read_bytes() == b""  # not a byte of the job's environment
+    finally:
+        impostor.kill()
+        impostor.wait()
+        shutil.rmtree(theirs, ignore_errors=True)

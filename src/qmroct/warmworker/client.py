@@ -36,12 +36,15 @@ def main(argv: list[str]) -> None:
     run_folder = os.environ.get(RUN_FOLDER_ENV)
     if len(argv) >= 2 and run_folder and os.environ.get(SWITCH_ENV) != "0":
         job_rule = argv[1]
-        _delegate(run_folder, {"target": argv[0], "job_argv": argv}, lambda: _run_parsed(argv))
+        request = {"target": argv[0], "job_argv": argv}
+        _delegate(run_folder, request, lambda: _run_parsed(argv, here=True))
     _run_parsed(argv)
 
 
-def _run_parsed(argv: list[str]) -> NoReturn:
-    """The job read here: for a clear error about the arguments, and in the job's own process."""
+def _run_parsed(argv: list[str], here: bool = False) -> NoReturn:
+    """The job read here: for a clear error about its arguments, without the run folder in
+    the environment (it is then taken from the job's config), or ``here``, in this process
+    (no worker could be had)."""
     from qmroct.warmworker.job import JobArgumentError, parse
 
     global job_rule
@@ -51,7 +54,9 @@ def _run_parsed(argv: list[str]) -> NoReturn:
         print(f"qmroct: {err}", file=sys.stderr)
         sys.exit(2)
     job_rule = job.rule
-    _run_here(target, job)
+    if here:
+        _run_here(target, job)
+    run_step(target, job)
 
 
 def run_step(target: str, job: Any) -> NoReturn:
@@ -149,10 +154,15 @@ def _umask() -> int:
 
 
 def _connect(folder: str, name: str) -> _socket.socket:
-    folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.connect(wire.folder_path(folder_fd, f"{name}.sock"))
+        # The job's environment (archive tokens among it) goes only to a worker of this
+        # user. The run folder is checked when it is claimed; a connection that finds a
+        # worker skips that, so the worker itself is checked.
+        if not wire.peer_is_us(sock):
+            raise PermissionError(f"the worker socket in {folder} belongs to another user")
     except OSError:
         sock.close()
         raise

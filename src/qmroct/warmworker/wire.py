@@ -66,10 +66,8 @@ def _exactly(sock: _socket.socket, size: int) -> bytes:
 
 def peer_is_us(sock: _socket.socket) -> bool:
     """Whether the process at the other end runs as this process's user."""
-    import struct
-
-    creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
+    creds = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 3 * _INT)  # pid, uid, gid
+    uid = int.from_bytes(creds[_INT : 2 * _INT], sys.byteorder, signed=True)
     return uid == os.getuid()
 
 
