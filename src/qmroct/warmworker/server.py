@@ -88,7 +88,11 @@ def main(argv: list[str]) -> int:
         for key, _ in jobs.selector.select(jobs.timeout(POLL_S)):
             if key.data == "listener":
                 conn, _ = listener.accept()
-                jobs.start(conn, closing_in_job=(listener, folder_fd))  # ours, not the job's
+                try:
+                    jobs.start(conn, closing_in_job=(listener, folder_fd))  # ours, not the job's
+                except Exception:  # no fork, no pidfd (limits): that job fails, not the others
+                    traceback.print_exc()
+                    conn.close()
             else:
                 jobs.event(*key.data)
         jobs.kill_overdue()
@@ -156,7 +160,13 @@ class _Jobs:
             _run_job(request, fds, worker)  # never returns
         for fd in fds:
             os.close(fd)
-        pidfd = os.pidfd_open(pid)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:  # a job the worker cannot watch must not run unwatched
+            _signal_group(pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise
         self.running[pid] = (conn, pidfd)
         self.selector.register(conn, selectors.EVENT_READ, ("client", pid))
         self.selector.register(pidfd, selectors.EVENT_READ, ("job", pid))
