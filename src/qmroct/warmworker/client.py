@@ -2,7 +2,7 @@
 
 This is the entry process of every per-session job (eight per session), so it imports only
 what is built into the interpreter (``os``, ``sys``, ``_socket``, ``_signal``, ``marshal``,
-``array``, ``zlib``): ~15 ms of CPU in all, most of it the interpreter's own start. The job's
+``zlib``): ~15 ms of CPU in all, most of it the interpreter's own start. The job's
 arguments go to the worker as they came and are read there (:func:`.job.parse`). Only when
 there is no worker yet does it load more: :mod:`qmroct.scratch` to claim the run folder,
 ``subprocess`` to start the worker.
@@ -36,8 +36,7 @@ def main(argv: list[str]) -> None:
     run_folder = os.environ.get(RUN_FOLDER_ENV)
     if len(argv) >= 2 and run_folder and os.environ.get(SWITCH_ENV) != "0":
         job_rule = argv[1]
-        request = {"target": argv[0], "job_argv": argv}
-        _delegate(run_folder, request, lambda: _run_parsed(argv, here=True))
+        _delegate(run_folder, {"job_argv": argv}, lambda: _run_parsed(argv, here=True))
     _run_parsed(argv)
 
 
@@ -45,14 +44,10 @@ def _run_parsed(argv: list[str], here: bool = False) -> NoReturn:
     """The job read here: for a clear error about its arguments, without the run folder in
     the environment (it is then taken from the job's config), or ``here``, in this process
     (no worker could be had)."""
-    from qmroct.warmworker.job import JobArgumentError, parse
+    from qmroct.warmworker.job import read_command
 
     global job_rule
-    try:
-        target, job = parse(argv)
-    except JobArgumentError as err:
-        print(f"qmroct: {err}", file=sys.stderr)
-        sys.exit(2)
+    target, job = read_command(argv)
     job_rule = job.rule
     if here:
         _run_here(target, job)

@@ -115,6 +115,16 @@ class JobArgumentError(ValueError):
     pass
 
 
+def read_command(argv: list[str]) -> tuple[str, StepJob]:
+    """:func:`parse`, or the job ends here with a one-line error and exit status 2 (wherever
+    the command is read: in the job's entry process or in the warm worker's job process)."""
+    try:
+        return parse(argv)
+    except JobArgumentError as err:
+        print(f"qmroct: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
 def parse(argv: list[str], environ=os.environ) -> tuple[str, StepJob]:
     """``TARGET RULE [--input NAME FILE] [--inputs NAME FILE...] [--output NAME FILE]
     [--param NAME VALUE] [--log FILE...]`` -> (target, job)."""

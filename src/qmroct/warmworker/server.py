@@ -22,7 +22,7 @@ from qmroct.algorithms.child import exit_status, kill_when_parent_dies
 from qmroct.job_exit import end_process, flush_std
 from qmroct.scratch import read_owner
 from qmroct.warmworker import IDLE_EXIT_S, wire
-from qmroct.warmworker.job import JobArgumentError, parse
+from qmroct.warmworker.job import read_command
 
 # What the per-session steps and the built-in algorithms import, loaded once here. Only
 # that: every module here is paid for by every worker start (once per submission on a VM)
@@ -292,16 +292,11 @@ def _run_job(request: dict, fds: list[int], worker: int) -> None:
         tempfile.tempdir = None  # TMPDIR may differ from the worker's
         sys.path[:] = request["path"]
         sys.argv[:] = request["argv"]
-        if "job" in request:  # client.run_step: the job object itself
-            job = pickle.loads(request["job"])
+        if "job" in request:  # client.run_step: the step and the job object itself
+            target, job = request["target"], pickle.loads(request["job"])
         else:  # a job's command line, read here rather than in the lean entry process
-            try:
-                _target, job = parse(request["job_argv"])
-            except JobArgumentError as err:
-                print(f"qmroct: {err}", file=sys.stderr)
-                returncode = 2
-                return
-        module, function = request["target"].split(":")
+            target, job = read_command(request["job_argv"])
+        module, function = target.split(":")
         getattr(importlib.import_module(module), function)(job)
         returncode = 0
     except SystemExit as exc:
