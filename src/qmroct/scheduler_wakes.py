@@ -30,8 +30,9 @@ SNAKEMAKE_DEFAULT_LIMIT = (100, 1)
 
 
 def lift_default_rate_limit(workflow: Any) -> bool:
-    """Drop the scheduler's job rate limit if it is Snakemake's default. Called from the
-    Snakefile's ``onstart``, which runs after the scheduler is made and before its first pass.
+    """Drop the scheduler's job rate limit if it is Snakemake's default. Called by the
+    Snakefile's ``onstart`` (:mod:`qmroct.run_hooks`), which runs after the scheduler is made
+    and before its first pass.
     True if it was dropped; a Snakemake without ``scheduler.job_rate_limiter`` is left alone."""
     scheduler = getattr(workflow, "scheduler", None)
     limiter = getattr(scheduler, "job_rate_limiter", None)
