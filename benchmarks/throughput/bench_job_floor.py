@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_throughput import warm_worker_processes  # (this folder is on sys.path)
 from qmroct.scratch import claim, run_folder
 from qmroct.warmworker import RUN_FOLDER_ENV
 from qmroct.warmworker.job import CONTEXT_ENV
@@ -35,27 +36,12 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _worker_processes(folder: Path) -> dict[int, list[str]]:
-    """pid -> /proc stat fields of the run's warm worker and its forks (same command line)."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            if b"qmroct.warmworker.server" in cmdline and str(folder).encode() in cmdline:
-                found[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-    return found
-
-
 def _worker_cpu(folder: Path) -> float:
     """CPU (s) of the run's warm worker, its own and its reaped children's (the job
     processes), once no fork of it is left."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        processes = _worker_processes(folder)
+        processes = warm_worker_processes(folder)
         if len(processes) == 1:
             (fields,) = processes.values()
             return sum(int(f) for f in fields[11:15]) / TICK  # utime stime cutime cstime

@@ -234,27 +234,30 @@ def run_snakemake(
     return wall, usage
 
 
+def warm_worker_processes(under: Path) -> dict[int, list[str]]:
+    """pid -> ``/proc/<pid>/stat`` fields after the command name, of the warm workers whose
+    folder is under ``under``, and of their forks (job processes show the same command line)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            if b"qmroct.warmworker.server" in cmdline and str(under).encode() in cmdline:
+                found[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+    return found
+
+
 def _wait_for_warm_workers(work: Path, timeout: float = 60.0) -> None:
     """Until the run's warm workers have exited (and written their CPU record): they end
     within a second of the run folder's release."""
     deadline = time.monotonic() + timeout
-    marker = str(work).encode()
-    while time.monotonic() < deadline:
-        alive = False
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"qmroct.warmworker.server" in cmdline and marker in cmdline:
-                alive = True
-                break
-        if not alive:
-            return
+    while warm_worker_processes(work):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"a warm worker of {work} did not exit within {timeout:.0f} s")
         time.sleep(0.1)
-    raise RuntimeError(f"a warm worker of {work} did not exit within {timeout:.0f} s")
 
 
 def main() -> int:
